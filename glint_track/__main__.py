@@ -1,0 +1,3 @@
+from glint_track.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""Checkpoints: what goes in one, how it is written (atomically) and read (without unpickling code).
+
+A checkpoint is gathered from the `state_dict()` of each stateful part of training (model, optimizer,
+scheduler, RNG, progress) and restored through their `load_state_dict()`; no field is copied by hand.
+The file keeps the research script's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`,
+`train_args`, `metrics`, `timestamp`) so old tools read ours and we resume theirs.
+
+`Checkpointer` decides which files to write after each epoch and hands them to an ArtifactStore
+(the MLflow run) for upload and retention.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from glint_track.errors import GlintTrackError
+
+FORMAT_VERSION = 1
+LATEST = "latest_checkpoint.pth"
+BEST = "best_model.pth"
+ARTIFACT_DIR = "checkpoints"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+class ArtifactStore(Protocol):
+    """Where checkpoint files end up (the MLflow run); see tracking.RunTracker."""
+
+    def log_artifact(self, local_path: Path, artifact_dir: str) -> None: ...
+
+    def list_artifacts(self, artifact_dir: str) -> list[str]: ...
+
+    def delete_artifact(self, artifact_path: str) -> None: ...
+
+
+class TrainProgress:
+    """The loop's own state: last finished epoch, its metrics, and the best monitored value so far."""
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.epoch = 0
+        self.metrics: dict[str, float] = {}
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+
+    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record a finished epoch; True when its monitored metric is a new best."""
+        self.epoch, self.metrics = epoch, metrics
+        if self.monitor not in metrics:
+            raise GlintTrackError(f"--monitor {self.monitor!r} is not a logged metric; choose one of: {', '.join(sorted(metrics))}")
+        value = metrics[self.monitor]
+        better = self.best_value is None or (value < self.best_value if self.mode == "min" else value > self.best_value)
+        if better:
+            self.best_value, self.best_epoch = value, epoch
+        return better
+
+    def state_dict(self) -> dict[str, Any]:
+        best = {"monitor": self.monitor, "mode": self.mode, "value": self.best_value, "epoch": self.best_epoch}
+        return {"epoch": self.epoch, "metrics": self.metrics, "best": best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.metrics = dict(state.get("metrics") or {})
+        best = state.get("best") or {}
+        if best.get("monitor") == self.monitor and best.get("mode") == self.mode:
+            self.best_value, self.best_epoch = best.get("value"), best.get("epoch")
+
+
+class RNGState:
+    """Random number generator states of torch (CPU and CUDA), numpy and Python, as plain tensors/tuples."""
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached_gaussian": cached},
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: Checkpoint key of each stateful part; `progress` is spread over the top level (`epoch`, `metrics`, `best`).
+PART_KEYS = {
+    "model": "model_state_dict",
+    "optimizer": "optimizer_state_dict",
+    "scheduler": "scheduler_state_dict",
+    "rng": "rng_state",
+}
+#: Parts left out by --no-save-optimizer: resuming re-creates them from the command line.
+OPTIMIZER_PARTS = ("optimizer", "scheduler")
+
+
+def gather(parts: dict[str, Stateful], train_args: dict[str, Any], save_optimizer: bool) -> dict[str, Any]:
+    """One checkpoint dict from the parts' state_dict()s."""
+    state: dict[str, Any] = {"format_version": FORMAT_VERSION, "train_args": train_args, "save_optimizer": save_optimizer}
+    for name, part in parts.items():
+        if name == "progress":
+            state.update(part.state_dict())
+        elif save_optimizer or name not in OPTIMIZER_PARTS:
+            state[PART_KEYS[name]] = part.state_dict()
+    state["timestamp"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return state
+
+
+def restore(parts: dict[str, Stateful], checkpoint: dict[str, Any], source: str) -> list[str]:
+    """Load each part present in the checkpoint; return the names of the parts it did not have."""
+    missing = []
+    for name, part in parts.items():
+        key = PART_KEYS.get(name)
+        if name == "progress":
+            part.load_state_dict(checkpoint)
+        elif key in checkpoint:
+            try:
+                part.load_state_dict(checkpoint[key])
+            except (RuntimeError, ValueError, KeyError) as e:
+                first = str(e).strip().splitlines()[0]
+                raise GlintTrackError(
+                    f"{source}: its {name} state does not fit this {name} ({first}); resume with the same "
+                    f"--base-channels, data (glint count) and --optimizer as the run that wrote it"
+                ) from e
+        else:
+            missing.append(name)
+    return missing
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved from nn.DataParallel/DDP carry a `module.` prefix; the bare model has none."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlintTrackError(f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise GlintTrackError(
+            f"{path}: refused to load, it holds objects other than tensors and plain data, which could run code; "
+            f"re-save it as a plain state dict from a trusted copy"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise GlintTrackError(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]}); it may be truncated, use an earlier one") from e
+    if isinstance(checkpoint, dict) and "model_state_dict" not in checkpoint and checkpoint and all(
+        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    ):
+        checkpoint = {"epoch": 0, "model_state_dict": checkpoint}  # a bare weights file (best_model_weights.pt)
+    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
+        raise GlintTrackError(f"{path}: not a glint-track checkpoint (no model_state_dict); pass a .pth written by glint-track or the research script")
+    checkpoint["model_state_dict"] = strip_module_prefix(checkpoint["model_state_dict"])
+    checkpoint.setdefault("epoch", 0)
+    checkpoint.setdefault("train_args", {})
+    return checkpoint
+
+
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pth"
+
+
+class Checkpointer:
+    """After each epoch: write `latest_checkpoint.pth`, `best_model.pth` on improvement and
+    `epoch_NNN.pth` every `save_every_n_epochs`, keeping only the newest `keep_last_n` epoch files.
+
+    Files are written atomically to `directory`, then uploaded to `store` under `checkpoints/`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        store: ArtifactStore,
+        save_optimizer: bool = True,
+        save_every_n_epochs: int = 10,
+        keep_last_n: int = 3,
+    ) -> None:
+        self.directory = directory
+        self.store = store
+        self.save_optimizer = save_optimizer
+        self.save_every_n_epochs = save_every_n_epochs
+        self.keep_last_n = keep_last_n
+
+    def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> Path:
+        latest = self.directory / LATEST
+        save_atomic(gather(parts, train_args, self.save_optimizer), latest)
+        self.store.log_artifact(latest, ARTIFACT_DIR)
+        if is_best:
+            self._publish_copy(latest, BEST)
+        if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
+            self._publish_copy(latest, epoch_file(epoch))
+            self._apply_retention()
+        return latest
+
+    def _publish_copy(self, src: Path, name: str) -> None:
+        dst = self.directory / name
+        copy_atomic(src, dst)
+        self.store.log_artifact(dst, ARTIFACT_DIR)
+
+    def _apply_retention(self) -> None:
+        """Delete all but the newest keep_last_n epoch files, from the run and from the local folder."""
+        if self.keep_last_n <= 0:
+            return
+        uploaded = set(self.store.list_artifacts(ARTIFACT_DIR))
+        names = uploaded | {p.name for p in self.directory.glob("epoch_*.pth")}
+        epochs = sorted(int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m)
+        for old in epochs[: -self.keep_last_n]:
+            name = epoch_file(old)
+            if name in uploaded:
+                self.store.delete_artifact(f"{ARTIFACT_DIR}/{name}")
+            (self.directory / name).unlink(missing_ok=True)

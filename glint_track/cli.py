@@ -1,0 +1,165 @@
+"""The `glint-track` command line: parses options and calls the library; no training logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from glint_track import __version__
+from glint_track.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from glint_track.errors import GlintTrackError
+from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES
+
+D = TrainConfig()  # defaults live in TrainConfig only
+
+
+class _Group(click.Group):
+    """Shows a traceback for our one-line errors only under --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GlintTrackError:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            raise
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "GLINT_TRACK", "help_option_names": ["-h", "--help"]})
+@click.option("--debug/--no-debug", default=False, help="Show tracebacks for input errors and debug logging.")
+@click.version_option(__version__, prog_name="glint-track")
+def main(debug: bool) -> None:
+    """Train a UNet to find each infrared LED's corneal glint, with every run tracked in MLflow.
+
+    \b
+    Quick start on built-in demo data:
+      glint-track synth --out demo.h5
+      glint-track train --h5 demo.h5 --epochs 5
+      mlflow ui                      # browse runs (in the same folder)
+
+    Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("glint_track").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _options(*specs: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    def apply(f: Callable) -> Callable:
+        for spec in reversed(specs):
+            f = spec(f)
+        return f
+
+    return apply
+
+
+TRAIN_HELP = """Train the glint UNet on an HDF5 file and track the run in MLflow.
+
+Logs every setting as a param, per-epoch metrics (step = epoch), checkpoints under checkpoints/
+(latest every epoch, best on improvement, epoch_NNN every --save-freq), the config, the log, and
+the best weights as an MLflow model. With no MLFLOW_TRACKING_URI, runs go to ./mlflow.db.
+
+\b
+Examples:
+  glint-track train --h5 train_256.h5 --epochs 50
+  glint-track train --h5 data.h5 --loss hybrid --div-mode overlap --no-save-optimizer
+  glint-track train --h5 data.h5 --scheduler cosine --monitor val_loss --monitor-mode min
+  glint-track train --resume 3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b --epochs 100
+  MLFLOW_TRACKING_URI=http://mlflow.lab:5000 glint-track train --h5 data.h5 --experiment sweeps
+
+Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_freq, --keep_last_n,
+--val_split, --num_workers, --agg_wF …) are accepted too.
+"""
+
+
+@main.command("train", help=TRAIN_HELP)
+@_options(
+    click.option("--h5", type=click.Path(dir_okay=False), help="Glint HDF5 file (images, heatmaps[, present, stems]). Taken from the checkpoint on --resume."),
+    click.option("--resume", help="Continue a run: an MLflow run ID, a runs:/<id>/<path> URI, or a checkpoint file (the research script's too)."),
+    click.option("--experiment", default=D.experiment, show_default=True, help="MLflow experiment of a new run."),
+    click.option("--run-name", help="MLflow run name of a new run (default: MLflow picks one)."),
+    click.option("--output-dir", "--output_dir", "output_dir", help="Local folder for checkpoints and the log [default: runs/<run id>]."),
+    click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Train until this epoch (total, counting resumed ones)."),
+    click.option("--batch-size", "--batch", "batch_size", type=int, default=D.batch_size, show_default=True, help="Images per step."),
+    click.option("--lr", type=float, default=D.lr, show_default=True, help="Learning rate (also of the fresh optimizer when resuming without optimizer state)."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, show_default=True),
+    click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True),
+    click.option("--momentum", type=float, default=D.momentum, show_default=True, help="SGD momentum."),
+    click.option("--scheduler", type=click.Choice(SCHEDULERS), default=D.scheduler, show_default=True, help="LR schedule, stepped per epoch; its state is checkpointed."),
+    click.option("--step-size", type=int, default=D.step_size, show_default=True, help="Epochs between decays of --scheduler step."),
+    click.option("--step-gamma", type=float, default=D.step_gamma, show_default=True, help="Decay factor of --scheduler step."),
+    click.option("--val-split", "--val_split", "val_split", type=float, default=D.val_split, show_default=True, help="Fraction held out for validation; the split is fixed by --seed, identical on resume."),
+    click.option("--seed", type=int, default=D.seed, show_default=True),
+    click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="DataLoader worker processes."),
+    click.option("--base-channels", type=int, default=D.base_channels, show_default=True, help="UNet width of the first stage (16 → 1.9 M parameters)."),
+    click.option("--loss", type=click.Choice(LOSSES), default=D.loss, show_default=True),
+    click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Focal loss alpha."),
+    click.option("--gamma", type=float, default=D.gamma, show_default=True, help="Focal loss gamma."),
+    click.option("--lam-focal", "--lam_focal", "lam_focal", type=float, default=D.lam_focal, show_default=True, help="Hybrid: weight of focal."),
+    click.option("--lam-bce", "--lam_bce", "lam_bce", type=float, default=D.lam_bce, show_default=True, help="Hybrid: weight of BCE."),
+    click.option("--lam-dice", "--lam_dice", "lam_dice", type=float, default=D.lam_dice, show_default=True, help="Hybrid: weight of Dice."),
+    click.option("--div-weight", "--div_weight", "div_weight", type=float, default=D.div_weight, show_default=True, help="Hybrid: weight of the channel divergence penalty."),
+    click.option("--div-mode", "--div_mode", "div_mode", type=click.Choice(DIV_MODES), default=D.div_mode, show_default=True),
+    click.option("--lam-agg", "--lam_agg", "lam_agg", type=float, default=D.lam_agg, show_default=True, help="Hybrid: weight of the channel-aggregated term."),
+    click.option("--agg-mode", "--agg_mode", "agg_mode", type=click.Choice(AGG_MODES), default=D.agg_mode, show_default=True),
+    click.option("--agg-wf", "--agg_wF", "agg_wf", type=float, default=D.agg_wf, show_default=True, help="Aggregated term: focal weight."),
+    click.option("--agg-wb", "--agg_wB", "agg_wb", type=float, default=D.agg_wb, show_default=True, help="Aggregated term: BCE weight."),
+    click.option("--agg-wd", "--agg_wD", "agg_wd", type=float, default=D.agg_wd, show_default=True, help="Aggregated term: Dice weight."),
+    click.option(
+        "--save-optimizer/--no-save-optimizer", " /--no_save_optimizer", "save_optimizer", default=D.save_optimizer, show_default=True,
+        help="Keep optimizer and scheduler state in checkpoints (exact resume) or leave it out (files ~3× smaller; resume restarts the optimizer at --lr).",
+    ),
+    click.option("--save-freq", "--save_freq", "save_freq", type=int, default=D.save_freq, show_default=True, help="Keep checkpoints/epoch_NNN.pth every N epochs (0: never)."),
+    click.option("--keep-last-n", "--keep_last_n", "keep_last_n", type=int, default=D.keep_last_n, show_default=True, help="Delete all but the newest N epoch_NNN.pth, from the run too (0: keep all)."),
+    click.option("--monitor", default=D.monitor, show_default=True, help="Metric that decides best_model.pth, e.g. val_loss, val_focal."),
+    click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True),
+)
+@click.pass_context
+def train_cmd(ctx: click.Context, **options: Any) -> None:
+    from glint_track.train import train  # heavy imports (torch, mlflow) only when training
+
+    options["resume"] = options["resume"] or None  # `mlflow run` passes an empty resume_run_id
+    explicit = frozenset(
+        name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    )
+    result = train(TrainConfig(**options), explicit)
+    best = f"best {result.monitor} {result.best_value:.5g} at epoch {result.best_epoch}" if result.best_value is not None else "no best yet"
+    click.echo(f"\nRun {result.run_id} finished: {result.epochs} epochs, {best}.")
+    click.echo(f"  Local copy:  {result.output_dir}")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        click.echo(f"  Open:        {result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.run_id}")
+    else:
+        click.echo(f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}")
+    click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
+
+
+@main.command("synth")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
+@click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--size", type=click.IntRange(16), default=64, show_default=True, help="Image side in pixels (multiple of 16).")
+@click.option("--num-glints", type=click.IntRange(1, 32), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int) -> None:
+    """Write built-in demo data: synthetic eye images with labelled glints.
+
+    \b
+    Example:
+      glint-track synth --out demo.h5 && glint-track train --h5 demo.h5 --epochs 5
+    """
+    from glint_track.synth import write_synthetic
+
+    if size % 16:
+        raise GlintTrackError(f"--size {size} is not a multiple of 16, which the UNet needs; use e.g. {size // 16 * 16 or 16}")
+    path = write_synthetic(out, num_samples, size, num_glints, seed)
+    click.echo(f"wrote {num_samples} synthetic {size}×{size} samples with {num_glints} glints to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Glint HDF5 files: validation, loading, the deterministic train/val split and batch loading.
+
+The layout is the one the old packer wrote (see README, "Data format"): `images` N×H×W uint8,
+`heatmaps` N×C×h×w float16/float32 with h = H/4, optional `present` N×C, `stems` N and attributes.
+Every check runs before training starts, so a bad file costs seconds, not a wasted GPU hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from glint_track.errors import GlintTrackError
+
+#: The UNet's output is 1/4 of its input; heat-maps must be stored at that size.
+OUTPUT_STRIDE = 4
+HEATMAP_DTYPES = (np.float16, np.float32)
+
+
+@dataclass
+class GlintData:
+    """A whole glint file in memory: uint8 images and heat-maps as torch tensors."""
+
+    path: Path
+    images: torch.Tensor  # N×H×W uint8
+    heatmaps: torch.Tensor  # N×C×h×w float16/float32
+    present: torch.Tensor | None  # N×C uint8
+    stems: list[str] | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_glints(self) -> int:
+        return int(self.heatmaps.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of the file's bytes, so two runs on the same data show the same digest."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fail(path: Path, problem: str, fix: str) -> GlintTrackError:
+    return GlintTrackError(f"{path}: {problem}; {fix}")
+
+
+def _check_layout(path: Path, f: h5py.File) -> None:
+    """Check names, ranks, dtypes and sizes from the metadata alone (nothing is read yet)."""
+    repack = "re-pack it with the labelme packer or `glint-track synth`"
+    for name in ("images", "heatmaps"):
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise _fail(path, f"dataset '{name}' is missing (found: {sorted(f.keys()) or 'nothing'})", repack)
+    images, heatmaps = f["images"], f["heatmaps"]
+    if images.ndim != 3:
+        raise _fail(path, f"'images' has shape {images.shape}, expected N×H×W (3 dimensions)", repack)
+    if heatmaps.ndim != 4:
+        raise _fail(path, f"'heatmaps' has shape {heatmaps.shape}, expected N×C×h×w (4 dimensions)", repack)
+    if images.dtype != np.uint8:
+        raise _fail(path, f"'images' has dtype {images.dtype}, expected uint8 (0-255 grayscale)", repack)
+    if heatmaps.dtype not in HEATMAP_DTYPES:
+        raise _fail(path, f"'heatmaps' has dtype {heatmaps.dtype}, expected float16 or float32", repack)
+    n, n_hm = images.shape[0], heatmaps.shape[0]
+    if n != n_hm:
+        raise _fail(path, f"'images' has {n} samples but 'heatmaps' has {n_hm}", "the file is inconsistent: " + repack)
+    if n == 0:
+        raise _fail(path, "the file holds no samples", "pack at least a few annotated images into it")
+    if heatmaps.shape[1] == 0:
+        raise _fail(path, "'heatmaps' has 0 glint channels", repack)
+    H, W = images.shape[1:]
+    h, w = heatmaps.shape[2:]
+    if H % OUTPUT_STRIDE or W % OUTPUT_STRIDE or (h, w) != (H // OUTPUT_STRIDE, W // OUTPUT_STRIDE):
+        raise _fail(
+            path,
+            f"heat-maps are {h}×{w} but images are {H}×{W}; the model needs heat-maps of exactly 1/{OUTPUT_STRIDE} "
+            f"the image size ({H // OUTPUT_STRIDE}×{W // OUTPUT_STRIDE}) and image sides divisible by 16",
+            f"re-pack with --hm-size {H // OUTPUT_STRIDE}x{W // OUTPUT_STRIDE}",
+        )
+    if H % 16 or W % 16:
+        raise _fail(path, f"image size {H}×{W} is not divisible by 16, which the UNet's 4 poolings need", "re-pack at a size divisible by 16")
+    for name, shape in (("present", (n, heatmaps.shape[1])), ("stems", (n,))):
+        if name in f and tuple(f[name].shape) != shape:
+            raise _fail(path, f"'{name}' has shape {f[name].shape}, expected {shape}", repack)
+
+
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def load_glint_file(path: str | Path) -> GlintData:
+    """Validate and load a glint HDF5 file, raising GlintTrackError with the fix on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise GlintTrackError(f"{path}: no such file; check --h5, or write demo data with `glint-track synth --out {path}`")
+    if not h5py.is_hdf5(path):
+        raise _fail(path, "is not an HDF5 file", "pass a glint .h5 file written by the packer or `glint-track synth`")
+    try:
+        with h5py.File(path, "r") as f:
+            _check_layout(path, f)
+            images = f["images"][...]
+            heatmaps = f["heatmaps"][...]
+            present = f["present"][...].astype(np.uint8) if "present" in f else None
+            stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["stems"][...]] if "stems" in f else None
+            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
+        raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
+    if not np.isfinite(heatmaps).all():
+        bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
+        raise _fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
+    return GlintData(
+        path=path,
+        images=torch.from_numpy(images),
+        heatmaps=torch.from_numpy(heatmaps),
+        present=torch.from_numpy(present) if present is not None else None,
+        stems=stems,
+        attrs=attrs,
+        digest=file_digest(path),
+    )
+
+
+def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/val split from the seed: the same on every start and every resume."""
+    if not 0.0 < val_split < 1.0:
+        raise GlintTrackError(f"--val-split {val_split} is outside (0, 1); use e.g. --val-split 0.1")
+    n_val = int(round(num_samples * val_split))
+    if n_val < 1 or num_samples - n_val < 1:
+        raise GlintTrackError(
+            f"--val-split {val_split} of {num_samples} samples leaves {n_val} for validation and "
+            f"{num_samples - n_val} for training; both need at least one: use more data or another --val-split"
+        )
+    order = np.random.default_rng(seed).permutation(num_samples)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class GlintBatches(Dataset):
+    """Batched access: indexing with a list of sample indices gathers the whole batch at once."""
+
+    def __init__(self, data: GlintData) -> None:
+        self.images = data.images
+        self.heatmaps = data.heatmaps
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        images = self.images[index].unsqueeze(1).float().div_(255.0)
+        return images, self.heatmaps[index].float()
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices, reshuffled per epoch from (seed, epoch) so a resumed run sees the same order."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = order[torch.randperm(len(order), generator=g)]
+        yield from (chunk.tolist() for chunk in order.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+
+def make_loader(
+    data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    sampler = EpochBatchSampler(indices, batch_size, shuffle, seed)
+    return DataLoader(
+        GlintBatches(data),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,197 @@
+"""Everything that talks to MLflow: the run, its params/metrics/artifacts, and fetching a run's checkpoint.
+
+With no MLFLOW_TRACKING_URI, MLflow's embedded default is used (SQLite `mlflow.db` in the working
+directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import requests
+import torch
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
+
+import glint_track
+from glint_track.checkpoint import ARTIFACT_DIR, BEST, LATEST, load_checkpoint
+from glint_track.errors import GlintTrackError
+
+log = logging.getLogger(__name__)
+# MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TAG_RESUMED_FROM = "glint_track.resumed_from"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def check_tracking_server() -> None:
+    """Fail fast, in one line, when a remote tracking server is unreachable or refuses our credentials.
+
+    MLflow's own client retries for minutes before giving up; a user who mistyped a URI should know now.
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    try:
+        r = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth, timeout=10)
+    except requests.RequestException as e:
+        raise GlintTrackError(
+            f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); start it "
+            f"(`mlflow server ...`) or fix/unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from e
+    if r.status_code in (401, 403):
+        raise GlintTrackError(
+            f"the MLflow tracking server at {uri} refused the credentials (HTTP {r.status_code}); "
+            f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a valid account"
+        )
+    if r.status_code >= 400:
+        raise GlintTrackError(f"the MLflow tracking server at {uri} answered HTTP {r.status_code}; check that MLFLOW_TRACKING_URI points at an MLflow server")
+
+
+@dataclass
+class ResumeSource:
+    """A checkpoint to resume from, and the MLflow run it came from (None for a plain file)."""
+
+    checkpoint: dict[str, Any]
+    run_id: str | None
+    label: str
+    best: dict[str, Any] | None = None  # the run's best_model.pth, so best_model.pth carries over
+
+
+def _download_checkpoint(run_id: str, artifact_path: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="glint-track-resume-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        return load_checkpoint(path)
+
+
+def fetch_resume_checkpoint(source: str) -> ResumeSource:
+    """Resolve --resume: a local checkpoint file, a `runs:/<id>/<path>` URI, or an MLflow run ID."""
+    if Path(source).is_file():
+        return ResumeSource(load_checkpoint(source), None, source)
+    if source.startswith("runs:/"):
+        run_id, _, artifact_path = source[len("runs:/"):].partition("/")
+        _get_run(run_id)
+        try:
+            checkpoint = _download_checkpoint(run_id, artifact_path or f"{ARTIFACT_DIR}/{LATEST}")
+        except (MlflowException, OSError) as e:
+            raise GlintTrackError(f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI") from e
+        return ResumeSource(checkpoint, run_id, source)
+    if not _RUN_ID.match(source):
+        raise GlintTrackError(
+            f"--resume {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
+            f"copy the run ID from the MLflow UI or the end of a training log"
+        )
+    _get_run(source)
+    names = {Path(f.path).name for f in MlflowClient().list_artifacts(source, ARTIFACT_DIR)}
+    if LATEST not in names:
+        raise GlintTrackError(
+            f"run {source} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
+            f"glint-track run); start a new training instead of resuming it"
+        )
+    best = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}") if BEST in names else None
+    return ResumeSource(_download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}"), source, source, best)
+
+
+def _get_run(run_id: str) -> Any:
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        raise GlintTrackError(
+            f"no MLflow run with ID {run_id} at {tracking_uri()}; check the ID in the MLflow UI, or set "
+            f"MLFLOW_TRACKING_URI to the server (or run in the folder with the mlflow.db) that holds it"
+        ) from e
+
+
+def git_commit() -> str | None:
+    """The commit of the glint-track source in use, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(glint_track.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunTracker:
+    """The MLflow run of one training: new, resumed by ID, or the one `mlflow run` already started."""
+
+    def __init__(self, run: mlflow.ActiveRun) -> None:
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.artifact_uri: str = run.info.artifact_uri
+        self.client = MlflowClient()
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None) -> RunTracker:
+        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; start_run consumes it
+        if project_run:
+            run = mlflow.start_run(run_id=project_run)
+            if resume_run_id and resume_run_id != project_run:
+                mlflow.set_tag(TAG_RESUMED_FROM, resume_run_id)
+        elif resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            mlflow.set_experiment(experiment)
+            run = mlflow.start_run(run_name=run_name)
+        return cls(run)
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Log settings as params; on a resumed run, params are immutable, so changed values become tags."""
+        existing = self.client.get_run(self.run_id).data.params
+        new = {k: v for k, v in config.items() if k not in existing}
+        if new:
+            mlflow.log_params(new)
+        changed = {f"glint_track.resume_override.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)}
+        if changed:
+            mlflow.set_tags(changed)
+        mlflow.log_dict(config, "train_args.json")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
+        mlflow.log_artifact(str(local_path), artifact_dir)
+
+    def list_artifacts(self, artifact_dir: str) -> list[str]:
+        return [Path(f.path).name for f in self.client.list_artifacts(self.run_id, artifact_dir)]
+
+    def delete_artifact(self, artifact_path: str) -> None:
+        get_artifact_repository(self.artifact_uri).delete_artifacts(artifact_path)
+
+    def log_model(self, model: torch.nn.Module, image_size: tuple[int, int]) -> None:
+        """The trained network as an MLflow model under `model/`, in the pt2 (torch.export) format:
+        a traced graph and weights, loadable without unpickling code."""
+        example = np.zeros((2, 1, *image_size), np.float32)  # batch 2: the exported batch dim stays dynamic
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        )
+
+    def end(self, status: str) -> None:
+        mlflow.end_run(status=RunStatus.to_string(getattr(RunStatus, status)))

@@ -1,0 +1,245 @@
+"""The training loop, top to bottom: config → data → model → resume → epochs → MLflow.
+
+Read `train()` from start to end to see everything a run does; each piece it calls lives in its own
+module (data, model, losses, checkpoint, tracking).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from glint_track import __version__
+from glint_track.checkpoint import BEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
+from glint_track.config import TrainConfig, merge_resumed
+from glint_track.data import load_glint_file, make_loader, split_indices
+from glint_track.errors import GlintTrackError
+from glint_track.losses import GlintLoss
+from glint_track.model import GlintUNet, count_parameters
+from glint_track.tracking import ResumeSource, RunTracker, check_tracking_server, fetch_resume_checkpoint, git_commit, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    epochs: int
+    best_value: float | None
+    best_epoch: int | None
+    monitor: str
+    output_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise GlintTrackError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GlintTrackError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GlintTrackError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch. `none` is a constant schedule, so every run checkpoints the same parts."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def epoch_metric_names(loss_fn: GlintLoss) -> list[str]:
+    """Every metric logged per epoch (what --monitor may name)."""
+    terms = loss_fn.term_names()
+    return [f"{split}_{t}" for split in ("train", "val") for t in terms] + ["lr", "epoch_time_s", "images_per_s"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: GlintLoss,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None,
+    desc: str,
+) -> dict[str, float]:
+    """One pass over `loader`; trains when given an optimizer. Returns the sample-weighted mean of each loss term.
+
+    Terms are summed on the device and read once at the end, so no step waits for the host.
+    """
+    training = optimizer is not None
+    model.train(training)
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    batches = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch")
+    with torch.set_grad_enabled(training):
+        for images, targets in batches:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            terms = loss_fn(model(images), targets)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+            n = images.shape[0]
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach() * n
+            count += n
+    return {name: float(total) / count for name, total in sums.items()}
+
+
+def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult:
+    """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint."""
+    # -- settings: the command line, or the resumed checkpoint's overlaid by what was typed again -------
+    check_tracking_server()
+    resume: ResumeSource | None = None
+    cfg = cli_cfg
+    if cli_cfg.resume:
+        resume = fetch_resume_checkpoint(cli_cfg.resume)
+        cfg = merge_resumed(cli_cfg, resume.checkpoint["train_args"], explicit)
+    cfg.validate()
+    start_epoch = int(resume.checkpoint["epoch"]) + 1 if resume else 1
+    if resume and cfg.epochs < start_epoch:
+        raise GlintTrackError(
+            f"{resume.label}: the checkpoint has already finished epoch {start_epoch - 1} and --epochs is {cfg.epochs}; "
+            f"pass --epochs larger than {start_epoch - 1} to train further"
+        )
+
+    # -- data: validated before anything is started ---------------------------------------------------
+    data = load_glint_file(cfg.h5)
+    train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
+    device = resolve_device(cfg.device)
+    pin = device.type == "cuda"
+    train_loader = make_loader(data, train_idx, cfg.batch_size, True, cfg.seed, cfg.num_workers, pin)
+    val_loader = make_loader(data, val_idx, cfg.batch_size, False, cfg.seed, cfg.num_workers, pin)
+
+    # -- model, loss, optimisation --------------------------------------------------------------------
+    seed_everything(cfg.seed)
+    model = GlintUNet(data.num_glints, cfg.base_channels).to(device)
+    loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "rng": RNGState(), "progress": progress}
+    known = epoch_metric_names(loss_fn)
+    if cfg.monitor not in known:
+        raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
+    if resume:
+        head = resume.checkpoint["model_state_dict"].get("head.weight")
+        if head is not None and head.shape[0] != data.num_glints:
+            raise GlintTrackError(
+                f"{resume.label}: the checkpoint's model predicts {head.shape[0]} glints but {cfg.h5} has "
+                f"{data.num_glints} glint channels; resume with the data it was trained on, or start a new run"
+            )
+        missing = restore(parts, resume.checkpoint, resume.label)
+        if "optimizer" in missing:
+            log.warning(
+                "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
+                "a fresh %s optimizer starts at --lr %g",
+                resume.label, cfg.optimizer, cfg.lr,
+            )
+
+    # -- the MLflow run: new, resumed, or the one `mlflow run` started --------------------------------
+    tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None)
+    if resume and resume.run_id is None:
+        tracker.set_tags({"glint_track.resumed_from": resume.label})
+    output_dir = Path(cfg.output_dir or Path("runs") / tracker.run_id)
+    cfg.output_dir = str(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_file = output_dir / "training.log"
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("glint_track").addHandler(file_handler)
+    if resume and resume.best and not (output_dir / BEST).exists():
+        save_atomic(resume.best, output_dir / BEST)
+    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n)
+
+    status = "FAILED"
+    try:
+        tracker.log_config(cfg.to_dict())
+        tags = {
+            "glint_track.dataset.path": str(data.path.resolve()),
+            "glint_track.dataset.samples": data.num_samples,
+            "glint_track.dataset.digest": data.digest,
+            "glint_track.dataset.glints": data.num_glints,
+            "glint_track.version": __version__,
+        }
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        tracker.set_tags(tags)
+        log.info(
+            "run %s: %d train / %d val images %s, %d glints, %s parameters, %s on %s, epochs %d→%d",
+            tracker.run_id, len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
+            f"{count_parameters(model):,}", cfg.loss, device, start_epoch, cfg.epochs,
+        )
+
+        # -- the epochs -------------------------------------------------------------------------------
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            train_loader.sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            train_terms = run_epoch(model, train_loader, loss_fn, device, optimizer, f"epoch {epoch} train")
+            train_time = time.perf_counter() - t0
+            val_terms = run_epoch(model, val_loader, loss_fn, device, None, f"epoch {epoch} val")
+            scheduler.step()
+            metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
+            metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
+            is_best = progress.update(epoch, metrics)
+            tracker.log_metrics(metrics, step=epoch)
+            checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
+            log.info(
+                "epoch %d/%d  train_loss %.5f  val_loss %.5f  lr %.3g  %.1f img/s  %.1fs%s",
+                epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], lr, metrics["images_per_s"],
+                metrics["epoch_time_s"], "  (best)" if is_best else "",
+            )
+
+        # -- the best weights as an MLflow model ------------------------------------------------------
+        best_file = output_dir / BEST
+        if best_file.exists():
+            model.load_state_dict(load_checkpoint(best_file)["model_state_dict"])
+        tracker.log_model(model.cpu().eval(), data.image_size)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s", tracker.run_id, tracker.run_id)
+        raise
+    finally:
+        logging.getLogger("glint_track").removeHandler(file_handler)
+        file_handler.close()
+        tracker.log_artifact(log_file)
+        tracker.end(status)
+    return TrainResult(
+        tracker.run_id, tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value, progress.best_epoch,
+        cfg.monitor, output_dir,
+    )
