@@ -44,10 +44,22 @@ def main(debug: bool) -> None:
 
     Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("glint_track").setLevel(logging.DEBUG if debug else logging.INFO)
+    _log_to_stderr(logging.DEBUG if debug else logging.INFO)
+
+
+def _log_to_stderr(level: int) -> None:
+    """Plain timestamped log lines on stderr; replaces the handler of an earlier call (e.g. in tests)."""
+    global _console
+    logger = logging.getLogger("glint_track")
+    if _console is not None:
+        logger.removeHandler(_console)
+    _console = logging.StreamHandler(sys.stderr)
+    _console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(_console)
+    logger.setLevel(level)
+
+
+_console: logging.Handler | None = None
 
 
 def _options(*specs: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
@@ -88,27 +100,27 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Train until this epoch (total, counting resumed ones)."),
     click.option("--batch-size", "--batch", "batch_size", type=int, default=D.batch_size, show_default=True, help="Images per step."),
     click.option("--lr", type=float, default=D.lr, show_default=True, help="Learning rate (also of the fresh optimizer when resuming without optimizer state)."),
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, show_default=True),
-    click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, show_default=True, help="Optimizer (the research script used Adam)."),
+    click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True, help="Weight decay (decoupled for adamw)."),
     click.option("--momentum", type=float, default=D.momentum, show_default=True, help="SGD momentum."),
     click.option("--scheduler", type=click.Choice(SCHEDULERS), default=D.scheduler, show_default=True, help="LR schedule, stepped per epoch; its state is checkpointed."),
     click.option("--step-size", type=int, default=D.step_size, show_default=True, help="Epochs between decays of --scheduler step."),
     click.option("--step-gamma", type=float, default=D.step_gamma, show_default=True, help="Decay factor of --scheduler step."),
     click.option("--val-split", "--val_split", "val_split", type=float, default=D.val_split, show_default=True, help="Fraction held out for validation; the split is fixed by --seed, identical on resume."),
-    click.option("--seed", type=int, default=D.seed, show_default=True),
+    click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds the weights, the train/val split and the data order."),
     click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="DataLoader worker processes."),
     click.option("--base-channels", type=int, default=D.base_channels, show_default=True, help="UNet width of the first stage (16 → 1.9 M parameters)."),
-    click.option("--loss", type=click.Choice(LOSSES), default=D.loss, show_default=True),
+    click.option("--loss", type=click.Choice(LOSSES), default=D.loss, show_default=True, help="Heat-map loss; hybrid combines the weighted terms below."),
     click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Focal loss alpha."),
     click.option("--gamma", type=float, default=D.gamma, show_default=True, help="Focal loss gamma."),
     click.option("--lam-focal", "--lam_focal", "lam_focal", type=float, default=D.lam_focal, show_default=True, help="Hybrid: weight of focal."),
     click.option("--lam-bce", "--lam_bce", "lam_bce", type=float, default=D.lam_bce, show_default=True, help="Hybrid: weight of BCE."),
     click.option("--lam-dice", "--lam_dice", "lam_dice", type=float, default=D.lam_dice, show_default=True, help="Hybrid: weight of Dice."),
     click.option("--div-weight", "--div_weight", "div_weight", type=float, default=D.div_weight, show_default=True, help="Hybrid: weight of the channel divergence penalty."),
-    click.option("--div-mode", "--div_mode", "div_mode", type=click.Choice(DIV_MODES), default=D.div_mode, show_default=True),
+    click.option("--div-mode", "--div_mode", "div_mode", type=click.Choice(DIV_MODES), default=D.div_mode, show_default=True, help="Hybrid: how channel overlap is measured."),
     click.option("--lam-agg", "--lam_agg", "lam_agg", type=float, default=D.lam_agg, show_default=True, help="Hybrid: weight of the channel-aggregated term."),
-    click.option("--agg-mode", "--agg_mode", "agg_mode", type=click.Choice(AGG_MODES), default=D.agg_mode, show_default=True),
+    click.option("--agg-mode", "--agg_mode", "agg_mode", type=click.Choice(AGG_MODES), default=D.agg_mode, show_default=True, help="Hybrid: how channels are combined for the aggregated term."),
     click.option("--agg-wf", "--agg_wF", "agg_wf", type=float, default=D.agg_wf, show_default=True, help="Aggregated term: focal weight."),
     click.option("--agg-wb", "--agg_wB", "agg_wb", type=float, default=D.agg_wb, show_default=True, help="Aggregated term: BCE weight."),
     click.option("--agg-wd", "--agg_wD", "agg_wd", type=float, default=D.agg_wd, show_default=True, help="Aggregated term: Dice weight."),
@@ -119,13 +131,14 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--save-freq", "--save_freq", "save_freq", type=int, default=D.save_freq, show_default=True, help="Keep checkpoints/epoch_NNN.pth every N epochs (0: never)."),
     click.option("--keep-last-n", "--keep_last_n", "keep_last_n", type=int, default=D.keep_last_n, show_default=True, help="Delete all but the newest N epoch_NNN.pth, from the run too (0: keep all)."),
     click.option("--monitor", default=D.monitor, show_default=True, help="Metric that decides best_model.pth, e.g. val_loss, val_focal."),
-    click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True),
+    click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True, help="Whether a lower or higher --monitor is better."),
 )
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
     from glint_track.train import train  # heavy imports (torch, mlflow) only when training
 
-    options["resume"] = options["resume"] or None  # `mlflow run` passes an empty resume_run_id
+    for name in ("resume", "output_dir"):  # `mlflow run` passes empty strings for "not set"
+        options[name] = options[name] or None
     explicit = frozenset(
         name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     )

@@ -162,7 +162,13 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
                 f"{resume.label}: the checkpoint's model predicts {head.shape[0]} glints but {cfg.h5} has "
                 f"{data.num_glints} glint channels; resume with the data it was trained on, or start a new run"
             )
-        missing = restore(parts, resume.checkpoint, resume.label)
+        previous = resume.checkpoint["train_args"]
+        restorable = dict(parts)
+        for name in ("optimizer", "scheduler"):  # a different optimizer or schedule starts afresh
+            if previous.get(name, getattr(TrainConfig, name)) != getattr(cfg, name):
+                log.warning("--%s changed from %s to %s: it starts afresh", name, previous.get(name), getattr(cfg, name))
+                del restorable[name]
+        missing = restore(restorable, resume.checkpoint, resume.label)
         if "optimizer" in missing:
             log.warning(
                 "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny synthetic data, an isolated MLflow store per test, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from glint_track.cli import main
+from glint_track.synth import write_synthetic
+
+# Small enough for a 2-core CPU: 32×32 images, a 4-wide UNet, a few dozen samples.
+TINY = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own working directory with MLflow's embedded default store (./mlflow.db)."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def run_cli(*args: str, **kwargs: Any) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, **kwargs)
+
+
+def train_tiny(h5: Path, *args: str) -> tuple[Result, str]:
+    """Train with the tiny settings; returns the CLI result and the run ID it printed."""
+    result = run_cli("train", "--h5", str(h5), *TINY, *args)
+    assert result.exit_code == 0, result.output
+    run_id = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
+    return result, run_id
+
+
+def latest_checkpoint(run_id: str, name: str = "latest_checkpoint.pth") -> tuple[dict, Path]:
+    path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{name}"))
+    return torch.load(path, weights_only=True), path

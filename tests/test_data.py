@@ -1,0 +1,112 @@
+"""The HDF5 reader: old layouts load, the split is fixed by the seed, and every bad file gets a one-line fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from glint_track.data import load_glint_file, make_loader, split_indices
+from glint_track.errors import GlintTrackError
+from glint_track.synth import render_heatmaps
+
+
+def write_h5(path: Path, n: int = 6, size: int = 32, channels: int = 3, hm: int | None = None, **overrides) -> Path:
+    hm = size // 4 if hm is None else hm
+    arrays = {
+        "images": np.random.default_rng(0).integers(0, 255, (n, size, size), dtype=np.uint8),
+        "heatmaps": np.zeros((n, channels, hm, hm), np.float16),
+    }
+    arrays.update(overrides)
+    with h5py.File(path, "w") as f:
+        for name, arr in arrays.items():
+            if arr is not None:
+                f.create_dataset(name, data=arr)
+    return path
+
+
+def test_synthetic_file_loads_with_its_channel_count(tiny_h5: Path) -> None:
+    data = load_glint_file(tiny_h5)
+    assert data.num_samples == 32 and data.num_glints == 4 and data.image_size == (32, 32)
+    assert data.heatmaps.shape == (32, 4, 8, 8)
+    assert data.present is not None and data.stems[0] == "synth_000000"
+    assert data.attrs["num_classes"] == 4 and len(data.digest) == 64
+    # every present glint has a heat-map peak, every absent one has none
+    peaks = data.heatmaps.float().amax(dim=(2, 3)) > 0.1
+    assert (peaks == data.present.bool()).all()
+
+
+def test_old_file_without_optional_parts_and_float32_heatmaps(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "old.h5", heatmaps=np.full((6, 8, 8, 8), 0.5, np.float32))
+    data = load_glint_file(path)
+    assert data.present is None and data.stems is None and data.attrs == {}
+    assert data.num_glints == 8 and data.heatmaps.dtype.is_floating_point
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"images": None}, "dataset 'images' is missing"),
+        ({"heatmaps": None}, "dataset 'heatmaps' is missing"),
+        ({"images": np.zeros((6, 32, 32, 1), np.uint8)}, "expected N×H×W"),
+        ({"heatmaps": np.zeros((6, 8, 8), np.float16)}, "expected N×C×h×w"),
+        ({"images": np.zeros((6, 32, 32), np.float32)}, "expected uint8"),
+        ({"heatmaps": np.zeros((6, 3, 8, 8), np.int32)}, "expected float16 or float32"),
+        ({"heatmaps": np.zeros((5, 3, 8, 8), np.float16)}, "'images' has 6 samples but 'heatmaps' has 5"),
+        ({"heatmaps": np.zeros((6, 3, 16, 16), np.float16)}, "heat-maps are 16×16 but images are 32×32"),
+        ({"images": np.zeros((0, 32, 32), np.uint8), "heatmaps": np.zeros((0, 3, 8, 8), np.float16)}, "holds no samples"),
+        ({"heatmaps": np.full((6, 3, 8, 8), np.nan, np.float16)}, "NaN or infinite values in 6 samples"),
+        ({"present": np.zeros((6, 2), np.uint8)}, "'present' has shape"),
+    ],
+)
+def test_bad_layouts_name_the_problem_and_the_fix(tmp_path: Path, overrides: dict, message: str) -> None:
+    path = write_h5(tmp_path / "bad.h5", **overrides)
+    with pytest.raises(GlintTrackError, match=message) as info:
+        load_glint_file(path)
+    text = info.value.format_message()
+    assert "\n" not in text and str(path) in text and ";" in text  # one line: problem; fix
+
+
+def test_missing_not_hdf5_and_truncated_files(tmp_path: Path, tiny_h5: Path) -> None:
+    with pytest.raises(GlintTrackError, match="no such file.*glint-track synth"):
+        load_glint_file(tmp_path / "nope.h5")
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    with pytest.raises(GlintTrackError, match="is not an HDF5 file"):
+        load_glint_file(tmp_path / "notes.h5")
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(tiny_h5.read_bytes()[: tiny_h5.stat().st_size // 2])
+    with pytest.raises(GlintTrackError, match="truncated|not an HDF5"):
+        load_glint_file(truncated)
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    train_a, val_a = split_indices(100, 0.2, seed=7)
+    train_b, val_b = split_indices(100, 0.2, seed=7)
+    assert (train_a == train_b).all() and (val_a == val_b).all()
+    assert len(val_a) == 20 and not set(train_a) & set(val_a) and len(set(train_a) | set(val_a)) == 100
+    assert not np.array_equal(split_indices(100, 0.2, seed=8)[1], val_a)
+    with pytest.raises(GlintTrackError, match="val-split"):
+        split_indices(3, 0.1, seed=0)
+
+
+def test_loader_batches_are_scaled_and_reshuffled_per_epoch(tiny_h5: Path) -> None:
+    data = load_glint_file(tiny_h5)
+    loader = make_loader(data, np.arange(32), batch_size=8, shuffle=True, seed=3, num_workers=0, pin_memory=False)
+    images, heatmaps = next(iter(loader))
+    assert images.shape == (8, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+    assert heatmaps.dtype.is_floating_point and heatmaps.shape == (8, 4, 8, 8)
+    loader.sampler.set_epoch(1)
+    first = [b for b in loader.sampler]
+    assert first == [b for b in loader.sampler]  # same epoch, same order (resume-safe)
+    loader.sampler.set_epoch(2)
+    assert first != [b for b in loader.sampler]
+
+
+def test_heatmap_matches_the_packer_definition() -> None:
+    points = np.array([[12.0, 20.0], [np.nan, np.nan]], np.float32)
+    maps = render_heatmaps(points, np.array([1.0, 1.0]), (32, 32), (8, 8))
+    assert maps.shape == (2, 8, 8) and maps[1].max() == 0
+    assert np.unravel_index(maps[0].argmax(), (8, 8)) == (5, 3)  # (y, x) // 4
+    assert 0 < maps[0].max() <= 1

@@ -1,0 +1,44 @@
+"""`mlflow run .` as users type it: the MLproject trains, honours no_save_optimizer, and resumes by run ID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from conftest import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the project's `python` is this one
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local"]
+    for p in params:
+        args += ["-P", p]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_mlflow_run_without_optimizer_state_then_resume(tiny_h5: Path, tmp_path: Path) -> None:
+    common = [f"h5={tiny_h5}", f"output_dir={tmp_path / 'out'}", "batch_size=8", "val_split=0.25", "device=cpu"]
+    first = mlflow_run(tmp_path, *common, "no_save_optimizer=true", "epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["save_optimizer"] == "False"
+    checkpoint, _ = latest_checkpoint(run.info.run_id)
+    assert "optimizer_state_dict" not in checkpoint and checkpoint["epoch"] == 1
+
+    second = mlflow_run(tmp_path, *common, "no_save_optimizer=false", "epochs=2", f"resume_run_id={run.info.run_id}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = MlflowClient().search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
+    resumed = runs[0]
+    assert resumed.info.run_id != run.info.run_id  # continues in the run that `mlflow run` started
+    assert resumed.data.tags["glint_track.resumed_from"] == run.info.run_id
+    assert [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "val_loss")] == [2]
+    checkpoint, _ = latest_checkpoint(resumed.info.run_id)
+    assert checkpoint["epoch"] == 2 and "optimizer_state_dict" in checkpoint

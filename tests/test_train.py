@@ -1,0 +1,196 @@
+"""End-to-end training through the CLI into MLflow's embedded store: params, metrics, artifacts, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from click.testing import CliRunner
+
+from conftest import TINY, latest_checkpoint, run_cli, train_tiny
+from glint_track import train as train_module
+from glint_track.cli import main
+from glint_track.model import GlintUNet
+
+
+def artifact_names(run_id: str, path: str | None = None) -> set[str]:
+    return {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, path)}
+
+
+def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) -> None:
+    result, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--run-name", "tiny")
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+    assert Path("mlflow.db").exists()  # MLflow's embedded default store, in the working directory
+    params = run.data.params
+    assert params["save_optimizer"] == "True" and params["loss"] == "focal" and params["epochs"] == "2"
+    assert params["h5"] == str(tiny_h5) and params["base_channels"] == "4"
+    tags = run.data.tags
+    assert tags["glint_track.dataset.samples"] == "32" and len(tags["glint_track.dataset.digest"]) == 64
+    for name in ("train_loss", "val_loss", "lr", "epoch_time_s", "images_per_s"):
+        assert [m.step for m in MlflowClient().get_metric_history(run_id, name)] == [1, 2], name
+    assert artifact_names(run_id) >= {"checkpoints", "train_args.json", "training.log"}
+    assert artifact_names(run_id, "checkpoints") == {"latest_checkpoint.pth", "best_model.pth", "epoch_001.pth", "epoch_002.pth"}
+    args = mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")
+    assert args["batch_size"] == 8 and args["save_optimizer"] is True
+    log_text = mlflow.artifacts.load_text(f"runs:/{run_id}/training.log")
+    assert "epoch 2/2" in log_text
+    # plain log lines (no progress bar) when not attached to a terminal, and the closing hints
+    assert "epoch 1/2" in result.output and f"--resume {run_id}" in result.output and "mlflow ui" in result.output
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    assert model(torch.zeros(3, 1, 32, 32)).shape == (3, 4, 8, 8)
+
+
+def test_checkpoint_keys_and_sizes_with_and_without_optimizer(tiny_h5: Path) -> None:
+    _, full_id = train_tiny(tiny_h5, "--epochs", "1")
+    _, slim_id = train_tiny(tiny_h5, "--epochs", "1", "--no-save-optimizer")
+    full, full_path = latest_checkpoint(full_id)
+    slim, slim_path = latest_checkpoint(slim_id)
+    old_keys = {"epoch", "model_state_dict", "train_args", "metrics", "timestamp"}
+    assert old_keys | {"optimizer_state_dict", "scheduler_state_dict", "rng_state", "best", "format_version"} <= set(full)
+    assert old_keys <= set(slim) and not {"optimizer_state_dict", "scheduler_state_dict"} & set(slim)
+    assert MlflowClient().get_run(slim_id).data.params["save_optimizer"] == "False"
+    # Adam keeps two moments per weight: the optimizer roughly doubles the file over the weights alone
+    ratio = full_path.stat().st_size / slim_path.stat().st_size
+    assert 2.5 < ratio < 3.5, ratio
+
+
+def test_resume_by_run_id_continues_the_same_run_exactly(tiny_h5: Path) -> None:
+    _, straight = train_tiny(tiny_h5, "--epochs", "3")
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2")
+    first, _ = latest_checkpoint(run_id)
+    result = run_cli("train", "--resume", run_id, "--epochs", "3")  # every other setting comes from the checkpoint
+    assert result.exit_code == 0, result.output
+    assert f"Run {run_id} finished" in result.output
+    history = MlflowClient().get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    resumed, _ = latest_checkpoint(run_id)
+    assert resumed["epoch"] == 3
+    steps_per_epoch = 3  # 24 training images / batch 8
+    assert resumed["optimizer_state_dict"]["state"][0]["step"] == 3 * steps_per_epoch
+    assert first["optimizer_state_dict"]["state"][0]["step"] == 2 * steps_per_epoch
+    # moments, RNG and data order all restored: identical to an uninterrupted 3-epoch run
+    reference, _ = latest_checkpoint(straight)
+    for key, value in reference["model_state_dict"].items():
+        assert torch.equal(value, resumed["model_state_dict"][key]), key
+    for index, state in reference["optimizer_state_dict"]["state"].items():
+        assert torch.equal(state["exp_avg"], resumed["optimizer_state_dict"]["state"][index]["exp_avg"])
+    assert MlflowClient().get_run(run_id).data.tags["glint_track.resume_override.epochs"] == "3"
+
+
+def test_resume_without_optimizer_state_warns_and_uses_lr(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--no-save-optimizer", "--lr", "0.001")
+    result = run_cli("train", "--resume", run_id, "--epochs", "2", "--lr", "0.0005")
+    assert result.exit_code == 0, result.output
+    assert "has no optimizer state" in result.output and "--lr 0.0005" in result.output
+    lrs = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "lr")}
+    assert lrs == {1: 0.001, 2: 0.0005}
+
+
+def test_resume_with_another_optimizer_starts_it_afresh(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    result = run_cli("train", "--resume", run_id, "--epochs", "2", "--optimizer", "sgd", "--lr", "0.01")
+    assert result.exit_code == 0, result.output
+    assert "--optimizer changed from adam to sgd" in result.output
+    checkpoint, _ = latest_checkpoint(run_id)
+    assert "momentum_buffer" in checkpoint["optimizer_state_dict"]["state"][0]
+
+
+def test_keep_last_n_deletes_old_epoch_artifacts(tiny_h5: Path, tmp_path: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "4", "--save-freq", "1", "--keep-last-n", "2", "--output-dir", "out")
+    names = artifact_names(run_id, "checkpoints")
+    assert {n for n in names if n.startswith("epoch_")} == {"epoch_003.pth", "epoch_004.pth"}
+    assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_003.pth", "epoch_004.pth"]
+
+
+def test_research_script_aliases_are_accepted(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(
+        tiny_h5, "--epochs", "1", "--batch", "4", "--no_save_optimizer", "--save_freq", "1", "--keep_last_n", "1", "--output_dir", "legacy"
+    )
+    params = MlflowClient().get_run(run_id).data.params
+    assert (params["batch_size"], params["save_optimizer"], params["save_freq"], params["keep_last_n"]) == ("4", "False", "1", "1")
+    assert params["output_dir"] == "legacy"
+
+
+def test_hybrid_loss_trains_and_logs_each_term(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "3", "--loss", "hybrid", "--lam-dice", "0.5", "--scheduler", "cosine", "--lr", "0.003")
+    client = MlflowClient()
+    for term in ("loss", "focal", "bce", "dice", "div", "agg"):
+        for split in ("train", "val"):
+            assert len(client.get_metric_history(run_id, f"{split}_{term}")) == 3, f"{split}_{term}"
+    losses = [m.value for m in client.get_metric_history(run_id, "train_loss")]
+    assert losses[-1] < losses[0]
+    lrs = [m.value for m in client.get_metric_history(run_id, "lr")]
+    assert lrs[0] == pytest.approx(0.003) and lrs[-1] < lrs[0]  # cosine schedule applied
+    checkpoint, _ = latest_checkpoint(run_id)
+    assert checkpoint["scheduler_state_dict"]["last_epoch"] == 3
+
+
+def test_research_script_checkpoint_resumes_into_a_new_run(tiny_h5: Path, tmp_path: Path) -> None:
+    model = GlintUNet(num_glints=4, base_channels=16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 1, 32, 32)).mean().backward()
+    optimizer.step()
+    old = {
+        "epoch": 1,
+        "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},  # saved under DataParallel
+        "optimizer_state_dict": optimizer.state_dict(),
+        "train_args": {"h5": str(tiny_h5), "batch": 8, "lr": 1e-3, "epochs": 1, "val_split": 0.25, "loss": "focal",
+                       "agg_wF": 1.0, "no_save_optimizer": False, "gpu": "0", "preload": True},
+        "metrics": {"train": {"loss": 0.1}, "val": {"loss": 0.2}},
+        "timestamp": "2025-01-01 12:00:00",
+    }
+    torch.save(old, tmp_path / "best_model.pth")
+    result = run_cli("train", "--resume", str(tmp_path / "best_model.pth"), "--epochs", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    run_id = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["batch_size"] == "8" and run.data.params["h5"] == str(tiny_h5)
+    assert run.data.tags["glint_track.resumed_from"].endswith("best_model.pth")
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [2]
+
+
+@pytest.mark.parametrize(("exception", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, exception: type[BaseException], status: str
+) -> None:
+    real_run_epoch = train_module.run_epoch
+
+    def run_epoch(*args):  # (model, loader, loss_fn, device, optimizer, desc)
+        if args[-1].startswith("epoch 2"):
+            raise exception("stop")
+        return real_run_epoch(*args)
+
+    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, exception) or "Aborted" in result.output  # Click turns Ctrl-C into "Aborted!"
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == status
+    checkpoint, _ = latest_checkpoint(run.info.run_id)
+    assert checkpoint["epoch"] == 1
+    assert "training.log" in artifact_names(run.info.run_id)
+
+
+def test_train_help_documents_every_flag_with_examples() -> None:
+    result = run_cli("train", "--help")
+    assert result.exit_code == 0 and "Examples:" in result.output
+    from glint_track.cli import train_cmd
+
+    for param in train_cmd.params:
+        for opt in param.opts + param.secondary_opts:
+            assert opt in result.output, opt
+        assert param.help or param.name in {"h5"}, param.name
+
+
+def test_python_dash_m_entry_point() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "glint_track", "--version"], capture_output=True, text=True, check=True)
+    assert "glint-track" in out.stdout
