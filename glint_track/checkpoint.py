@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from glint_track.background import BackgroundWriter
 from glint_track.errors import GlintTrackError
 
 FORMAT_VERSION = 1
@@ -111,10 +112,11 @@ PART_KEYS = {
     "model": "model_state_dict",
     "optimizer": "optimizer_state_dict",
     "scheduler": "scheduler_state_dict",
+    "scaler": "scaler_state_dict",
     "rng": "rng_state",
 }
 #: Parts left out by --no-save-optimizer: resuming re-creates them from the command line.
-OPTIMIZER_PARTS = ("optimizer", "scheduler")
+OPTIMIZER_PARTS = ("optimizer", "scheduler", "scaler")
 
 
 def gather(parts: dict[str, Stateful], train_args: dict[str, Any], save_optimizer: bool) -> dict[str, Any]:
@@ -213,11 +215,23 @@ def epoch_file(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pth"
 
 
+def snapshot(obj: Any) -> Any:
+    """A CPU copy of every tensor in a nested state, so training can go on changing the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
 class Checkpointer:
     """After each epoch: write `latest_checkpoint.pth`, `best_model.pth` on improvement and
     `epoch_NNN.pth` every `save_every_n_epochs`, keeping only the newest `keep_last_n` epoch files.
 
-    Files are written atomically to `directory`, then uploaded to `store` under `checkpoints/`.
+    The state is copied to the CPU at once; the files are written atomically to `directory` and
+    uploaded to `store` under `checkpoints/` by `writer` in the background (inline without one).
     """
 
     def __init__(
@@ -227,23 +241,31 @@ class Checkpointer:
         save_optimizer: bool = True,
         save_every_n_epochs: int = 10,
         keep_last_n: int = 3,
+        writer: BackgroundWriter | None = None,
     ) -> None:
         self.directory = directory
         self.store = store
         self.save_optimizer = save_optimizer
         self.save_every_n_epochs = save_every_n_epochs
         self.keep_last_n = keep_last_n
+        self.writer = writer
 
-    def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> Path:
+    def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> None:
+        state = snapshot(gather(parts, train_args, self.save_optimizer))
+        if self.writer is None:
+            self._write(state, epoch, is_best)
+        else:
+            self.writer.submit(self._write, state, epoch, is_best)
+
+    def _write(self, state: dict[str, Any], epoch: int, is_best: bool) -> None:
         latest = self.directory / LATEST
-        save_atomic(gather(parts, train_args, self.save_optimizer), latest)
+        save_atomic(state, latest)
         self.store.log_artifact(latest, ARTIFACT_DIR)
         if is_best:
             self._publish_copy(latest, BEST)
         if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
             self._publish_copy(latest, epoch_file(epoch))
             self._apply_retention()
-        return latest
 
     def _publish_copy(self, src: Path, name: str) -> None:
         dst = self.directory / name

@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from glint_track import __version__
-from glint_track.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from glint_track.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from glint_track.errors import GlintTrackError
 from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES
 
@@ -82,6 +82,7 @@ Examples:
   glint-track train --h5 train_256.h5 --epochs 50
   glint-track train --h5 data.h5 --loss hybrid --div-mode overlap --no-save-optimizer
   glint-track train --h5 data.h5 --scheduler cosine --monitor val_loss --monitor-mode min
+  glint-track train --h5 data.h5 --batch-size 256 --lr 4e-3 --compile      # fastest on a GPU
   glint-track train --resume 3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b --epochs 100
   MLFLOW_TRACKING_URI=http://mlflow.lab:5000 glint-track train --h5 data.h5 --experiment sweeps
 
@@ -109,7 +110,10 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--val-split", "--val_split", "val_split", type=float, default=D.val_split, show_default=True, help="Fraction held out for validation; the split is fixed by --seed, identical on resume."),
     click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds the weights, the train/val split and the data order."),
     click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="DataLoader worker processes."),
+    click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="Loader worker processes, used only when the data does not fit on the GPU (it is kept there otherwise)."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision, show_default=True, help="Mixed precision: auto = bf16 on GPUs that support it, fp32 on the CPU."),
+    click.option("--channels-last/--no-channels-last", default=D.channels_last, show_default=True, help="NHWC memory format on CUDA (faster convolutions with bf16/fp16)."),
+    click.option("--compile/--no-compile", default=D.compile, show_default=True, help="torch.compile the model: ~1 min to start, faster steps; for long runs."),
     click.option("--base-channels", type=int, default=D.base_channels, show_default=True, help="UNet width of the first stage (16 → 1.9 M parameters)."),
     click.option("--loss", type=click.Choice(LOSSES), default=D.loss, show_default=True, help="Heat-map loss; hybrid combines the weighted terms below."),
     click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Focal loss alpha."),

@@ -13,6 +13,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("none", "cosine", "step")
 MONITOR_MODES = ("min", "max")
 
@@ -47,7 +48,11 @@ class TrainConfig(LossWeights):
     val_split: float = 0.1
     seed: int = 42
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int = 4  # only when the data does not fit on the GPU
+    # speed
+    precision: str = "auto"  # bf16 on GPUs that have it, else fp32
+    channels_last: bool = True  # on CUDA
+    compile: bool = False
     # checkpoints
     save_optimizer: bool = True
     save_freq: int = 10
@@ -79,6 +84,7 @@ class TrainConfig(LossWeights):
             (self.scheduler in SCHEDULERS, f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
             (self.div_mode in DIV_MODES, f"unknown --div-mode {self.div_mode!r}: choose one of {', '.join(DIV_MODES)}"),
             (self.agg_mode in AGG_MODES, f"unknown --agg-mode {self.agg_mode!r}: choose one of {', '.join(AGG_MODES)}"),
+            (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
         ]
         for ok, message in checks:

@@ -155,8 +155,44 @@ def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.nda
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-class GlintBatches(Dataset):
-    """Batched access: indexing with a list of sample indices gathers the whole batch at once."""
+def epoch_order(num: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """Positions 0…num-1 in this epoch's order: a permutation drawn from (seed, epoch) alone, so a
+    resumed run sees exactly the batches it would have seen, whichever loader serves them."""
+    if not shuffle:
+        return torch.arange(num)
+    return torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 N×H×W → float N×1×H×W in [0, 1]; heat-maps → float32."""
+    return images.unsqueeze(1).float().div_(255.0), heatmaps.float()
+
+
+class ResidentBatches:
+    """The split's samples held on the training device (uint8 images, float16/32 heat-maps);
+    each batch is gathered by index there, so no step waits for the host or a worker."""
+
+    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> None:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        self.images = data.images[index].to(device)
+        self.heatmaps = data.heatmaps[index].to(device)
+        self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, device
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.images) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_order(len(self.images), self.shuffle, self.seed, self.epoch).to(self.device)
+        for chunk in order.split(self.batch_size):
+            yield _as_inputs(self.images[chunk], self.heatmaps[chunk])
+
+
+class _BatchDataset(Dataset):
+    """Indexing with a list of sample indices gathers the whole batch at once (in a worker)."""
 
     def __init__(self, data: GlintData) -> None:
         self.images = data.images
@@ -167,43 +203,62 @@ class GlintBatches(Dataset):
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
-        images = self.images[index].unsqueeze(1).float().div_(255.0)
-        return images, self.heatmaps[index].float()
+        return _as_inputs(self.images[index], self.heatmaps[index])
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of indices, reshuffled per epoch from (seed, epoch) so a resumed run sees the same order."""
-
+class _EpochBatchSampler(Sampler[list[int]]):
     def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> None:
         self.indices = torch.as_tensor(indices, dtype=torch.long)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.indices
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = order[torch.randperm(len(order), generator=g)]
+        order = self.indices[epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch)]
         yield from (chunk.tolist() for chunk in order.split(self.batch_size))
 
     def __len__(self) -> int:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
 
-def make_loader(
-    data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool
-) -> DataLoader:
-    sampler = EpochBatchSampler(indices, batch_size, shuffle, seed)
-    return DataLoader(
-        GlintBatches(data),
-        sampler=sampler,
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+class HostBatches:
+    """Fallback when the data does not fit on the GPU: worker processes gather batches into pinned
+    memory and each is copied to the device asynchronously."""
+
+    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device, num_workers: int) -> None:
+        self.sampler = _EpochBatchSampler(indices, batch_size, shuffle, seed)
+        self.device = device
+        self.loader = DataLoader(
+            _BatchDataset(data), sampler=self.sampler, batch_size=None, num_workers=num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, heatmaps in self.loader:
+            yield images.to(self.device, non_blocking=True), heatmaps.to(self.device, non_blocking=True)
+
+
+Batches = ResidentBatches | HostBatches
+
+
+def fits_on_device(data: GlintData, device: torch.device, fraction: float = 0.5) -> bool:
+    """True on the CPU (the data is in RAM already) and on a GPU whose free memory holds the data
+    `1/fraction` times over, leaving the rest for activations."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.images.nbytes + data.heatmaps.nbytes <= fraction * free
+
+
+def make_batches(
+    data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
+    num_workers: int, resident: bool,
+) -> Batches:
+    if resident:
+        return ResidentBatches(data, indices, batch_size, shuffle, seed, device)
+    return HostBatches(data, indices, batch_size, shuffle, seed, device, num_workers)

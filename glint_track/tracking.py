@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import mlflow
 import numpy as np
 import requests
 import torch
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
@@ -160,20 +163,24 @@ class RunTracker:
         existing = self.client.get_run(self.run_id).data.params
         new = {k: v for k, v in config.items() if k not in existing}
         if new:
-            mlflow.log_params(new)
-        changed = {f"glint_track.resume_override.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)}
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in new.items()])
+        changed = {f"glint_track.resume_override.{k}": v for k, v in config.items() if k in existing and existing[k] != str(v)}
         if changed:
-            mlflow.set_tags(changed)
-        mlflow.log_dict(config, "train_args.json")
+            self.set_tags(changed)
+        self.client.log_dict(self.run_id, config, "train_args.json")
 
+    # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
+    # so the background checkpoint writer can call them.
     def set_tags(self, tags: dict[str, Any]) -> None:
-        mlflow.set_tags(tags)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        """All of an epoch's metrics in one request."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
-        mlflow.log_artifact(str(local_path), artifact_dir)
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
 
     def list_artifacts(self, artifact_dir: str) -> list[str]:
         return [Path(f.path).name for f in self.client.list_artifacts(self.run_id, artifact_dir)]
@@ -181,13 +188,20 @@ class RunTracker:
     def delete_artifact(self, artifact_path: str) -> None:
         get_artifact_repository(self.artifact_uri).delete_artifacts(artifact_path)
 
-    def log_model(self, model: torch.nn.Module, image_size: tuple[int, int]) -> None:
+    def log_model(self, model: torch.nn.Module, image_size: tuple[int, int], num_glints: int) -> None:
         """The trained network as an MLflow model under `model/`, in the pt2 (torch.export) format:
-        a traced graph and weights, loadable without unpickling code."""
-        example = np.zeros((2, 1, *image_size), np.float32)  # batch 2: the exported batch dim stays dynamic
+        a traced graph and weights, loadable without unpickling code. Input N×1×H×W float in [0, 1],
+        output N×C×H/4×W/4 logits."""
+        h, w = image_size
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, h, w))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_glints, h // 4, w // 4))]),
+        )
+        example = np.zeros((2, 1, h, w), np.float32)  # batch 2: the exported batch dim stays dynamic
         mlflow.pytorch.log_model(
             model,
             name="model",
+            signature=signature,
             input_example=example,
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],

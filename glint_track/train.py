@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from glint_track import __version__
 from glint_track.checkpoint import BEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
-from glint_track.data import load_glint_file, make_loader, split_indices
+from glint_track.background import BackgroundWriter
+from glint_track.data import Batches, fits_on_device, load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
 from glint_track.model import GlintUNet, count_parameters
@@ -57,12 +57,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fused = True if device.type == "cuda" else None  # one kernel for all weights on a GPU
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -72,6 +73,31 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+@dataclass
+class Precision:
+    """Autocast dtype (None: fp32) and the gradient scaler that fp16 needs (a no-op otherwise)."""
+
+    device_type: str
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, name: str, device: torch.device, channels_last: bool) -> Precision:
+        if name == "auto":
+            name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        return cls(device.type, dtype, scaler, channels_last and device.type == "cuda")
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
 
 def epoch_metric_names(loss_fn: GlintLoss) -> list[str]:
@@ -88,13 +114,13 @@ def seed_everything(seed: int) -> None:
 
 def run_epoch(
     model: torch.nn.Module,
-    loader: DataLoader,
+    batches: Batches,
     loss_fn: GlintLoss,
-    device: torch.device,
+    precision: Precision,
     optimizer: torch.optim.Optimizer | None,
     desc: str,
 ) -> dict[str, float]:
-    """One pass over `loader`; trains when given an optimizer. Returns the sample-weighted mean of each loss term.
+    """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each loss term.
 
     Terms are summed on the device and read once at the end, so no step waits for the host.
     """
@@ -102,16 +128,18 @@ def run_epoch(
     model.train(training)
     sums: dict[str, torch.Tensor] = {}
     count = 0
-    batches = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch")
     with torch.set_grad_enabled(training):
-        for images, targets in batches:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            terms = loss_fn(model(images), targets)
+        for images, targets in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch"):
+            if precision.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with precision.autocast():
+                logits = model(images)
+            terms = loss_fn(logits, targets)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
+                precision.scaler.scale(terms["loss"]).backward()
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
             n = images.shape[0]
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach() * n
@@ -136,22 +164,31 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             f"pass --epochs larger than {start_epoch - 1} to train further"
         )
 
-    # -- data: validated before anything is started ---------------------------------------------------
+    # -- data: validated before anything is started, then kept on the device when it fits ------------
     data = load_glint_file(cfg.h5)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
     device = resolve_device(cfg.device)
-    pin = device.type == "cuda"
-    train_loader = make_loader(data, train_idx, cfg.batch_size, True, cfg.seed, cfg.num_workers, pin)
-    val_loader = make_loader(data, val_idx, cfg.batch_size, False, cfg.seed, cfg.num_workers, pin)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    resident = fits_on_device(data, device)
+    train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
+    val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
     # -- model, loss, optimisation --------------------------------------------------------------------
     seed_everything(cfg.seed)
+    precision = Precision.resolve(cfg.precision, device, cfg.channels_last)
     model = GlintUNet(data.num_glints, cfg.base_channels).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
     loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, device)
     scheduler = build_scheduler(cfg, optimizer)
     progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "rng": RNGState(), "progress": progress}
+    parts = {
+        "model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": precision.scaler,
+        "rng": RNGState(), "progress": progress,
+    }
     known = epoch_metric_names(loss_fn)
     if cfg.monitor not in known:
         raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
@@ -189,7 +226,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     logging.getLogger("glint_track").addHandler(file_handler)
     if resume and resume.best and not (output_dir / BEST).exists():
         save_atomic(resume.best, output_dir / BEST)
-    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n)
+    writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
+    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer)
 
     status = "FAILED"
     try:
@@ -205,42 +243,49 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             tags["mlflow.source.git.commit"] = commit
         tracker.set_tags(tags)
         log.info(
-            "run %s: %d train / %d val images %s, %d glints, %s parameters, %s on %s, epochs %d→%d",
+            "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s (data %s), epochs %d→%d",
             tracker.run_id, len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
-            f"{count_parameters(model):,}", cfg.loss, device, start_epoch, cfg.epochs,
+            f"{count_parameters(model):,}", cfg.loss, precision.name, device,
+            "on the device" if resident else f"streamed by {cfg.num_workers} workers", start_epoch, cfg.epochs,
         )
 
         # -- the epochs -------------------------------------------------------------------------------
         for epoch in range(start_epoch, cfg.epochs + 1):
-            train_loader.sampler.set_epoch(epoch)
+            train_batches.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_terms = run_epoch(model, train_loader, loss_fn, device, optimizer, f"epoch {epoch} train")
+            train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train")
             train_time = time.perf_counter() - t0
-            val_terms = run_epoch(model, val_loader, loss_fn, device, None, f"epoch {epoch} val")
+            val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val")
             scheduler.step()
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
-            tracker.log_metrics(metrics, step=epoch)
+            writer.submit(tracker.log_metrics, metrics, epoch)
             checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             log.info(
                 "epoch %d/%d  train_loss %.5f  val_loss %.5f  lr %.3g  %.1f img/s  %.1fs%s",
                 epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], lr, metrics["images_per_s"],
                 metrics["epoch_time_s"], "  (best)" if is_best else "",
             )
+        writer.flush()
 
         # -- the best weights as an MLflow model ------------------------------------------------------
         best_file = output_dir / BEST
         if best_file.exists():
             model.load_state_dict(load_checkpoint(best_file)["model_state_dict"])
-        tracker.log_model(model.cpu().eval(), data.image_size)
+        tracker.log_model(model.cpu().to(memory_format=torch.contiguous_format).eval(), data.image_size, data.num_glints)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s", tracker.run_id, tracker.run_id)
         raise
     finally:
+        try:
+            writer.close()  # a run never ends with a checkpoint or metric still unsent
+        except Exception:
+            log.exception("saving the last checkpoint or metrics failed")
+            status = "FAILED"
         logging.getLogger("glint_track").removeHandler(file_handler)
         file_handler.close()
         tracker.log_artifact(log_file)

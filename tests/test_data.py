@@ -7,8 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
-from glint_track.data import load_glint_file, make_loader, split_indices
+from glint_track.data import load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.synth import render_heatmaps
 
@@ -91,17 +92,24 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
         split_indices(3, 0.1, seed=0)
 
 
-def test_loader_batches_are_scaled_and_reshuffled_per_epoch(tiny_h5: Path) -> None:
+@pytest.mark.parametrize("resident", [True, False])
+def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders(tiny_h5: Path, resident: bool) -> None:
     data = load_glint_file(tiny_h5)
-    loader = make_loader(data, np.arange(32), batch_size=8, shuffle=True, seed=3, num_workers=0, pin_memory=False)
-    images, heatmaps = next(iter(loader))
+    indices = np.arange(4, 32)
+    batches = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=resident)
+    assert len(batches) == 4
+    images, heatmaps = next(iter(batches))
     assert images.shape == (8, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
-    assert heatmaps.dtype.is_floating_point and heatmaps.shape == (8, 4, 8, 8)
-    loader.sampler.set_epoch(1)
-    first = [b for b in loader.sampler]
-    assert first == [b for b in loader.sampler]  # same epoch, same order (resume-safe)
-    loader.sampler.set_epoch(2)
-    assert first != [b for b in loader.sampler]
+    assert heatmaps.dtype == torch.float32 and heatmaps.shape == (8, 4, 8, 8)
+    batches.set_epoch(1)
+    first = [h for _, h in batches]
+    assert all(torch.equal(a, b) for a, b in zip(first, [h for _, h in batches]))  # same epoch, same order
+    batches.set_epoch(2)
+    assert not torch.equal(first[0], next(iter(batches))[1])
+    # the order depends only on (seed, epoch): both loaders serve the same batches
+    other = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=not resident)
+    other.set_epoch(1)
+    assert all(torch.equal(a, h) for a, (_, h) in zip(first, other))
 
 
 def test_heatmap_matches_the_packer_definition() -> None:

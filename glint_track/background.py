@@ -1,0 +1,37 @@
+"""A single background thread for a run's I/O, so the next epoch starts while the last one is saved."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class BackgroundWriter:
+    """Runs submitted jobs (checkpoint writes, uploads, metric logging) one at a time, in order.
+
+    A failed job is re-raised on the next `submit` or at `flush`, which waits for everything: call it
+    before the run ends so that no run finishes with an upload missing.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glint-track-writer")
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]  # waits for each, in order
+        if first := next((e for e in errors if e is not None), None):
+            raise first
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
