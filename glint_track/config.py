@@ -37,7 +37,7 @@ class TrainConfig(LossWeights):
     loss: str = "focal"
     # optimisation
     epochs: int = 50
-    batch_size: int = 8
+    batch_size: int = 16
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
@@ -50,8 +50,8 @@ class TrainConfig(LossWeights):
     device: str = "auto"
     num_workers: int = 4  # only when the data does not fit on the GPU
     # speed
-    precision: str = "auto"  # bf16 on GPUs that have it, else fp32
-    channels_last: bool = True  # on CUDA
+    precision: str = "auto"  # bf16 where the GPU/CPU computes it natively, else fp32
+    channels_last: bool = True
     compile: bool = False
     # checkpoints
     save_optimizer: bool = True
