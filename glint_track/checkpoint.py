@@ -138,7 +138,7 @@ def restore(parts: dict[str, Stateful], checkpoint: dict[str, Any], source: str)
         key = PART_KEYS.get(name)
         if name == "progress":
             part.load_state_dict(checkpoint)
-        elif key in checkpoint:
+        elif checkpoint.get(key):  # an empty state (e.g. a disabled fp16 grad scaler) restores nothing
             try:
                 part.load_state_dict(checkpoint[key])
             except (RuntimeError, ValueError, KeyError) as e:
@@ -216,14 +216,26 @@ def epoch_file(epoch: int) -> str:
 
 
 def snapshot(obj: Any) -> Any:
-    """A CPU copy of every tensor in a nested state, so training can go on changing the originals."""
+    """A CPU copy of every tensor in a nested state, so training can go on changing the originals.
+
+    GPU tensors are copied asynchronously into pinned memory: the training thread does not wait for
+    them. Call `copies_done()` (in the thread that reads the copies) before using them.
+    """
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        if obj.is_cuda:  # same strides (channels_last weights stay channels_last), pinned for an async copy
+            out = torch.empty_strided(obj.size(), obj.stride(), dtype=obj.dtype, pin_memory=True)
+            return out.copy_(obj.detach(), non_blocking=True)
+        return obj.detach().clone()
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(snapshot(v) for v in obj)
     return obj
+
+
+def _copies_event() -> torch.cuda.Event | None:
+    """Marks the point in the GPU stream after which snapshot()'s copies are complete."""
+    return torch.cuda.current_stream().record_event() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 class Checkpointer:
@@ -252,12 +264,15 @@ class Checkpointer:
 
     def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> None:
         state = snapshot(gather(parts, train_args, self.save_optimizer))
+        copied = _copies_event()
         if self.writer is None:
-            self._write(state, epoch, is_best)
+            self._write(state, copied, epoch, is_best)
         else:
-            self.writer.submit(self._write, state, epoch, is_best)
+            self.writer.submit(self._write, state, copied, epoch, is_best)
 
-    def _write(self, state: dict[str, Any], epoch: int, is_best: bool) -> None:
+    def _write(self, state: dict[str, Any], copied: torch.cuda.Event | None, epoch: int, is_best: bool) -> None:
+        if copied is not None:
+            copied.synchronize()
         latest = self.directory / LATEST
         save_atomic(state, latest)
         self.store.log_artifact(latest, ARTIFACT_DIR)

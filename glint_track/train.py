@@ -102,6 +102,21 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-weight optimizer state tensor its weight's memory layout.
+
+    A checkpoint written from a contiguous model (the research script's, or one trained with
+    --no-channels-last) restores contiguous moments; fused GPU optimizers refuse moments whose strides
+    differ from a channels_last weight's.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -215,6 +230,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
                 log.warning("--%s changed from %s to %s: it starts afresh", name, previous.get(name), getattr(cfg, name))
                 del restorable[name]
         missing = restore(restorable, resume.checkpoint, resume.label)
+        match_state_layout(optimizer)
         if "optimizer" in missing:
             log.warning(
                 "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glint_track.checkpoint import RNGState, TrainProgress, gather, load_checkpoint, restore, save_atomic
+from glint_track.checkpoint import RNGState, TrainProgress, gather, load_checkpoint, restore, save_atomic, snapshot
+from glint_track.train import match_state_layout
 from glint_track.errors import GlintTrackError
 from glint_track.model import GlintUNet
 
@@ -91,3 +92,24 @@ def test_data_parallel_prefix_and_bare_weights_are_accepted(tmp_path: Path) -> N
     assert set(load_checkpoint(tmp_path / "dp.pth")["model_state_dict"]) == set(model.state_dict())
     torch.save(model.state_dict(), tmp_path / "best_model_weights.pt")
     assert load_checkpoint(tmp_path / "best_model_weights.pt")["epoch"] == 0
+
+
+def test_snapshot_copies_keep_layout_and_do_not_alias() -> None:
+    weight = torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    copy = snapshot({"w": [weight]})["w"][0]
+    assert copy.stride() == weight.stride() and torch.equal(copy, weight)
+    weight.add_(1)
+    assert not torch.equal(copy, weight)
+
+
+def test_restored_optimizer_moments_take_the_layout_of_channels_last_weights(tmp_path: Path) -> None:
+    parts = _parts()  # a contiguous model, as the research script wrote them
+    save_atomic(gather(parts, {}, True), tmp_path / "c.pth")
+    model = GlintUNet(num_glints=2, base_channels=4).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    restore({"model": model, "optimizer": optimizer}, load_checkpoint(tmp_path / "c.pth"), "c.pth")
+    conv = model.enc1[0].weight
+    assert optimizer.state[conv]["exp_avg"].stride() != conv.stride()
+    match_state_layout(optimizer)
+    assert optimizer.state[conv]["exp_avg"].stride() == conv.stride()
+    assert torch.equal(optimizer.state[conv]["exp_avg"], parts["optimizer"].state[parts["model"].enc1[0].weight]["exp_avg"])
