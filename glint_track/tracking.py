@@ -20,7 +20,9 @@ import mlflow
 import numpy as np
 import requests
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
@@ -29,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 import glint_track
 from glint_track.checkpoint import ARTIFACT_DIR, BEST, LATEST, load_checkpoint
+from glint_track.data import GlintData
 from glint_track.errors import GlintTrackError
 
 log = logging.getLogger(__name__)
@@ -173,6 +176,19 @@ class RunTracker:
     # so the background checkpoint writer can call them.
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dataset(self, data: GlintData) -> None:
+        """The training file as the run's MLflow input: name, source path, digest (the first 16 hex
+        digits of its SHA-256, so runs on the same file show the same one) and array shapes."""
+        source = resolve_dataset_source(str(data.path.resolve()))
+        h, w = data.image_size
+        c = data.num_glints
+        schema = Schema([
+            TensorSpec(np.dtype(np.uint8), (-1, h, w), name="images"),
+            TensorSpec(np.dtype(data.heatmaps.numpy().dtype), (-1, c, h // 4, w // 4), name="heatmaps"),
+        ])
+        dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """All of an epoch's metrics in one request."""

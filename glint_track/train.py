@@ -270,6 +270,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
         tracker.set_tags(tags)
+        tracker.log_dataset(data)
         log.info(
             "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s (data %s), epochs %d→%d",
             tracker.run_id, len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,

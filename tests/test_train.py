@@ -30,6 +30,9 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert params["save_optimizer"] == "True" and params["loss"] == "focal" and params["epochs"] == "2"
     assert params["h5"] == str(tiny_h5) and params["base_channels"] == "4"
     tags = run.data.tags
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "tiny" and dataset_input.dataset.digest == tags["glint_track.dataset.digest"][:16]
+    assert str(tiny_h5) in dataset_input.dataset.source and "heatmaps" in dataset_input.dataset.schema
     assert tags["glint_track.dataset.samples"] == "32" and len(tags["glint_track.dataset.digest"]) == 64
     for name in ("train_loss", "val_loss", "lr", "epoch_time_s", "images_per_s"):
         assert [m.step for m in MlflowClient().get_metric_history(run_id, name)] == [1, 2], name
