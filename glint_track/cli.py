@@ -157,13 +157,76 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
 
 
+class _Size(click.ParamType):
+    """H or HxW, e.g. 256 or 240x320."""
+
+    name = "H[xW]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [int(v) for v in str(value).lower().split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts) < 1:
+            self.fail(f"{value!r} is not a size: use H or HxW, e.g. 256 or 240x320", param, ctx)
+        return (parts[0], parts[-1])
+
+
+@main.command("pack")
+@click.option("--in-dir", type=click.Path(file_okay=False), required=True, help="Folder of labelme .json files (and their images).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete).")
+@click.option("--num-glints", type=click.IntRange(1, 64), default=8, show_default=True, help="Glint channels: labels g1..gN.")
+@click.option("--prefix", default="g", show_default=True, help="Label prefix before the 1-based glint number.")
+@click.option("--sigma-scale", type=float, default=1.2, show_default=True, help="Gaussian sigma = max(sigma-min, radius × sigma-scale).")
+@click.option("--sigma-min", type=float, default=1.5, show_default=True)
+@click.option("--img-size", type=_Size(), help="Resize images to H[xW] (default: the first image's size).")
+@click.option("--hm-size", type=_Size(), help="Heat-map size h[xw] (default and only accepted value: image size / 4).")
+@click.option("--recursive/--no-recursive", default=False, show_default=True, help="Also read subfolders.")
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
+def pack_cmd(in_dir: str, out: str, num_glints: int, prefix: str, sigma_scale: float, sigma_min: float,
+             img_size: tuple[int, int] | None, hm_size: tuple[int, int] | None, recursive: bool, compression: str) -> None:
+    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file.
+
+    \b
+    Example:
+      glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
+    """
+    from glint_track.pack import pack_labelme
+
+    summary = pack_labelme(in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression)
+    skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
+    click.echo(f"packed {summary.packed} samples with {summary.glints} glints into {summary.out}{skipped}")
+
+
+@main.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples with the glints drawn and numbered.")
+@click.option("--count", type=click.IntRange(1, 256), default=16, show_default=True, help="Samples in the preview.")
+def inspect_cmd(file: str, preview: str | None, count: int) -> None:
+    """Summarise a glint HDF5 file and check that the trainer accepts it.
+
+    \b
+    Example:
+      glint-track inspect train_256.h5 --preview train_256.png
+    """
+    from glint_track.inspection import describe, format_summary, preview as draw_preview
+
+    data, summary = describe(file)
+    click.echo(format_summary(summary))
+    if preview:
+        click.echo(f"preview: {draw_preview(data, preview, count)}")
+
+
 @main.command("synth")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
 @click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--size", type=click.IntRange(16), default=64, show_default=True, help="Image side in pixels (multiple of 16).")
 @click.option("--num-glints", type=click.IntRange(1, 32), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int) -> None:
+@click.option("--labelme-dir", type=click.Path(file_okay=False), help="Also write each image as PNG with its labelme JSON here.")
+def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int, labelme_dir: str | None) -> None:
     """Write built-in demo data: synthetic eye images with labelled glints.
 
     \b
@@ -174,7 +237,7 @@ def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int)
 
     if size % 16:
         raise GlintTrackError(f"--size {size} is not a multiple of 16, which the UNet needs; use e.g. {size // 16 * 16 or 16}")
-    path = write_synthetic(out, num_samples, size, num_glints, seed)
+    path = write_synthetic(out, num_samples, size, num_glints, seed, labelme_dir)
     click.echo(f"wrote {num_samples} synthetic {size}×{size} samples with {num_glints} glints to {path}")
 
 

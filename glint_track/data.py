@@ -8,6 +8,8 @@ Every check runs before training starts, so a bad file costs seconds, not a wast
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +24,7 @@ from glint_track.errors import GlintTrackError
 #: The UNet's output is 1/4 of its input; heat-maps must be stored at that size.
 OUTPUT_STRIDE = 4
 HEATMAP_DTYPES = (np.float16, np.float32)
+COMPRESSIONS = ("gzip", "lzf", "none")
 
 
 @dataclass
@@ -139,6 +142,30 @@ def load_glint_file(path: str | Path) -> GlintData:
         attrs=attrs,
         digest=file_digest(path),
     )
+
+
+def write_glint_file(
+    out: Path, images: np.ndarray, heatmaps: np.ndarray, points: np.ndarray, radii: np.ndarray,
+    stems: list[str], attrs: dict, compression: str = "gzip",
+) -> None:
+    """Write the SEED layout (plus `points`, `radii`) to a temp file beside `out`, then rename it into place."""
+    if compression not in COMPRESSIONS:
+        raise GlintTrackError(f"unknown --compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    codec = None if compression == "none" else compression
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, arr in (("images", images), ("heatmaps", heatmaps), ("points", points), ("radii", radii)):
+                f.create_dataset(name, data=arr, chunks=(1, *arr.shape[1:]), compression=codec)
+            f.create_dataset("present", data=(~np.isnan(points[..., 0])).astype(np.uint8), compression=codec)
+            f.create_dataset("stems", data=stems, dtype=h5py.string_dtype())
+            f.attrs.update(attrs)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

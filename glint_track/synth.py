@@ -7,43 +7,14 @@ missing, and sensor noise is added. Enough for the trainer to learn something re
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
 from pathlib import Path
 
-import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from glint_track.data import OUTPUT_STRIDE
-
-SIGMA_SCALE = 1.2
-SIGMA_MIN = 1.5
-
-
-def render_heatmaps(
-    points: np.ndarray, radii: np.ndarray, image_hw: tuple[int, int], heatmap_hw: tuple[int, int],
-    sigma_scale: float = SIGMA_SCALE, sigma_min: float = SIGMA_MIN,
-) -> np.ndarray:
-    """Heat-maps as the research packer defined them: a Gaussian per glint at full resolution with
-    sigma = max(sigma_min, radius·sigma_scale), cut at 3 sigma, then area-resized and clipped to [0, 1].
-
-    points: C×2 (x, y) in image pixels, NaN where the glint is absent; radii: C. Returns C×h×w float32.
-    """
-    H, W = image_hw
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    maps = np.zeros((len(points), H, W), np.float32)
-    for c, ((x, y), r) in enumerate(zip(points, radii)):
-        if np.isnan(x):
-            continue
-        sigma = max(sigma_min, float(r) * sigma_scale)
-        d2 = (xx - x) ** 2 + (yy - y) ** 2
-        g = np.exp(-d2 / (2 * sigma**2))
-        g[d2 > (3 * sigma) ** 2] = 0
-        maps[c] = np.maximum(maps[c], g)
-    small = F.adaptive_avg_pool2d(torch.from_numpy(maps)[None], heatmap_hw)[0].numpy()
-    return np.clip(small, 0.0, 1.0)
+from glint_track.data import OUTPUT_STRIDE, write_glint_file
+from glint_track.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
 
 
 def synth_sample(rng: np.random.Generator, size: int, num_glints: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +44,11 @@ def synth_sample(rng: np.random.Generator, size: int, num_glints: int) -> tuple[
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), points, radii
 
 
-def write_synthetic(out: str | Path, num_samples: int = 512, size: int = 64, num_glints: int = 8, seed: int = 0) -> Path:
-    """Write a demo file in the SEED layout (plus `points`, `radii`); appears atomically at `out`."""
+def write_synthetic(
+    out: str | Path, num_samples: int = 512, size: int = 64, num_glints: int = 8, seed: int = 0, labelme_dir: str | Path | None = None,
+) -> Path:
+    """Write a demo file in the SEED layout (plus `points`, `radii`); appears atomically at `out`.
+    With `labelme_dir`, also write each image as PNG with its labelme JSON (what `pack` reads)."""
     if size % 16:
         raise ValueError(f"image size {size} must be divisible by 16")
     out = Path(out)
@@ -84,25 +58,27 @@ def write_synthetic(out: str | Path, num_samples: int = 512, size: int = 64, num
     heatmaps = np.zeros((num_samples, num_glints, hm, hm), np.float16)
     points = np.zeros((num_samples, num_glints, 2), np.float32)
     radii = np.zeros((num_samples, num_glints), np.float32)
+    stems = [f"synth_{i:06d}" for i in range(num_samples)]
     for i in range(num_samples):
         images[i], points[i], radii[i] = synth_sample(rng, size, num_glints)
-        heatmaps[i] = render_heatmaps(points[i], radii[i], (size, size), (hm, hm))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            chunk = lambda a: (1,) + a.shape[1:]  # noqa: E731 - one sample per chunk
-            for name, arr in (("images", images), ("heatmaps", heatmaps), ("points", points), ("radii", radii)):
-                f.create_dataset(name, data=arr, chunks=chunk(arr), compression="gzip")
-            f.create_dataset("present", data=(~np.isnan(points[..., 0])).astype(np.uint8), compression="gzip")
-            f.create_dataset("stems", data=[f"synth_{i:06d}" for i in range(num_samples)], dtype=h5py.string_dtype())
-            f.attrs.update(
-                num_classes=num_glints, sigma_scale=SIGMA_SCALE, sigma_min=SIGMA_MIN, img_h=size, img_w=size,
-                hm_h=hm, hm_w=hm, prefix="g", source="glint-track synth", seed=seed,
-            )
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        heatmaps[i] = render_heatmaps(glints_of(points[i], radii[i]), num_glints, (size, size), (hm, hm))
+        if labelme_dir is not None:
+            write_labelme(Path(labelme_dir), stems[i], images[i], points[i], radii[i])
+    attrs = dict(num_classes=num_glints, sigma_scale=SIGMA_SCALE, sigma_min=SIGMA_MIN, img_h=size, img_w=size,
+                 hm_h=hm, hm_w=hm, prefix="g", source="glint-track synth", seed=seed)
+    write_glint_file(out, images, heatmaps, points, radii, stems, attrs)
     return out
+
+
+def write_labelme(folder: Path, stem: str, image: np.ndarray, points: np.ndarray, radii: np.ndarray) -> None:
+    """One image as `stem.png` and its glints as labelme circles `g1`..`gN` in `stem.json`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / f"{stem}.png")
+    shapes = [
+        {"label": f"g{c + 1}", "points": [[float(x), float(y)], [float(x + r), float(y)]], "shape_type": "circle",
+         "group_id": None, "flags": {}}
+        for c, ((x, y), r) in enumerate(zip(points, radii)) if not np.isnan(x)
+    ]
+    record = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": f"{stem}.png", "imageData": None,
+              "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1])}
+    (folder / f"{stem}.json").write_text(json.dumps(record, indent=1))

@@ -11,7 +11,7 @@ import torch
 
 from glint_track.data import load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
-from glint_track.synth import render_heatmaps
+from glint_track.heatmaps import glints_of, render_heatmaps
 
 
 def write_h5(path: Path, n: int = 6, size: int = 32, channels: int = 3, hm: int | None = None, **overrides) -> Path:
@@ -114,7 +114,7 @@ def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders
 
 def test_heatmap_matches_the_packer_definition() -> None:
     points = np.array([[12.0, 20.0], [np.nan, np.nan]], np.float32)
-    maps = render_heatmaps(points, np.array([1.0, 1.0]), (32, 32), (8, 8))
+    maps = render_heatmaps(glints_of(points, np.array([1.0, 1.0])), 2, (32, 32), (8, 8))
     assert maps.shape == (2, 8, 8) and maps[1].max() == 0
     assert np.unravel_index(maps[0].argmax(), (8, 8)) == (5, 3)  # (y, x) // 4
     assert 0 < maps[0].max() <= 1

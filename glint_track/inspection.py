@@ -1,0 +1,95 @@
+"""`glint-track inspect`: what is in a glint file, whether the trainer accepts it, and a picture of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image, ImageDraw
+
+from glint_track.data import GlintData, load_glint_file
+
+#: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
+COLOURS = [(255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (70, 110, 255), (190, 80, 255), (255, 80, 200)]
+
+
+def describe(path: str | Path) -> tuple[GlintData, dict[str, Any]]:
+    """Validate the file (raising GlintTrackError with the fix) and summarise it."""
+    data = load_glint_file(path)
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        datasets = {
+            name: {"shape": tuple(ds.shape), "dtype": str(ds.dtype), "chunks": ds.chunks, "compression": ds.compression}
+            for name, ds in f.items() if isinstance(ds, h5py.Dataset)
+        }
+        points = f["points"][...] if "points" in f else None
+    peaks = data.heatmaps.float().amax(dim=(2, 3)).numpy()  # N×C
+    present = data.present.numpy().astype(bool) if data.present is not None else peaks > 0.1
+    summary = {
+        "file": str(path), "size_mb": path.stat().st_size / 1e6, "samples": data.num_samples,
+        "image_size": data.image_size, "glints": data.num_glints, "datasets": datasets, "attrs": data.attrs,
+        "presence": present.sum(0).tolist(),
+        "peak": {"mean": float(peaks[present].mean()) if present.any() else 0.0,
+                 "min": float(peaks[present].min()) if present.any() else 0.0,
+                 "max_absent": float(peaks[~present].max()) if (~present).any() else 0.0},
+        "no_glint_samples": int((~present.any(1)).sum()),
+        "has_points": points is not None,
+        "validation": "ok: the trainer accepts this file",
+    }
+    return data, summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"{s['file']}: {s['samples']} samples, images {s['image_size'][0]}×{s['image_size'][1]}, {s['glints']} glints, {s['size_mb']:.1f} MB on disk",
+        "datasets:",
+    ]
+    for name, d in s["datasets"].items():
+        lines.append(f"  {name:9s} {str(d['shape']):22s} {d['dtype']:9s} chunks {d['chunks']}, compression {d['compression'] or 'none'}")
+    lines.append("attributes: " + (", ".join(f"{k}={v}" for k, v in sorted(s["attrs"].items())) or "none"))
+    lines.append("glints annotated (per channel): " + ", ".join(f"g{c + 1} {n}" for c, n in enumerate(s["presence"])))
+    p = s["peak"]
+    lines.append(f"heat-map peaks of annotated glints: mean {p['mean']:.3f}, min {p['min']:.3f}; highest where absent {p['max_absent']:.3f}")
+    lines.append(f"samples with no glint: {s['no_glint_samples']}")
+    lines.append(f"validation: {s['validation']}")
+    return "\n".join(lines)
+
+
+def glint_positions(data: GlintData, i: int, points: np.ndarray | None) -> list[tuple[int, float, float]]:
+    """(channel, x, y) in image pixels: the stored points, else the heat-map peaks (×4)."""
+    if points is not None:
+        return [(c, float(x), float(y)) for c, (x, y) in enumerate(points[i]) if not np.isnan(x)]
+    out = []
+    for c, hm in enumerate(data.heatmaps[i].float().numpy()):
+        if hm.max() > 0.1:
+            y, x = np.unravel_index(hm.argmax(), hm.shape)
+            out.append((c, (x + 0.5) * 4 - 0.5, (y + 0.5) * 4 - 0.5))
+    return out
+
+
+def preview(data: GlintData, out: str | Path, count: int = 16, tile: int = 256) -> Path:
+    """A grid of the first `count` samples, each glint circled in its channel's colour and numbered."""
+    with h5py.File(data.path, "r") as f:
+        points = f["points"][...] if "points" in f else None
+    count = min(count, data.num_samples)
+    cols = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    grid = Image.new("RGB", (cols * tile, rows * tile), (0, 0, 0))
+    H, W = data.image_size
+    scale = tile / max(H, W)
+    for i in range(count):
+        img = Image.fromarray(data.images[i].numpy()).convert("RGB").resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(img)
+        for c, x, y in glint_positions(data, i, points):
+            cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, max(4, 2 * scale)
+            colour = COLOURS[c % len(COLOURS)]
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
+            draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
+        draw.text((4, 4), data.stems[i] if data.stems else str(i), fill=(255, 255, 255))
+        grid.paste(img, ((i % cols) * tile, (i // cols) * tile))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
