@@ -111,6 +111,8 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds the weights, the train/val split and the data order."),
     click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="Loader worker processes, used only when the data does not fit on the GPU (it is kept there otherwise)."),
+    click.option("--cache/--no-cache", default=D.cache, show_default=True, help="Keep the decoded arrays, uncompressed and memory-mapped, in --cache-dir: parallel runs on one file share one copy in RAM and skip decompression."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where --cache keeps decoded files, by content digest [default: ~/.cache/glint-track]."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision, show_default=True, help="Mixed precision: auto = bf16 where the GPU or CPU computes it natively (Ampere+, AVX512-BF16/AMX), else fp32."),
     click.option("--channels-last/--no-channels-last", default=D.channels_last, show_default=True, help="NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs."),
     click.option("--compile/--no-compile", default=D.compile, show_default=True, help="torch.compile the model: ~1 min to start, faster steps; for long runs."),
@@ -141,7 +143,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 def train_cmd(ctx: click.Context, **options: Any) -> None:
     from glint_track.train import train  # heavy imports (torch, mlflow) only when training
 
-    for name in ("resume", "output_dir"):  # `mlflow run` passes empty strings for "not set"
+    for name in ("resume", "output_dir", "cache_dir"):  # `mlflow run` passes empty strings for "not set"
         options[name] = options[name] or None
     explicit = frozenset(
         name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)

@@ -49,6 +49,8 @@ class TrainConfig(LossWeights):
     seed: int = 42
     device: str = "auto"
     num_workers: int = 4  # only when the data does not fit on the GPU
+    cache: bool = True  # decoded arrays memory-mapped from a cache shared by parallel runs
+    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/glint-track or ~/.cache/glint-track
     # speed
     precision: str = "auto"  # bf16 where the GPU/CPU computes it natively, else fp32
     channels_last: bool = True

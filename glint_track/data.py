@@ -8,9 +8,12 @@ Every check runs before training starts, so a bad file costs seconds, not a wast
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glint_track.errors import GlintTrackError
+
+log = logging.getLogger(__name__)
 
 #: The UNet's output is 1/4 of its input; heat-maps must be stored at that size.
 OUTPUT_STRIDE = 4
@@ -38,6 +43,11 @@ class GlintData:
     stems: list[str] | None
     attrs: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    from_cache: bool = False  # the decoded arrays came memory-mapped from the cache
+
+    def to(self, device: torch.device) -> GlintData:
+        """The same data with images and heat-maps on `device` (no copy when they are there already)."""
+        return replace(self, images=self.images.to(device), heatmaps=self.heatmaps.to(device))
 
     @property
     def num_samples(self) -> int:
@@ -113,8 +123,17 @@ def _attr_value(v: Any) -> Any:
     return v
 
 
-def load_glint_file(path: str | Path) -> GlintData:
-    """Validate and load a glint HDF5 file, raising GlintTrackError with the fix on any problem."""
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glint-track"
+
+
+def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintData:
+    """Validate and load a glint HDF5 file, raising GlintTrackError with the fix on any problem.
+
+    With `cache_dir`, the decoded arrays are kept there as uncompressed .npy files named by the file's
+    SHA-256 and memory-mapped: parallel runs on one file share a single copy in RAM (the page cache),
+    and only the first run pays for decompression.
+    """
     path = Path(path)
     if not path.exists():
         raise GlintTrackError(f"{path}: no such file; check --h5, or write demo data with `glint-track synth --out {path}`")
@@ -123,25 +142,65 @@ def load_glint_file(path: str | Path) -> GlintData:
     try:
         with h5py.File(path, "r") as f:
             _check_layout(path, f)
-            images = f["images"][...]
-            heatmaps = f["heatmaps"][...]
-            present = f["present"][...].astype(np.uint8) if "present" in f else None
             stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["stems"][...]] if "stems" in f else None
             attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
         raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
+    digest = file_digest(path)
+    arrays = _read_cache(cache_dir / digest) if cache_dir else None
+    from_cache = arrays is not None
+    if arrays is None:
+        arrays = _decode(path)
+        if cache_dir and _write_cache(cache_dir, digest, arrays):
+            arrays = _read_cache(cache_dir / digest)  # this process maps the shared copy too
+    with warnings.catch_warnings():  # memory-mapped arrays are read-only; training only ever reads them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return GlintData(
+        path=path, images=tensors["images"], heatmaps=tensors["heatmaps"], present=tensors.get("present"),
+        stems=stems, attrs=attrs, digest=digest, from_cache=from_cache,
+    )
+
+
+def _decode(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with h5py.File(path, "r") as f:
+            arrays = {"images": f["images"][...], "heatmaps": f["heatmaps"][...]}
+            if "present" in f:
+                arrays["present"] = f["present"][...].astype(np.uint8)
+    except OSError as e:
+        raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
+    heatmaps = arrays["heatmaps"]
     if not np.isfinite(heatmaps).all():
         bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
         raise _fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
-    return GlintData(
-        path=path,
-        images=torch.from_numpy(images),
-        heatmaps=torch.from_numpy(heatmaps),
-        present=torch.from_numpy(present) if present is not None else None,
-        stems=stems,
-        attrs=attrs,
-        digest=file_digest(path),
-    )
+    return arrays
+
+
+def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+    if not (folder / "images.npy").is_file():
+        return None
+    return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+
+
+def _write_cache(cache_dir: Path, digest: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Write the decoded arrays into a temp folder, then rename it into place (atomic: a concurrent
+    starter either finds the complete folder or none; if two write at once, the first rename wins)."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=cache_dir))
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        try:
+            os.rename(tmp, cache_dir / digest)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    except OSError as e:  # a full or read-only cache disk slows things down but must not stop training
+        log.warning("could not cache the decoded data in %s (%s); continuing without the cache", cache_dir, e)
+        if "tmp" in locals():
+            shutil.rmtree(tmp, ignore_errors=True)
+        return False
 
 
 def write_glint_file(
@@ -196,24 +255,25 @@ def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor) -> tuple[torch.Tens
 
 
 class ResidentBatches:
-    """The split's samples held on the training device (uint8 images, float16/32 heat-maps);
-    each batch is gathered by index there, so no step waits for the host or a worker."""
+    """Batches gathered by index from data already on the training device (uint8 images, float16/32
+    heat-maps, moved there once by `GlintData.to`), so no step waits for the host or a worker.
+    On the CPU nothing is copied: a memory-mapped cache stays shared between processes."""
 
-    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> None:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        self.images = data.images[index].to(device)
-        self.heatmaps = data.heatmaps[index].to(device)
-        self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, device
+    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.images, self.heatmaps = data.images, data.heatmaps
+        self.device = data.images.device
+        self.indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.images) + self.batch_size - 1) // self.batch_size
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = epoch_order(len(self.images), self.shuffle, self.seed, self.epoch).to(self.device)
+        order = self.indices[epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch).to(self.device)]
         for chunk in order.split(self.batch_size):
             yield _as_inputs(self.images[chunk], self.heatmaps[chunk])
 
@@ -286,6 +346,6 @@ def make_batches(
     data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
     num_workers: int, resident: bool,
 ) -> Batches:
-    if resident:
-        return ResidentBatches(data, indices, batch_size, shuffle, seed, device)
+    if resident:  # `data` already on `device` (GlintData.to)
+        return ResidentBatches(data, indices, batch_size, shuffle, seed)
     return HostBatches(data, indices, batch_size, shuffle, seed, device, num_workers)

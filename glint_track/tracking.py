@@ -185,7 +185,7 @@ class RunTracker:
         c = data.num_glints
         schema = Schema([
             TensorSpec(np.dtype(np.uint8), (-1, h, w), name="images"),
-            TensorSpec(np.dtype(data.heatmaps.numpy().dtype), (-1, c, h // 4, w // 4), name="heatmaps"),
+            TensorSpec(np.dtype(str(data.heatmaps.dtype).removeprefix("torch.")), (-1, c, h // 4, w // 4), name="heatmaps"),
         ])
         dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])

@@ -21,7 +21,7 @@ from glint_track import __version__
 from glint_track.checkpoint import BEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
-from glint_track.data import Batches, fits_on_device, load_glint_file, make_batches, split_indices
+from glint_track.data import Batches, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
 from glint_track.model import GlintUNet, count_parameters
@@ -189,12 +189,15 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         )
 
     # -- data: validated before anything is started, then kept on the device when it fits ------------
-    data = load_glint_file(cfg.h5)
+    cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.cache else None
+    data = load_glint_file(cfg.h5, cache_dir)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     resident = fits_on_device(data, device)
+    if resident:
+        data = data.to(device)  # once, for both splits
     train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
     val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
@@ -275,7 +278,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s (data %s), epochs %d→%d",
             tracker.run_id, len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
             f"{count_parameters(model):,}", cfg.loss, precision.name, device,
-            "on the device" if resident else f"streamed by {cfg.num_workers} workers", start_epoch, cfg.epochs,
+            ("on the device" if resident else f"streamed by {cfg.num_workers} workers") + (", from the cache" if data.from_cache else ""),
+            start_epoch, cfg.epochs,
         )
 
         # -- the epochs -------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders
     indices = np.arange(4, 32)
     batches = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=resident)
     assert len(batches) == 4
+    assert len(batches) == 4
     images, heatmaps = next(iter(batches))
     assert images.shape == (8, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
     assert heatmaps.dtype == torch.float32 and heatmaps.shape == (8, 4, 8, 8)
@@ -118,3 +119,33 @@ def test_heatmap_matches_the_packer_definition() -> None:
     assert maps.shape == (2, 8, 8) and maps[1].max() == 0
     assert np.unravel_index(maps[0].argmax(), (8, 8)) == (5, 3)  # (y, x) // 4
     assert 0 < maps[0].max() <= 1
+
+
+def test_cache_is_shared_memory_mapped_and_reused(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    first = load_glint_file(tiny_h5, cache)
+    assert not first.from_cache and (cache / first.digest / "images.npy").is_file()
+    assert list(cache.glob(".*")) == []  # no temp folder left behind
+    maps = Path("/proc/self/maps").read_text()  # the arrays are the cache files, mapped, not copies
+    assert str(cache / first.digest / "images.npy") in maps and str(cache / first.digest / "heatmaps.npy") in maps
+    # a second process maps the same files and never decodes the HDF5 arrays
+    code = (
+        "import sys, glint_track.data as d\n"
+        "d._decode = lambda p: sys.exit('decoded again')\n"
+        f"x = d.load_glint_file({str(tiny_h5)!r}, __import__('pathlib').Path({str(cache)!r}))\n"
+        "print(x.from_cache, x.digest, int(x.heatmaps.float().sum() > 0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", first.digest, "1"]
+    plain = load_glint_file(tiny_h5)
+    assert torch.equal(plain.images, first.images) and torch.equal(plain.heatmaps, first.heatmaps)
+
+
+def test_unwritable_cache_only_warns(tiny_h5: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    data = load_glint_file(tiny_h5, blocker / "cache")
+    assert data.num_samples == 32 and not data.from_cache and "continuing without the cache" in caplog.text
