@@ -224,11 +224,12 @@ def inspect_cmd(file: str, preview: str | None, count: int) -> None:
 @main.command("synth")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
 @click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
-@click.option("--size", type=click.IntRange(16), default=64, show_default=True, help="Image side in pixels (multiple of 16).")
+@click.option("--size", type=click.IntRange(16), default=128, show_default=True, help="Image side in pixels (multiple of 16).")
+@click.option("--difficulty", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="0: centred gaze, open eyes, clean images; 1: wide gaze, closing lids, glasses reflections, blur and noise.")
 @click.option("--num-glints", type=click.IntRange(1, 32), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--labelme-dir", type=click.Path(file_okay=False), help="Also write each image as PNG with its labelme JSON here.")
-def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int, labelme_dir: str | None) -> None:
+def synth_cmd(out: str, num_samples: int, size: int, difficulty: float, num_glints: int, seed: int, labelme_dir: str | None) -> None:
     """Write built-in demo data: synthetic eye images with labelled glints.
 
     \b
@@ -239,7 +240,7 @@ def synth_cmd(out: str, num_samples: int, size: int, num_glints: int, seed: int,
 
     if size % 16:
         raise GlintTrackError(f"--size {size} is not a multiple of 16, which the UNet needs; use e.g. {size // 16 * 16 or 16}")
-    path = write_synthetic(out, num_samples, size, num_glints, seed, labelme_dir)
+    path = write_synthetic(out, num_samples, size, num_glints, seed, labelme_dir, difficulty)
     click.echo(f"wrote {num_samples} synthetic {size}×{size} samples with {num_glints} glints to {path}")
 
 
