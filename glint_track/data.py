@@ -222,6 +222,9 @@ def write_glint_file(
             f.create_dataset("stems", data=stems, dtype=h5py.string_dtype())
             f.attrs.update(attrs)
         os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise GlintTrackError(f"{out}: could not be written ({e}); nothing was changed there: free some space or choose another path") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

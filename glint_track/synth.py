@@ -71,7 +71,7 @@ def synth_sample(
 
     # eye opening between two eyelid curves; more closed at higher difficulty
     half_w = size * rng.uniform(0.36, 0.44)
-    upper = ey - size * rng.uniform(0.2, 0.27) * (1 - 0.45 * d * rng.random())
+    upper = ey - size * rng.uniform(0.16, 0.27) * (1 - 0.8 * d * rng.random())  # a drooping lid hides top glints
     lower = ey + size * rng.uniform(0.15, 0.22)
     t = np.clip(1 - ((xx - ex) / half_w) ** 2, 0, None)
     upper_lid, lower_lid = ey - (ey - upper) * t, ey + (lower - ey) * t

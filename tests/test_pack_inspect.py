@@ -116,3 +116,23 @@ def test_inspect_rejects_non_hdf5_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "x.h5").write_text("nope")
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "x.h5")])
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0 and "is not an HDF5 file" in result.stderr
+
+
+def test_pack_output_appears_only_when_complete(labelme_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "packed.h5"
+    out.write_bytes(b"previous contents")
+    real = h5py.Group.create_dataset
+    calls = []
+
+    def failing_create_dataset(self, name, *args, **kwargs):
+        calls.append(name)
+        if name == "points":  # images and heat-maps are already written when the disk "fills up"
+            raise OSError(28, "No space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing_create_dataset)
+    result = CliRunner().invoke(main, ["pack", "--in-dir", str(labelme_dir), "--out", str(out), "--num-glints", "4"])
+    assert result.exit_code == 2 and "images" in calls
+    assert "could not be written" in result.stderr and "No space left" in result.stderr
+    assert out.read_bytes() == b"previous contents"  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".packed")] == []  # no temp file left
