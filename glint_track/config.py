@@ -61,6 +61,9 @@ class TrainConfig(LossWeights):
     keep_last_n: int = 3
     monitor: str = "val_loss"
     monitor_mode: str = "min"
+    # glint metrics
+    threshold: float = 0.3  # a channel's peak probability at or above this is a detected glint
+    match_radius: float = 3.0  # input pixels between a detected glint and its annotation to count as found
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(**{f.name: getattr(self, f.name) for f in fields(LossWeights)})
@@ -87,6 +90,8 @@ class TrainConfig(LossWeights):
             (self.div_mode in DIV_MODES, f"unknown --div-mode {self.div_mode!r}: choose one of {', '.join(DIV_MODES)}"),
             (self.agg_mode in AGG_MODES, f"unknown --agg-mode {self.agg_mode!r}: choose one of {', '.join(AGG_MODES)}"),
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+            (0.0 < self.threshold < 1.0, f"--threshold must be inside (0, 1) (got {self.threshold})"),
+            (self.match_radius > 0, f"--match-radius must be positive (got {self.match_radius})"),
             (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
         ]
         for ok, message in checks:

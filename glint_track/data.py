@@ -40,6 +40,7 @@ class GlintData:
     images: torch.Tensor  # N×H×W uint8
     heatmaps: torch.Tensor  # N×C×h×w float16/float32
     present: torch.Tensor | None  # N×C uint8
+    points: torch.Tensor | None  # N×C×2 float32 glint centres in image pixels, NaN where absent
     stems: list[str] | None
     attrs: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
@@ -48,6 +49,8 @@ class GlintData:
     def to(self, device: torch.device) -> GlintData:
         """The same data with images and heat-maps on `device` (no copy when they are there already)."""
         return replace(self, images=self.images.to(device), heatmaps=self.heatmaps.to(device))
+
+
 
     @property
     def num_samples(self) -> int:
@@ -108,7 +111,7 @@ def _check_layout(path: Path, f: h5py.File) -> None:
         )
     if H % 16 or W % 16:
         raise _fail(path, f"image size {H}×{W} is not divisible by 16, which the UNet's 4 poolings need", "re-pack at a size divisible by 16")
-    for name, shape in (("present", (n, heatmaps.shape[1])), ("stems", (n,))):
+    for name, shape in (("present", (n, heatmaps.shape[1])), ("stems", (n,)), ("points", (n, heatmaps.shape[1], 2))):
         if name in f and tuple(f[name].shape) != shape:
             raise _fail(path, f"'{name}' has shape {f[name].shape}, expected {shape}", repack)
 
@@ -144,6 +147,7 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
             _check_layout(path, f)
             stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["stems"][...]] if "stems" in f else None
             attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            points = f["points"][...].astype(np.float32) if "points" in f else None
     except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
         raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
     digest = file_digest(path)
@@ -158,7 +162,7 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
     return GlintData(
         path=path, images=tensors["images"], heatmaps=tensors["heatmaps"], present=tensors.get("present"),
-        stems=stems, attrs=attrs, digest=digest, from_cache=from_cache,
+        points=torch.from_numpy(points) if points is not None else None, stems=stems, attrs=attrs, digest=digest, from_cache=from_cache,
     )
 
 
@@ -252,9 +256,13 @@ def epoch_order(num: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 N×H×W → float N×1×H×W in [0, 1]; heat-maps → float32."""
-    return images.unsqueeze(1).float().div_(255.0), heatmaps.float()
+def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor, index: torch.Tensor) -> Batch:
+    """uint8 N×H×W → float N×1×H×W in [0, 1]; heat-maps → float32; plus the samples' indices."""
+    return images.unsqueeze(1).float().div_(255.0), heatmaps.float(), index
+
+
+#: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ResidentBatches:
@@ -275,10 +283,10 @@ class ResidentBatches:
     def __len__(self) -> int:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         order = self.indices[epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch).to(self.device)]
         for chunk in order.split(self.batch_size):
-            yield _as_inputs(self.images[chunk], self.heatmaps[chunk])
+            yield _as_inputs(self.images[chunk], self.heatmaps[chunk], chunk)
 
 
 class _BatchDataset(Dataset):
@@ -291,9 +299,9 @@ class _BatchDataset(Dataset):
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, idx: list[int]) -> Batch:
         index = torch.as_tensor(idx, dtype=torch.long)
-        return _as_inputs(self.images[index], self.heatmaps[index])
+        return _as_inputs(self.images[index], self.heatmaps[index], index)
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
@@ -328,9 +336,9 @@ class HostBatches:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, heatmaps in self.loader:
-            yield images.to(self.device, non_blocking=True), heatmaps.to(self.device, non_blocking=True)
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
 
 
 Batches = ResidentBatches | HostBatches

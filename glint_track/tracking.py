@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,9 @@ def _download_checkpoint(run_id: str, artifact_path: str) -> dict[str, Any]:
         return load_checkpoint(path)
 
 
-def fetch_resume_checkpoint(source: str) -> ResumeSource:
-    """Resolve --resume: a local checkpoint file, a `runs:/<id>/<path>` URI, or an MLflow run ID."""
+def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--resume") -> ResumeSource:
+    """Resolve a checkpoint reference: a local file, a `runs:/<id>/<path>` URI, or an MLflow run ID
+    (its latest checkpoint, or with `prefer_best` its best_model.pth when it has one)."""
     if Path(source).is_file():
         return ResumeSource(load_checkpoint(source), None, source)
     if source.startswith("runs:/"):
@@ -103,7 +105,7 @@ def fetch_resume_checkpoint(source: str) -> ResumeSource:
         return ResumeSource(checkpoint, run_id, source)
     if not _RUN_ID.match(source):
         raise GlintTrackError(
-            f"--resume {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
+            f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
     _get_run(source)
@@ -111,9 +113,11 @@ def fetch_resume_checkpoint(source: str) -> ResumeSource:
     if LATEST not in names:
         raise GlintTrackError(
             f"run {source} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
-            f"glint-track run); start a new training instead of resuming it"
+            f"glint-track run); start a new training instead"
         )
     best = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}") if BEST in names else None
+    if prefer_best and best is not None:
+        return ResumeSource(best, source, source)
     return ResumeSource(_download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}"), source, source, best)
 
 
@@ -180,7 +184,9 @@ class RunTracker:
     def log_dataset(self, data: GlintData) -> None:
         """The training file as the run's MLflow input: name, source path, digest (the first 16 hex
         digits of its SHA-256, so runs on the same file show the same one) and array shapes."""
-        source = resolve_dataset_source(str(data.path.resolve()))
+        with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources and says so
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(data.path.resolve()))
         h, w = data.image_size
         c = data.num_glints
         schema = Schema([

@@ -24,8 +24,9 @@ from glint_track.background import BackgroundWriter
 from glint_track.data import Batches, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
+from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters
-from glint_track.tracking import ResumeSource, RunTracker, check_tracking_server, fetch_resume_checkpoint, git_commit, tracking_uri
+from glint_track.tracking import ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def _native_bf16(device: torch.device) -> bool:
 def epoch_metric_names(loss_fn: GlintLoss) -> list[str]:
     """Every metric logged per epoch (what --monitor may name)."""
     terms = loss_fn.term_names()
-    return [f"{split}_{t}" for split in ("train", "val") for t in terms] + ["lr", "epoch_time_s", "images_per_s"]
+    losses = [f"{split}_{t}" for split in ("train", "val") for t in terms]
+    return losses + [f"val_{m}" for m in METRIC_NAMES] + ["lr", "epoch_time_s", "images_per_s"]
 
 
 def seed_everything(seed: int) -> None:
@@ -143,17 +145,19 @@ def run_epoch(
     precision: Precision,
     optimizer: torch.optim.Optimizer | None,
     desc: str,
+    glints: tuple[GlintMetrics, Glints, float] | None = None,
 ) -> dict[str, float]:
-    """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each loss term.
+    """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each
+    loss term, and with `glints` = (metrics, ground truth of every sample, threshold) the glint metrics.
 
-    Terms are summed on the device and read once at the end, so no step waits for the host.
+    Everything is accumulated on the device and read once at the end, so no step waits for the host.
     """
     training = optimizer is not None
     model.train(training)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     with torch.set_grad_enabled(training):
-        for images, targets in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch"):
+        for images, targets, index in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch"):
             if precision.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with precision.autocast():
@@ -164,11 +168,15 @@ def run_epoch(
                 precision.scaler.scale(terms["loss"]).backward()
                 precision.scaler.step(optimizer)
                 precision.scaler.update()
+            elif glints is not None:
+                metrics, truth, threshold = glints
+                metrics.update(decode(logits, threshold), truth.take(index))
             n = images.shape[0]
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach() * n
             count += n
-    return {name: float(total) / count for name, total in sums.items()}
+    result = {name: float(total) / count for name, total in sums.items()}
+    return result | (glints[0].compute() if glints is not None else {})
 
 
 def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult:
@@ -178,7 +186,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     resume: ResumeSource | None = None
     cfg = cli_cfg
     if cli_cfg.resume:
-        resume = fetch_resume_checkpoint(cli_cfg.resume)
+        resume = fetch_checkpoint(cli_cfg.resume)
         cfg = merge_resumed(cli_cfg, resume.checkpoint["train_args"], explicit)
     cfg.validate()
     start_epoch = int(resume.checkpoint["epoch"]) + 1 if resume else 1
@@ -198,6 +206,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     resident = fits_on_device(data, device)
     if resident:
         data = data.to(device)  # once, for both splits
+    truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
     train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
     val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
@@ -289,7 +298,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             lr = optimizer.param_groups[0]["lr"]
             train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train")
             train_time = time.perf_counter() - t0
-            val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val")
+            val_glints = (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold)
+            val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val", val_glints)
             scheduler.step()
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
@@ -297,16 +307,20 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             writer.submit(tracker.log_metrics, metrics, epoch)
             checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             log.info(
-                "epoch %d/%d  train_loss %.5f  val_loss %.5f  lr %.3g  %.1f img/s  %.1fs%s",
-                epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], lr, metrics["images_per_s"],
-                metrics["epoch_time_s"], "  (best)" if is_best else "",
+                "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
+                epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
+                lr, metrics["images_per_s"], metrics["epoch_time_s"], "  (best)" if is_best else "",
             )
         writer.flush()
 
         # -- the best weights as an MLflow model ------------------------------------------------------
         best_file = output_dir / BEST
         if best_file.exists():
-            model.load_state_dict(load_checkpoint(best_file)["model_state_dict"])
+            best = load_checkpoint(best_file)
+            model.load_state_dict(best["model_state_dict"])
+            best_metrics = run_epoch(model, val_batches, loss_fn, precision, None, "best val",
+                                     (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold))
+            tracker.log_metrics({f"best_val_{k}": v for k, v in best_metrics.items()}, step=int(best["epoch"]))
         tracker.log_model(model.cpu().to(memory_format=torch.contiguous_format).eval(), data.image_size, data.num_glints)
         status = "FINISHED"
     except KeyboardInterrupt:

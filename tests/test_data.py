@@ -99,18 +99,19 @@ def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders
     batches = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=resident)
     assert len(batches) == 4
     assert len(batches) == 4
-    images, heatmaps = next(iter(batches))
+    images, heatmaps, index = next(iter(batches))
+    assert index.shape == (8,) and set(index.tolist()) <= set(indices.tolist())
     assert images.shape == (8, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
     assert heatmaps.dtype == torch.float32 and heatmaps.shape == (8, 4, 8, 8)
     batches.set_epoch(1)
-    first = [h for _, h in batches]
-    assert all(torch.equal(a, b) for a, b in zip(first, [h for _, h in batches]))  # same epoch, same order
+    first = [h for _, h, _ in batches]
+    assert all(torch.equal(a, b) for a, b in zip(first, [h for _, h, _ in batches]))  # same epoch, same order
     batches.set_epoch(2)
     assert not torch.equal(first[0], next(iter(batches))[1])
     # the order depends only on (seed, epoch): both loaders serve the same batches
     other = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=not resident)
     other.set_epoch(1)
-    assert all(torch.equal(a, h) for a, (_, h) in zip(first, other))
+    assert all(torch.equal(a, h) for a, (_, h, _) in zip(first, other))
 
 
 def test_heatmap_matches_the_packer_definition() -> None:

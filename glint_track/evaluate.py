@@ -1,0 +1,97 @@
+"""`glint-track evaluate`: how well a trained model finds each glint in a file, as a table, JSON or an MLflow run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glint_track.data import GlintData, default_cache_dir, fits_on_device, load_glint_file, make_batches
+from glint_track.errors import GlintTrackError
+from glint_track.metrics import METRIC_NAMES, GlintMetrics, decode, ground_truth
+from glint_track.model import GlintUNet
+from glint_track.tracking import RunTracker, fetch_checkpoint
+from glint_track.train import Precision, resolve_device
+
+
+@dataclass
+class Evaluation:
+    model: str
+    h5: str
+    samples: int
+    overall: dict[str, float]
+    per_glint: list[dict[str, float]]
+    source_run_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "h5": self.h5, "samples": self.samples, "overall": self.overall,
+                "per_glint": {f"g{c + 1}": m for c, m in enumerate(self.per_glint)}}
+
+    def table(self) -> str:
+        head = f"{'glint':6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'err mean':>10s}{'err median':>12s}{'swaps':>7s}"
+        rows = [(f"g{c + 1}", m) for c, m in enumerate(self.per_glint)] + [("all", self.overall)]
+        lines = [f"{self.model} on {self.h5} ({self.samples} images)", head]
+        for name, m in rows:
+            lines.append(f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{m['loc_err_mean']:8.2f}px"
+                         f"{m['loc_err_median']:10.2f}px{m['swap_rate']:7.3f}")
+        return "\n".join(lines)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], label: str) -> GlintUNet:
+    """Rebuild the UNet with the glint count and width its weights have."""
+    weights = checkpoint["model_state_dict"]
+    if "head.weight" not in weights or "enc1.0.weight" not in weights:
+        raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no head/enc1 layers); pass a glint-track checkpoint")
+    model = GlintUNet(num_glints=weights["head.weight"].shape[0], base_channels=weights["enc1.0.weight"].shape[0])
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def evaluate(
+    model_ref: str, h5: str, threshold: float = 0.3, match_radius: float = 3.0, batch_size: int = 64,
+    device_name: str = "auto", cache: bool = True,
+) -> Evaluation:
+    source = fetch_checkpoint(model_ref, prefer_best=True, option="--model")
+    model = model_from_checkpoint(source.checkpoint, model_ref)
+    data: GlintData = load_glint_file(h5, default_cache_dir() if cache else None)
+    if data.num_glints != model.num_glints:
+        raise GlintTrackError(f"{model_ref} predicts {model.num_glints} glints but {h5} has {data.num_glints}; evaluate on data with the same glints")
+    device = resolve_device(device_name)
+    resident = fits_on_device(data, device)
+    if resident:
+        data = data.to(device)
+    model = model.to(device)
+    precision = Precision.resolve("auto", device, channels_last=False)
+    truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
+    metrics = GlintMetrics(data.num_glints, match_radius)
+    batches = make_batches(data, np.arange(data.num_samples), batch_size, False, 0, device, 2, resident)
+    with torch.no_grad():
+        for images, _, index in batches:
+            with precision.autocast():
+                logits = model(images)
+            metrics.update(decode(logits, threshold), truth.take(index))
+    return Evaluation(model_ref, str(h5), data.num_samples, metrics.compute(), metrics.per_glint(), source.run_id)
+
+
+def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_radius: float) -> str:
+    """Record the evaluation as its own MLflow run, tagged with the model's run; returns its ID."""
+    tracker = RunTracker.start(experiment, f"evaluate {Path(result.h5).stem}", None)
+    status = "FAILED"
+    try:
+        tags = {"glint_track.evaluated_model": result.model, "glint_track.kind": "evaluation"}
+        if result.source_run_id:
+            tags["glint_track.evaluated_run"] = result.source_run_id
+        tracker.set_tags(tags)
+        tracker.log_config({"h5": result.h5, "model": result.model, "threshold": threshold, "match_radius": match_radius, "samples": result.samples})
+        tracker.log_dataset(load_glint_file(result.h5))
+        metrics = {f"eval_{k}": v for k, v in result.overall.items()}
+        metrics |= {f"eval_g{c + 1}_{k}": m[k] for c, m in enumerate(result.per_glint) for k in METRIC_NAMES}
+        tracker.log_metrics(metrics, step=0)
+        tracker.client.log_dict(tracker.run_id, result.to_dict(), "evaluation.json")
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    return tracker.run_id

@@ -1,0 +1,99 @@
+"""Decoding heat-maps into glints and scoring them: sub-pixel peaks, detection, error, identity swaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import train_tiny
+from glint_track.heatmaps import render_heatmaps
+from glint_track.metrics import GlintMetrics, Glints, decode, ground_truth
+
+
+def maps_for(points: list[tuple[float, float] | None], size: int = 64) -> torch.Tensor:
+    glints = [(c, x, y, 1.5) for c, p in enumerate(points) if p is not None for x, y in [p]]
+    return torch.from_numpy(render_heatmaps(glints, len(points), (size, size), (size // 4, size // 4)))[None]
+
+
+def test_decode_finds_sub_pixel_centres_in_input_pixels() -> None:
+    truth = [(20.3, 31.7), (40.6, 12.2), None]
+    decoded = decode(maps_for(truth), threshold=0.1, logits=False)
+    assert decoded.present.tolist() == [[True, True, False]]
+    for c in (0, 1):
+        err = np.hypot(*(decoded.xy[0, c].numpy() - np.array(truth[c])))
+        assert err < 0.8, (c, err)  # well under one heat-map pixel (4 input pixels)
+    logits = torch.logit(maps_for(truth).clamp(1e-4, 1 - 1e-4))
+    assert torch.allclose(decode(logits, 0.1).xy[:, :2], decoded.xy[:, :2], atol=1e-3)  # same peaks from logits
+
+
+def glints(xy: list[list[tuple[float, float] | None]]) -> Glints:
+    present = torch.tensor([[p is not None for p in row] for row in xy])
+    coords = torch.tensor([[p if p is not None else (0.0, 0.0) for p in row] for row in xy])
+    return Glints(coords, present.float(), present)
+
+
+def test_counts_errors_and_swaps() -> None:
+    truth = glints([[(10, 10), (30, 10), (50, 10), None]])
+    pred = glints([[(11, 10), (50, 11), None, (70, 70)]])  # g1 found 1 px off; g2 sits on g3's glint; g3 missed; g4 spurious
+    metrics = GlintMetrics(num_glints=4, match_radius=3.0)
+    metrics.update(pred, truth)
+    overall = metrics.compute()
+    assert overall["precision"] == 1 / 3 and overall["recall"] == 1 / 3
+    assert overall["loc_err_mean"] == 1.0 and overall["loc_err_median"] == 1.0
+    assert overall["swap_rate"] == 1 / 3  # g2's point is g3's glint
+    per = metrics.per_glint()
+    assert per[0]["f1"] == 1.0 and per[1]["recall"] == 0.0 and per[2]["recall"] == 0.0 and per[3]["precision"] == 0.0
+
+
+def test_ground_truth_prefers_points_and_falls_back_to_target_peaks() -> None:
+    hm = maps_for([(20.0, 20.0), None])
+    from_peaks = ground_truth(None, None, hm)
+    assert from_peaks.present.tolist() == [[True, False]]
+    assert torch.allclose(from_peaks.xy[0, 0], torch.tensor([20.0, 20.0]), atol=0.8)
+    points = torch.tensor([[[20.25, 19.75], [float("nan"), float("nan")]]])
+    exact = ground_truth(points, None, hm)
+    assert exact.present.tolist() == [[True, False]] and exact.xy[0, 0].tolist() == [20.25, 19.75]
+
+
+def test_training_logs_glint_metrics_and_can_monitor_f1(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--monitor", "val_f1", "--monitor-mode", "max", "--lr", "0.01")
+    client = MlflowClient()
+    for name in ("val_precision", "val_recall", "val_f1", "val_loc_err_mean", "val_loc_err_median", "val_swap_rate"):
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
+    best = client.get_run(run_id).data.metrics
+    assert {"best_val_f1", "best_val_loss", "best_val_loc_err_mean"} <= set(best)
+    assert 0.0 <= best["best_val_f1"] <= 1.0
+
+
+def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from glint_track.cli import main
+    from glint_track.synth import write_synthetic
+
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    runner = CliRunner()
+    result = runner.invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["glint", "precision", "recall", "f1", "err", "mean", "err", "median", "swaps"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["g1", "g2", "g3", "g4", "all"]
+    result = runner.invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--log", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["samples"] == 32 and set(report["per_glint"]) == {"g1", "g2", "g3", "g4"}
+    assert set(report["overall"]) == {"precision", "recall", "f1", "loc_err_mean", "loc_err_median", "swap_rate"}
+    eval_run_id = result.stderr.strip().split()[-1]
+    eval_run = MlflowClient().get_run(eval_run_id)
+    assert eval_run.data.tags["glint_track.evaluated_run"] == run_id and "eval_f1" in eval_run.data.metrics
+    assert "eval_g4_recall" in eval_run.data.metrics
+    other = write_synthetic(tmp_path / "six.h5", num_samples=8, size=32, num_glints=6)
+    result = runner.invoke(main, ["evaluate", "--model", run_id, "--h5", str(other)])
+    assert result.exit_code == 2 and "predicts 4 glints" in result.stderr
+    result = runner.invoke(main, ["evaluate", "--model", "nope", "--h5", str(tiny_h5)])
+    assert result.exit_code == 2 and "--model 'nope' is neither" in result.stderr
