@@ -16,7 +16,6 @@ import pickle
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import torch
 
 from glint_track.background import BackgroundWriter
 from glint_track.errors import GlintTrackError
+from glint_track.files import atomic_path
 
 FORMAT_VERSION = 1
 LATEST = "latest_checkpoint.pth"
@@ -160,29 +160,16 @@ def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Serialise to a temp file in the same folder, fsync, then rename: a reader sees the old file or the new one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glint_track.errors import GlintTrackError
+from glint_track.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -215,23 +216,15 @@ def write_glint_file(
     if compression not in COMPRESSIONS:
         raise GlintTrackError(f"unknown --compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     codec = None if compression == "none" else compression
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             for name, arr in (("images", images), ("heatmaps", heatmaps), ("points", points), ("radii", radii)):
                 f.create_dataset(name, data=arr, chunks=(1, *arr.shape[1:]), compression=codec)
             f.create_dataset("present", data=(~np.isnan(points[..., 0])).astype(np.uint8), compression=codec)
             f.create_dataset("stems", data=stems, dtype=h5py.string_dtype())
             f.attrs.update(attrs)
-        os.replace(tmp, out)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise GlintTrackError(f"{out}: could not be written ({e}); nothing was changed there: free some space or choose another path") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,13 +249,13 @@ def epoch_order(num: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+#: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor, index: torch.Tensor) -> Batch:
     """uint8 N×H×W → float N×1×H×W in [0, 1]; heat-maps → float32; plus the samples' indices."""
     return images.unsqueeze(1).float().div_(255.0), heatmaps.float(), index
-
-
-#: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ResidentBatches:

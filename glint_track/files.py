@@ -1,0 +1,24 @@
+"""Writing files so that a reader only ever sees the old version or the complete new one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(dst: Path) -> Iterator[Path]:
+    """A temporary path beside `dst` to write to; renamed onto `dst` when the block succeeds, removed
+    when it fails (a crash leaves at worst a hidden `.name.*.tmp`, never a half-written `dst`)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
