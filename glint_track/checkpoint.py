@@ -119,9 +119,14 @@ PART_KEYS = {
 OPTIMIZER_PARTS = ("optimizer", "scheduler", "scaler")
 
 
-def gather(parts: dict[str, Stateful], train_args: dict[str, Any], save_optimizer: bool) -> dict[str, Any]:
-    """One checkpoint dict from the parts' state_dict()s."""
-    state: dict[str, Any] = {"format_version": FORMAT_VERSION, "train_args": train_args, "save_optimizer": save_optimizer}
+def gather(
+    parts: dict[str, Stateful], train_args: dict[str, Any], save_optimizer: bool, model_info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One checkpoint dict from the parts' state_dict()s; `model_info` (glints, width, input size) lets
+    evaluate/predict rebuild and feed the model without the training file."""
+    state: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "train_args": train_args, "save_optimizer": save_optimizer, "model_info": model_info or {},
+    }
     for name, part in parts.items():
         if name == "progress":
             state.update(part.state_dict())
@@ -241,8 +246,10 @@ class Checkpointer:
         save_every_n_epochs: int = 10,
         keep_last_n: int = 3,
         writer: BackgroundWriter | None = None,
+        model_info: dict[str, Any] | None = None,
     ) -> None:
         self.directory = directory
+        self.model_info = model_info
         self.store = store
         self.save_optimizer = save_optimizer
         self.save_every_n_epochs = save_every_n_epochs
@@ -250,7 +257,7 @@ class Checkpointer:
         self.writer = writer
 
     def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> None:
-        state = snapshot(gather(parts, train_args, self.save_optimizer))
+        state = snapshot(gather(parts, train_args, self.save_optimizer, self.model_info))
         copied = _copies_event()
         if self.writer is None:
             self._write(state, copied, epoch, is_best)

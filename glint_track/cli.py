@@ -211,6 +211,32 @@ def evaluate_cmd(model_ref: str, h5: str, threshold: float, match_radius: float,
         click.echo(f"logged as MLflow run {log_evaluation(result, experiment, threshold, match_radius)}", err=as_json)
 
 
+@main.command("predict")
+@click.option("--model", "model_ref", required=True, help="A run ID (its best_model.pth), a runs:/<id>/<path> URI, or a checkpoint file.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="preds.csv or preds.json: one row per image and glint.")
+@click.option("--overlay-dir", type=click.Path(file_okay=False), help="Also write each image with its numbered glints drawn.")
+@click.option("--threshold", type=float, default=D.threshold, show_default=True, help="Peak probability from which a glint is reported present.")
+@click.option("--input-size", type=_Size(), help="Model input H[xW] [default: the training images' size from the checkpoint].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict_cmd(model_ref: str, inputs: tuple[str, ...], out: str, overlay_dir: str | None, threshold: float,
+                input_size: tuple[int, int] | None, device: str) -> None:
+    """Glint coordinates (in each image's own pixels) for image files or folders of any size.
+
+    \b
+    Examples:
+      glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
+      glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
+    """
+    from pathlib import Path
+
+    from glint_track.predict import predict
+
+    rows = predict(model_ref, list(inputs), Path(out), Path(overlay_dir) if overlay_dir else None, threshold, input_size, device)
+    images = len({r["image"] for r in rows})
+    click.echo(f"{sum(r['present'] for r in rows)} glints found in {images} images → {out}")
+
+
 @main.command("pack")
 @click.option("--in-dir", type=click.Path(file_okay=False), required=True, help="Folder of labelme .json files (and their images).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete).")

@@ -40,22 +40,12 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], label: str) -> GlintUNet:
-    """Rebuild the UNet with the glint count and width its weights have."""
-    weights = checkpoint["model_state_dict"]
-    if "head.weight" not in weights or "enc1.0.weight" not in weights:
-        raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no head/enc1 layers); pass a glint-track checkpoint")
-    model = GlintUNet(num_glints=weights["head.weight"].shape[0], base_channels=weights["enc1.0.weight"].shape[0])
-    model.load_state_dict(weights)
-    return model.eval()
-
-
 def evaluate(
     model_ref: str, h5: str, threshold: float = 0.3, match_radius: float = 3.0, batch_size: int = 64,
     device_name: str = "auto", cache: bool = True,
 ) -> Evaluation:
     source = fetch_checkpoint(model_ref, prefer_best=True, option="--model")
-    model = model_from_checkpoint(source.checkpoint, model_ref)
+    model = GlintUNet.from_checkpoint(source.checkpoint, model_ref)
     data: GlintData = load_glint_file(h5, default_cache_dir() if cache else None)
     if data.num_glints != model.num_glints:
         raise GlintTrackError(f"{model_ref} predicts {model.num_glints} glints but {h5} has {data.num_glints}; evaluate on data with the same glints")

@@ -69,6 +69,21 @@ def glint_positions(data: GlintData, i: int, points: np.ndarray | None) -> list[
     return out
 
 
+def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale: float = 1.0) -> Image.Image:
+    """An RGB copy of a grayscale image, scaled, with each (channel, x, y) circled in its colour and numbered."""
+    H, W = gray.shape
+    img = Image.fromarray(gray).convert("RGB")
+    if scale != 1.0:
+        img = img.resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(img)
+    for c, x, y in glints:
+        cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, max(4.0, 2 * scale)
+        colour = COLOURS[c % len(COLOURS)]
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
+        draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
+    return img
+
+
 def preview(data: GlintData, out: str | Path, count: int = 16, tile: int = 256) -> Path:
     """A grid of the first `count` samples, each glint circled in its channel's colour and numbered."""
     with h5py.File(data.path, "r") as f:
@@ -80,14 +95,8 @@ def preview(data: GlintData, out: str | Path, count: int = 16, tile: int = 256) 
     H, W = data.image_size
     scale = tile / max(H, W)
     for i in range(count):
-        img = Image.fromarray(data.images[i].numpy()).convert("RGB").resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
-        draw = ImageDraw.Draw(img)
-        for c, x, y in glint_positions(data, i, points):
-            cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, max(4, 2 * scale)
-            colour = COLOURS[c % len(COLOURS)]
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
-            draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
-        draw.text((4, 4), data.stems[i] if data.stems else str(i), fill=(255, 255, 255))
+        img = draw_glints(data.images[i].numpy(), glint_positions(data, i, points), scale)
+        ImageDraw.Draw(img).text((4, 4), data.stems[i] if data.stems else str(i), fill=(255, 255, 255))
         grid.paste(img, ((i % cols) * tile, (i // cols) * tile))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

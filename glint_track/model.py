@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from glint_track.errors import GlintTrackError
+
 
 class DoubleConv(nn.Sequential):
     """(3×3 conv without bias → BatchNorm → ReLU) twice; the bias is redundant before BatchNorm."""
@@ -52,6 +54,16 @@ class GlintUNet(nn.Module):
         self.up1 = Up(16 * b, 8 * b)
         self.up2 = Up(8 * b, 4 * b)
         self.head = nn.Conv2d(4 * b, num_glints, kernel_size=1)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, label: str) -> GlintUNet:
+        """The UNet with the glint count and width its saved weights have, in eval mode."""
+        weights = checkpoint["model_state_dict"]
+        if "head.weight" not in weights or "enc1.0.weight" not in weights:
+            raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no head/enc1 layers); pass a glint-track checkpoint")
+        model = cls(num_glints=weights["head.weight"].shape[0], base_channels=weights["enc1.0.weight"].shape[0])
+        model.load_state_dict(weights)
+        return model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(x)

@@ -267,7 +267,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     if resume and resume.best and not (output_dir / BEST).exists():
         save_atomic(resume.best, output_dir / BEST)
     writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
-    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer)
+    model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
+    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer, model_info)
 
     status = "FAILED"
     try:

@@ -27,7 +27,8 @@ def test_keys_with_and_without_optimizer_state(tmp_path: Path) -> None:
     parts = _parts()
     full = gather(parts, {"lr": 1e-3}, save_optimizer=True)
     slim = gather(parts, {"lr": 1e-3}, save_optimizer=False)
-    common = {"format_version", "epoch", "model_state_dict", "train_args", "metrics", "best", "timestamp", "rng_state", "save_optimizer"}
+    common = {"format_version", "epoch", "model_state_dict", "train_args", "metrics", "best", "timestamp", "rng_state",
+              "save_optimizer", "model_info"}
     assert set(full) == common | {"optimizer_state_dict", "scheduler_state_dict"}
     assert set(slim) == common
     save_atomic(full, tmp_path / "full.pth")

@@ -97,3 +97,36 @@ def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) ->
     assert result.exit_code == 2 and "predicts 4 glints" in result.stderr
     result = runner.invoke(main, ["evaluate", "--model", "nope", "--h5", str(tiny_h5)])
     assert result.exit_code == 2 and "--model 'nope' is neither" in result.stderr
+
+
+def test_predict_maps_coordinates_back_to_each_image_and_draws_overlays(tiny_h5: Path, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from glint_track.cli import main
+    from glint_track.data import load_glint_file
+
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    image = load_glint_file(tiny_h5).images[0].numpy()
+    Image.fromarray(image).save(frames / "a.png")
+    Image.fromarray(image).resize((64, 64), Image.Resampling.BILINEAR).save(tmp_path / "big.png")  # 2× the model input
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--model", run_id, str(frames), str(tmp_path / "big.png"),
+                                  "--out", str(tmp_path / "p.csv"), "--overlay-dir", str(tmp_path / "ov"), "--threshold", "0.01"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 2 * 4 and [r["glint"] for r in rows[:4]] == ["g1", "g2", "g3", "g4"]
+    small = {r["glint"]: (float(r["x"]), float(r["y"])) for r in rows if r["image"].endswith("a.png")}
+    big = {r["glint"]: (float(r["x"]), float(r["y"])) for r in rows if r["image"].endswith("big.png")}
+    for g in small:  # the same picture at twice the size: the same glints, at twice the coordinates
+        assert abs(big[g][0] - (2 * small[g][0] + 0.5)) < 1.5 and abs(big[g][1] - (2 * small[g][1] + 0.5)) < 1.5, g
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["a.png", "big.png"]
+    result = runner.invoke(main, ["predict", "--model", run_id, str(frames / "a.png"), "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 4
+    result = runner.invoke(main, ["predict", "--model", run_id, "missing.png", "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 2 and "missing.png: no such image" in result.stderr
