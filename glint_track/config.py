@@ -64,6 +64,7 @@ class TrainConfig(LossWeights):
     # glint metrics
     threshold: float = 0.3  # a channel's peak probability at or above this is a detected glint
     match_radius: float = 3.0  # input pixels between a detected glint and its annotation to count as found
+    image_every: int = 0  # log a picture of validation predictions every N epochs; 0: at each new best
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(**{f.name: getattr(self, f.name) for f in fields(LossWeights)})
@@ -81,6 +82,7 @@ class TrainConfig(LossWeights):
             (0.0 < self.val_split < 1.0, f"--val-split must be inside (0, 1), e.g. 0.1 (got {self.val_split})"),
             (self.base_channels >= 1, f"--base-channels must be at least 1 (got {self.base_channels})"),
             (self.num_workers >= 0, f"--num-workers must be 0 or more (got {self.num_workers})"),
+            (self.image_every >= 0, f"--image-every must be 0 (at each new best) or more (got {self.image_every})"),
             (self.save_freq >= 0, f"--save-freq must be 0 (off) or more (got {self.save_freq})"),
             (self.keep_last_n >= 0, f"--keep-last-n must be 0 (keep all) or more (got {self.keep_last_n})"),
             (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),

@@ -196,6 +196,9 @@ class RunTracker:
         dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
 
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """All of an epoch's metrics in one request."""
         now = int(time.time() * 1000)

@@ -21,9 +21,10 @@ from glint_track import __version__
 from glint_track.checkpoint import BEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
-from glint_track.data import Batches, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
+from glint_track.data import Batches, GlintData, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
+from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters
 from glint_track.tracking import ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, tracking_uri
@@ -179,6 +180,41 @@ def run_epoch(
     return result | (glints[0].compute() if glints is not None else {})
 
 
+def predict_samples(
+    model: torch.nn.Module, data: GlintData, index: torch.Tensor, precision: Precision, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images N×1×H×W, logits) for a few samples, for pictures."""
+    model.eval()
+    images = (data.images[index].unsqueeze(1).float() / 255.0).to(device)
+    with torch.no_grad(), precision.autocast():
+        logits = model(images.contiguous(memory_format=torch.channels_last) if precision.channels_last else images)
+    return images, logits.float()
+
+
+def threshold_sweep(
+    model: torch.nn.Module, batches: Batches, precision: Precision, truth: Glints, num_glints: int, match_radius: float
+) -> dict[str, list[float]]:
+    """Precision, recall and F1 at detection thresholds 0.05 … 0.95 over the validation set."""
+    model.eval()
+    preds, truths = [], []
+    with torch.no_grad():
+        for images, _, index in batches:
+            with precision.autocast():
+                preds.append(decode(model(images), 0.5))
+            truths.append(truth.take(index))
+    xy, score = torch.cat([p.xy for p in preds]), torch.cat([p.score for p in preds])
+    gt = Glints(torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths]))
+    curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
+    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
+        metrics = GlintMetrics(num_glints, match_radius)
+        metrics.update(Glints(xy, score, score >= t), gt)
+        result = metrics.compute()
+        curves["threshold"].append(float(t))
+        for k in ("precision", "recall", "f1"):
+            curves[k].append(result[k])
+    return curves
+
+
 def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult:
     """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint."""
     # -- settings: the command line, or the resumed checkpoint's overlaid by what was typed again -------
@@ -207,6 +243,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     if resident:
         data = data.to(device)  # once, for both splits
     truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
+    preview_index = torch.as_tensor(val_idx[:8], dtype=torch.long, device=data.images.device)  # pictured every time
     train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
     val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
@@ -306,6 +343,10 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
             writer.submit(tracker.log_metrics, metrics, epoch)
+            if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
+                images, logits = predict_samples(step_model, data, preview_index, precision, device)
+                grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index.to(truth.xy.device)), cfg.match_radius)
+                writer.submit(tracker.log_image, grid, f"val_images/epoch_{epoch:03d}.png")
             checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             log.info(
                 "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
@@ -322,6 +363,12 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             best_metrics = run_epoch(model, val_batches, loss_fn, precision, None, "best val",
                                      (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold))
             tracker.log_metrics({f"best_val_{k}": v for k, v in best_metrics.items()}, step=int(best["epoch"]))
+        images, logits = predict_samples(model, data, preview_index[:4], precision, device)
+        tracker.log_image(heatmap_panel(images, logits), "figures/heatmaps_best.png")
+        curves = threshold_sweep(model, val_batches, precision, truth, data.num_glints, cfg.match_radius)
+        tracker.client.log_dict(tracker.run_id, curves, "figures/threshold_curves.json")
+        tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
+                          "figures/threshold_curves.png")
         tracker.log_model(model.cpu().to(memory_format=torch.contiguous_format).eval(), data.image_size, data.num_glints)
         status = "FINISHED"
     except KeyboardInterrupt:

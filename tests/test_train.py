@@ -22,7 +22,7 @@ def artifact_names(run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) -> None:
-    result, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--run-name", "tiny")
+    result, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--run-name", "tiny", "--image-every", "1")
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
     assert Path("mlflow.db").exists()  # MLflow's embedded default store, in the working directory
@@ -36,7 +36,11 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert tags["glint_track.dataset.samples"] == "32" and len(tags["glint_track.dataset.digest"]) == 64
     for name in ("train_loss", "val_loss", "lr", "epoch_time_s", "images_per_s"):
         assert [m.step for m in MlflowClient().get_metric_history(run_id, name)] == [1, 2], name
-    assert artifact_names(run_id) >= {"checkpoints", "train_args.json", "training.log"}
+    assert artifact_names(run_id) >= {"checkpoints", "train_args.json", "training.log", "val_images", "figures"}
+    assert artifact_names(run_id, "val_images") == {"epoch_001.png", "epoch_002.png"}
+    assert artifact_names(run_id, "figures") == {"heatmaps_best.png", "threshold_curves.png", "threshold_curves.json"}
+    curves = mlflow.artifacts.load_dict(f"runs:/{run_id}/figures/threshold_curves.json")
+    assert len(curves["threshold"]) == len(curves["f1"]) == 19
     assert artifact_names(run_id, "checkpoints") == {"latest_checkpoint.pth", "best_model.pth", "epoch_001.pth", "epoch_002.pth"}
     args = mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")
     assert args["batch_size"] == 8 and args["save_optimizer"] is True
