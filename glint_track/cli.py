@@ -139,6 +139,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--monitor", default=D.monitor, show_default=True, help="Metric that decides best_model.pth, e.g. val_loss, val_f1 (with --monitor-mode max), val_loc_err_mean."),
     click.option("--threshold", type=float, default=D.threshold, show_default=True, help="Peak probability from which a channel's glint counts as detected (val metrics)."),
     click.option("--match-radius", type=float, default=D.match_radius, show_default=True, help="Input pixels within which a detected glint matches its annotation (val metrics)."),
+    click.option("--register-model", help="Also register the logged model in the MLflow Model Registry under this name."),
     click.option("--image-every", type=int, default=D.image_every, show_default=True, help="Log a picture of validation images with true and predicted glints every N epochs (0: at each new best)."),
     click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True, help="Whether a lower or higher --monitor is better."),
 )

@@ -64,6 +64,7 @@ class TrainConfig(LossWeights):
     # glint metrics
     threshold: float = 0.3  # a channel's peak probability at or above this is a detected glint
     match_radius: float = 3.0  # input pixels between a detected glint and its annotation to count as found
+    register_model: str | None = None  # also register the logged model in the Model Registry under this name
     image_every: int = 0  # log a picture of validation predictions every N epochs; 0: at each new best
 
     def loss_weights(self) -> LossWeights:

@@ -26,7 +26,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
@@ -213,23 +213,26 @@ class RunTracker:
     def delete_artifact(self, artifact_path: str) -> None:
         get_artifact_repository(self.artifact_uri).delete_artifacts(artifact_path)
 
-    def log_model(self, model: torch.nn.Module, image_size: tuple[int, int], num_glints: int) -> None:
-        """The trained network as an MLflow model under `model/`, in the pt2 (torch.export) format:
-        a traced graph and weights, loadable without unpickling code. Input N×1×H×W float in [0, 1],
-        output N×C×H/4×W/4 logits."""
+    def log_model(self, checkpoint: Path, image_size: tuple[int, int], registered_name: str | None = None) -> None:
+        """The best checkpoint as a pyfunc MLflow model under `model/` that takes uint8 images N×H×W and
+        returns glints (see serving.py), carrying glint-track's code so it loads anywhere."""
         h, w = image_size
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, h, w))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_glints, h // 4, w // 4))]),
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w))]),
+            outputs=Schema([ColSpec("long", "image"), ColSpec("string", "glint"), ColSpec("double", "x"),
+                            ColSpec("double", "y"), ColSpec("double", "score"), ColSpec("boolean", "present")]),
+            params=ParamSchema([ParamSpec("threshold", "double", 0.3)]),
         )
-        example = np.zeros((2, 1, h, w), np.float32)  # batch 2: the exported batch dim stays dynamic
-        mlflow.pytorch.log_model(
-            model,
+        package = Path(glint_track.__file__).parent
+        mlflow.pyfunc.log_model(
             name="model",
+            python_model=str(package / "pyfunc_entry.py"),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(package)],
             signature=signature,
-            input_example=example,
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            input_example=np.zeros((2, h, w), np.uint8),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "h5py", "click", "tqdm", "pillow"],
+            registered_model_name=registered_name,
         )
 
     def end(self, status: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from glint_track import __version__
-from glint_track.checkpoint import BEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
+from glint_track.checkpoint import BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
 from glint_track.data import Batches, GlintData, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
@@ -369,7 +369,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         tracker.client.log_dict(tracker.run_id, curves, "figures/threshold_curves.json")
         tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
                           "figures/threshold_curves.png")
-        tracker.log_model(model.cpu().to(memory_format=torch.contiguous_format).eval(), data.image_size, data.num_glints)
+        tracker.log_model(best_file if best_file.exists() else output_dir / LATEST, data.image_size, cfg.register_model)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

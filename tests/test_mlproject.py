@@ -42,3 +42,25 @@ def test_mlflow_run_without_optimizer_state_then_resume(tiny_h5: Path, tmp_path:
     assert [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "val_loss")] == [2]
     checkpoint, _ = latest_checkpoint(resumed.info.run_id)
     assert checkpoint["epoch"] == 2 and "optimizer_state_dict" in checkpoint
+
+
+def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5: Path, tmp_path: Path) -> None:
+    import json
+
+    from conftest import train_tiny
+    from glint_track.data import load_glint_file
+
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--register-model", "glints")
+    versions = MlflowClient().search_model_versions("name='glints'")
+    assert [v.run_id for v in versions] == [run_id]
+    images = load_glint_file(tiny_h5).images[:2].numpy()
+    (tmp_path / "in.json").write_text(json.dumps({"inputs": images.tolist()}))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    out = subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
+         "-i", str(tmp_path / "in.json"), "-t", "json", "-o", str(tmp_path / "out.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert len(rows) == 2 * 4 and {"image", "glint", "x", "y", "score", "present"} <= set(rows[0])

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from conftest import TINY, latest_checkpoint, run_cli, train_tiny
 from glint_track import train as train_module
 from glint_track.cli import main
+from glint_track.data import load_glint_file
 from glint_track.model import GlintUNet
 
 
@@ -48,8 +49,13 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert "epoch 2/2" in log_text
     # plain log lines (no progress bar) when not attached to a terminal, and the closing hints
     assert "epoch 1/2" in result.output and f"--resume {run_id}" in result.output and "mlflow ui" in result.output
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    assert model(torch.zeros(3, 1, 32, 32)).shape == (3, 4, 8, 8)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = load_glint_file(tiny_h5).images[:3].numpy()
+    glints = model.predict(images)
+    assert list(glints.columns) == ["image", "glint", "x", "y", "score", "present"] and len(glints) == 3 * 4
+    assert glints["image"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and glints["glint"].tolist()[:4] == ["g1", "g2", "g3", "g4"]
+    assert glints["x"].between(-1, 32).all() and glints["score"].between(0, 1).all()
+    assert len(model.predict(images, params={"threshold": 0.999})) == 12
 
 
 def test_checkpoint_keys_and_sizes_with_and_without_optimizer(tiny_h5: Path) -> None:
