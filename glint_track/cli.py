@@ -181,7 +181,7 @@ class _Size(click.ParamType):
 
 
 @main.command("evaluate")
-@click.option("--model", "model_ref", required=True, help="A run ID (its best_model.pth), a runs:/<id>/<path> URI, or a checkpoint file (the research script's too).")
+@click.option("--model", "model_ref", required=True, help="A run ID (its best_model.pth), runs:/<id>/<path>, models:/<name>/<version>, or a checkpoint file (the research script's too).")
 @click.option("--h5", required=True, type=click.Path(dir_okay=False), help="Glint HDF5 file to evaluate on (every sample).")
 @click.option("--threshold", type=float, default=D.threshold, show_default=True, help="Peak probability from which a glint counts as detected.")
 @click.option("--match-radius", type=float, default=D.match_radius, show_default=True, help="Input pixels within which a detected glint matches its annotation.")

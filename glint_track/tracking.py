@@ -95,6 +95,16 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
     (its latest checkpoint, or with `prefer_best` its best_model.pth when it has one)."""
     if Path(source).is_file():
         return ResumeSource(load_checkpoint(source), None, source)
+    if source.startswith("models:/"):  # a logged or registered glint-track model: its checkpoint artifact
+        with tempfile.TemporaryDirectory(prefix="glint-track-model-") as tmp:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+            except MlflowException as e:
+                raise GlintTrackError(f"{source}: no such model at {tracking_uri()}; check the name and version in the MLflow UI") from e
+            found = sorted(local.rglob("*.pth"))
+            if not found:
+                raise GlintTrackError(f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file")
+            return ResumeSource(load_checkpoint(found[0]), None, source)
     if source.startswith("runs:/"):
         run_id, _, artifact_path = source[len("runs:/"):].partition("/")
         _get_run(run_id)

@@ -64,3 +64,12 @@ def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5:
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "out.json").read_text())["predictions"]
     assert len(rows) == 2 * 4 and {"image", "glint", "x", "y", "score", "present"} <= set(rows[0])
+    # the registered version evaluates like the run it came from
+    from click.testing import CliRunner
+
+    from glint_track.cli import main
+
+    by_run = CliRunner().invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--device", "cpu"])
+    by_name = CliRunner().invoke(main, ["evaluate", "--model", "models:/glints/1", "--h5", str(tiny_h5), "--json", "--device", "cpu"])
+    assert by_name.exit_code == 0, by_name.output
+    assert json.loads(by_name.stdout)["overall"] == json.loads(by_run.stdout)["overall"]
