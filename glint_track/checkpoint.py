@@ -25,13 +25,17 @@ import torch
 
 from glint_track.background import BackgroundWriter
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path
+from glint_track.files import atomic_path, file_digest
 
 FORMAT_VERSION = 1
 LATEST = "latest_checkpoint.pth"
 BEST = "best_model.pth"
 ARTIFACT_DIR = "checkpoints"
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+class CorruptCheckpoint(GlintTrackError):
+    """A checkpoint whose bytes are damaged (checksum mismatch or unreadable), as opposed to a wrong one."""
 
 
 class Stateful(Protocol):
@@ -177,11 +181,20 @@ def copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def checksum_path(path: Path) -> Path:
+    """Where a checkpoint's SHA-256 is kept: beside it, locally and in the run."""
+    return path.with_name(path.name + ".sha256")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code."""
+    """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code.
+    When its checksum file is beside it, the bytes are verified first."""
     path = Path(path)
     if not path.is_file():
         raise GlintTrackError(f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume")
+    sidecar = checksum_path(path)
+    if sidecar.is_file() and sidecar.read_text().strip() != file_digest(path):
+        raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -190,7 +203,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"re-save it as a plain state dict from a trusted copy"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise GlintTrackError(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]}); it may be truncated, use an earlier one") from e
+        raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]}); it may be truncated, use an earlier one") from e
     if isinstance(checkpoint, dict) and "model_state_dict" not in checkpoint and checkpoint and all(
         isinstance(v, torch.Tensor) for v in checkpoint.values()
     ):
@@ -269,17 +282,24 @@ class Checkpointer:
             copied.synchronize()
         latest = self.directory / LATEST
         save_atomic(state, latest)
-        self.store.log_artifact(latest, ARTIFACT_DIR)
+        digest = file_digest(latest)
+        self._publish(latest, digest)
         if is_best:
-            self._publish_copy(latest, BEST)
+            copy_atomic(latest, self.directory / BEST)
+            self._publish(self.directory / BEST, digest)
         if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
-            self._publish_copy(latest, epoch_file(epoch))
+            copy_atomic(latest, self.directory / epoch_file(epoch))
+            self._publish(self.directory / epoch_file(epoch), digest)
             self._apply_retention()
 
-    def _publish_copy(self, src: Path, name: str) -> None:
-        dst = self.directory / name
-        copy_atomic(src, dst)
-        self.store.log_artifact(dst, ARTIFACT_DIR)
+    def _publish(self, path: Path, digest: str) -> None:
+        """Upload the file, then its checksum: a checksum is only ever there for a complete upload,
+        so a file cut short by a crash mid-upload is caught when it is loaded."""
+        sidecar = checksum_path(path)
+        with atomic_path(sidecar) as tmp:
+            tmp.write_text(digest + "\n")
+        self.store.log_artifact(path, ARTIFACT_DIR)
+        self.store.log_artifact(sidecar, ARTIFACT_DIR)
 
     def _apply_retention(self) -> None:
         """Delete all but the newest keep_last_n epoch files, from the run and from the local folder."""
@@ -287,9 +307,10 @@ class Checkpointer:
             return
         uploaded = set(self.store.list_artifacts(ARTIFACT_DIR))
         names = uploaded | {p.name for p in self.directory.glob("epoch_*.pth")}
-        epochs = sorted(int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m)
+        epochs = sorted(int(m.group(1)) for m in map(EPOCH_FILE.match, names) if m)
         for old in epochs[: -self.keep_last_n]:
             name = epoch_file(old)
-            if name in uploaded:
-                self.store.delete_artifact(f"{ARTIFACT_DIR}/{name}")
-            (self.directory / name).unlink(missing_ok=True)
+            for file in (name, checksum_path(Path(name)).name):
+                if file in uploaded:
+                    self.store.delete_artifact(f"{ARTIFACT_DIR}/{file}")
+                (self.directory / file).unlink(missing_ok=True)

@@ -7,7 +7,6 @@ Every check runs before training starts, so a bad file costs seconds, not a wast
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path
+from glint_track.files import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +63,6 @@ class GlintData:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of the file's bytes, so two runs on the same data show the same digest."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fail(path: Path, problem: str, fix: str) -> GlintTrackError:

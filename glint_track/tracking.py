@@ -31,7 +31,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 import glint_track
-from glint_track.checkpoint import ARTIFACT_DIR, BEST, LATEST, load_checkpoint
+from glint_track.checkpoint import EPOCH_FILE, ARTIFACT_DIR, BEST, LATEST, CorruptCheckpoint, load_checkpoint
 from glint_track.data import GlintData
 from glint_track.errors import GlintTrackError
 
@@ -85,9 +85,26 @@ class ResumeSource:
 
 
 def _download_checkpoint(run_id: str, artifact_path: str) -> dict[str, Any]:
+    """Download a checkpoint with its checksum file (when the run has one) and load it, verified."""
     with tempfile.TemporaryDirectory(prefix="glint-track-resume-") as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        sidecar = f"{artifact_path}.sha256"
+        parent = str(Path(sidecar).parent) if "/" in sidecar else None
+        if Path(sidecar).name in {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, parent)}:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=sidecar, dst_path=tmp)
         return load_checkpoint(path)
+
+
+def _newest_intact_alternative(run_id: str, names: set[str]) -> str | None:
+    """The newest epoch checkpoint of a run (else its best) that loads and verifies, as a runs:/ URI."""
+    epochs = sorted((n for n in names if EPOCH_FILE.match(n)), reverse=True)
+    for name in [*epochs, *([BEST] if BEST in names else [])]:
+        try:
+            _download_checkpoint(run_id, f"{ARTIFACT_DIR}/{name}")
+            return f"runs:/{run_id}/{ARTIFACT_DIR}/{name}"
+        except GlintTrackError:
+            continue
+    return None
 
 
 def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--resume") -> ResumeSource:
@@ -125,10 +142,15 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             f"run {source} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
             f"glint-track run); start a new training instead"
         )
-    best = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}") if BEST in names else None
-    if prefer_best and best is not None:
-        return ResumeSource(best, source, source)
-    return ResumeSource(_download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}"), source, source, best)
+    try:
+        best = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}") if BEST in names else None
+        if prefer_best and best is not None:
+            return ResumeSource(best, source, source)
+        return ResumeSource(_download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}"), source, source, best)
+    except CorruptCheckpoint as e:
+        alternative = _newest_intact_alternative(source, names)
+        fix = f"resume from the newest intact one: {option} {alternative}" if alternative else "no intact checkpoint is left in it"
+        raise GlintTrackError(f"run {source}: {e.format_message().split('; ')[0]}; {fix}") from e
 
 
 def _get_run(run_id: str) -> Any:

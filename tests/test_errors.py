@@ -100,3 +100,14 @@ def test_debug_shows_the_traceback_and_real_processes_exit_2(tmp_path: Path) -> 
     assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "Traceback" not in plain.stderr
     debug = subprocess.run([*cmd, "--debug", "train", "--h5", "missing.h5"], capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_damaged_latest_checkpoint_names_the_newest_intact_one(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3")
+    artifacts = Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    latest = artifacts / "latest_checkpoint.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])  # cut short, as by a crash mid-upload
+    message = fails_cleanly(["train", "--resume", run_id, "--epochs", "4"], "checksum mismatch")
+    assert f"--resume runs:/{run_id}/checkpoints/epoch_003.pth" in message
+    result = CliRunner().invoke(main, ["train", "--resume", f"runs:/{run_id}/checkpoints/epoch_003.pth", "--epochs", "4"])
+    assert result.exit_code == 0, result.output

@@ -42,7 +42,8 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert artifact_names(run_id, "figures") == {"heatmaps_best.png", "threshold_curves.png", "threshold_curves.json"}
     curves = mlflow.artifacts.load_dict(f"runs:/{run_id}/figures/threshold_curves.json")
     assert len(curves["threshold"]) == len(curves["f1"]) == 19
-    assert artifact_names(run_id, "checkpoints") == {"latest_checkpoint.pth", "best_model.pth", "epoch_001.pth", "epoch_002.pth"}
+    files = {"latest_checkpoint.pth", "best_model.pth", "epoch_001.pth", "epoch_002.pth"}
+    assert artifact_names(run_id, "checkpoints") == files | {f"{name}.sha256" for name in files}
     args = mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")
     assert args["batch_size"] == 8 and args["save_optimizer"] is True
     log_text = mlflow.artifacts.load_text(f"runs:/{run_id}/training.log")
@@ -116,7 +117,7 @@ def test_resume_with_another_optimizer_starts_it_afresh(tiny_h5: Path) -> None:
 def test_keep_last_n_deletes_old_epoch_artifacts(tiny_h5: Path, tmp_path: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "4", "--save-freq", "1", "--keep-last-n", "2", "--output-dir", "out")
     names = artifact_names(run_id, "checkpoints")
-    assert {n for n in names if n.startswith("epoch_")} == {"epoch_003.pth", "epoch_004.pth"}
+    assert {n for n in names if n.startswith("epoch_")} == {"epoch_003.pth", "epoch_004.pth", "epoch_003.pth.sha256", "epoch_004.pth.sha256"}
     assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_003.pth", "epoch_004.pth"]
 
 
