@@ -97,7 +97,7 @@ def synth_sample(
     in_pupil = ((along / (pupil_r * squash)) ** 2 + (across / pupil_r) ** 2 < 1) & opening
     img = np.where(in_pupil, rng.uniform(0.04, 0.1), eye).astype(np.float32)
     img = np.where(opening, img, img * 0.95)  # lid edges a little darker
-    for lid, sign in ((upper_lid, -1), (lower_lid, 1)):
+    for lid in (upper_lid, lower_lid):
         img -= 0.08 * np.exp(-0.5 * ((yy - lid) / (1.5 * s)) ** 2) * (t > 0)
 
     # eyelashes along the upper lid: thin dark strokes
