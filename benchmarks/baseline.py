@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import make_workdir  # noqa: E402
 
 from glint_track.classical import ClassicalParams, detect_glints, match_identity_free, summarise  # noqa: E402
 from glint_track.config import TrainConfig  # noqa: E402
@@ -55,8 +56,7 @@ def main() -> None:
     ap.add_argument("--match-radius", type=float, default=3.0)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="glint-baseline-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "glint-baseline-")
     os.chdir(workdir)
     train_h5 = write_synthetic(workdir / "train.h5", args.train, args.size, seed=0, difficulty=args.difficulty)
     test_h5 = write_synthetic(workdir / "test.h5", args.test, args.size, seed=1000, difficulty=args.difficulty)

@@ -14,12 +14,13 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import make_workdir  # noqa: E402
 
 from glint_track.synth import write_synthetic  # noqa: E402
 
@@ -68,8 +69,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="glint-mem-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "glint-mem-")
     h5 = workdir / f"mem_{args.samples}_{args.size}.h5"
     if not h5.exists():
         write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)

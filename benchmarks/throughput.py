@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import make_workdir  # noqa: E402
 
 from glint_track.config import TrainConfig  # noqa: E402
 from glint_track.data import load_glint_file, split_indices  # noqa: E402
@@ -288,8 +289,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="glint-bench-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "glint-bench-")
     os.chdir(workdir)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     if args.cpu_small:
