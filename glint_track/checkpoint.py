@@ -67,9 +67,7 @@ class TrainProgress:
 
     def update(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Record a finished epoch; True when its monitored metric is a new best."""
-        self.epoch, self.metrics = epoch, metrics
-        if self.monitor not in metrics:
-            raise GlintTrackError(f"--monitor {self.monitor!r} is not a logged metric; choose one of: {', '.join(sorted(metrics))}")
+        self.epoch, self.metrics = epoch, metrics  # train() checked before starting that the monitor is logged
         value = metrics[self.monitor]
         better = self.best_value is None or (value < self.best_value if self.mode == "min" else value > self.best_value)
         if better:

@@ -336,6 +336,12 @@ def fits_on_device(data: GlintData, device: torch.device, fraction: float = 0.5)
     return data.images.nbytes + data.heatmaps.nbytes <= fraction * free
 
 
+def place(data: GlintData, device: torch.device) -> tuple[GlintData, bool]:
+    """The data moved to `device` when it fits there (once, for every split), and whether it did."""
+    resident = fits_on_device(data, device)
+    return (data.to(device) if resident else data), resident
+
+
 def make_batches(
     data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
     num_workers: int, resident: bool,

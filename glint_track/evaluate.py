@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from glint_track.data import GlintData, default_cache_dir, fits_on_device, load_glint_file, make_batches
+from glint_track.data import GlintData, default_cache_dir, load_glint_file, make_batches, place
 from glint_track.errors import GlintTrackError
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, decode, ground_truth
 from glint_track.model import GlintUNet
 from glint_track.tracking import RunTracker, fetch_checkpoint
-from glint_track.train import Precision, resolve_device
+from glint_track.train import Precision, infer, resolve_device
 
 
 @dataclass
@@ -25,6 +24,7 @@ class Evaluation:
     overall: dict[str, float]
     per_glint: list[dict[str, float]]
     source_run_id: str | None
+    data: GlintData  # the file evaluated on, so --log records it without reading it again
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "h5": self.h5, "samples": self.samples, "overall": self.overall,
@@ -50,20 +50,15 @@ def evaluate(
     if data.num_glints != model.num_glints:
         raise GlintTrackError(f"{model_ref} predicts {model.num_glints} glints but {h5} has {data.num_glints}; evaluate on data with the same glints")
     device = resolve_device(device_name)
-    resident = fits_on_device(data, device)
-    if resident:
-        data = data.to(device)
+    on_device, resident = place(data, device)
     model = model.to(device)
     precision = Precision.resolve("auto", device, channels_last=False)
-    truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
+    truth = ground_truth(on_device.points, on_device.present, on_device.heatmaps).to(on_device.images.device)
     metrics = GlintMetrics(data.num_glints, match_radius)
-    batches = make_batches(data, np.arange(data.num_samples), batch_size, False, 0, device, 2, resident)
-    with torch.no_grad():
-        for images, _, index in batches:
-            with precision.autocast():
-                logits = model(images)
-            metrics.update(decode(logits, threshold), truth.take(index))
-    return Evaluation(model_ref, str(h5), data.num_samples, metrics.compute(), metrics.per_glint(), source.run_id)
+    batches = make_batches(on_device, np.arange(data.num_samples), batch_size, False, 0, device, 2, resident)
+    for logits, index in infer(model, batches, precision):
+        metrics.update(decode(logits, threshold), truth.take(index))
+    return Evaluation(model_ref, str(h5), data.num_samples, metrics.compute(), metrics.per_glint(), source.run_id, data)
 
 
 def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_radius: float) -> str:
@@ -76,7 +71,7 @@ def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_
             tags["glint_track.evaluated_run"] = result.source_run_id
         tracker.set_tags(tags)
         tracker.log_config({"h5": result.h5, "model": result.model, "threshold": threshold, "match_radius": match_radius, "samples": result.samples})
-        tracker.log_dataset(load_glint_file(result.h5))
+        tracker.log_dataset(result.data)
         metrics = {f"eval_{k}": v for k, v in result.overall.items()}
         metrics |= {f"eval_g{c + 1}_{k}": m[k] for c, m in enumerate(result.per_glint) for k in METRIC_NAMES}
         tracker.log_metrics(metrics, step=0)

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from glint_track import __version__
 from glint_track.checkpoint import BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
-from glint_track.data import Batches, GlintData, default_cache_dir, fits_on_device, load_glint_file, make_batches, split_indices
+from glint_track.data import Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
 from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
@@ -191,17 +192,25 @@ def predict_samples(
     return images, logits.float()
 
 
+def infer(model: torch.nn.Module, batches: Batches, precision: Precision) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, sample indices) of each batch, in eval mode without gradients."""
+    model.eval()
+    for images, _, index in batches:
+        if precision.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), precision.autocast():  # closed before yielding: the caller's grad mode is its own
+            logits = model(images)
+        yield logits, index
+
+
 def threshold_sweep(
     model: torch.nn.Module, batches: Batches, precision: Precision, truth: Glints, num_glints: int, match_radius: float
 ) -> dict[str, list[float]]:
     """Precision, recall and F1 at detection thresholds 0.05 … 0.95 over the validation set."""
-    model.eval()
     preds, truths = [], []
-    with torch.no_grad():
-        for images, _, index in batches:
-            with precision.autocast():
-                preds.append(decode(model(images), 0.5))
-            truths.append(truth.take(index))
+    for logits, index in infer(model, batches, precision):
+        preds.append(decode(logits, 0.5))
+        truths.append(truth.take(index))
     xy, score = torch.cat([p.xy for p in preds]), torch.cat([p.score for p in preds])
     gt = Glints(torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths]))
     curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
@@ -239,9 +248,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    resident = fits_on_device(data, device)
-    if resident:
-        data = data.to(device)  # once, for both splits
+    data, resident = place(data, device)
     truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
     preview_index = torch.as_tensor(val_idx[:8], dtype=torch.long, device=data.images.device)  # pictured every time
     train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
@@ -345,7 +352,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             writer.submit(tracker.log_metrics, metrics, epoch)
             if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
                 images, logits = predict_samples(step_model, data, preview_index, precision, device)
-                grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index.to(truth.xy.device)), cfg.match_radius)
+                grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index), cfg.match_radius)
                 writer.submit(tracker.log_image, grid, f"val_images/epoch_{epoch:03d}.png")
             checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             log.info(
