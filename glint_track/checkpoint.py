@@ -47,9 +47,9 @@ class Stateful(Protocol):
 class ArtifactStore(Protocol):
     """Where checkpoint files end up (the MLflow run); see tracking.RunTracker."""
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None: ...
+    run_id: str
 
-    def list_artifacts(self, artifact_dir: str) -> list[str]: ...
+    def log_artifact(self, local_path: Path, artifact_dir: str) -> None: ...
 
     def delete_artifact(self, artifact_path: str) -> None: ...
 
@@ -186,12 +186,13 @@ def checksum_path(path: Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code.
-    When its checksum file is beside it, the bytes are verified first."""
+    When its checksum file is beside it, the bytes are verified first (it may list two digests: the
+    file's and the one it replaces, see Checkpointer._publish)."""
     path = Path(path)
     if not path.is_file():
         raise GlintTrackError(f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume")
     sidecar = checksum_path(path)
-    if sidecar.is_file() and sidecar.read_text().strip() != file_digest(path):
+    if sidecar.is_file() and file_digest(path) not in sidecar.read_text().split():
         raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,6 +248,7 @@ class Checkpointer:
 
     The state is copied to the CPU at once; the files are written atomically to `directory` and
     uploaded to `store` under `checkpoints/` by `writer` in the background (inline without one).
+    `published` names the checkpoint files already in the run and the digest of each (a resumed run's).
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class Checkpointer:
         keep_last_n: int = 3,
         writer: BackgroundWriter | None = None,
         model_info: dict[str, Any] | None = None,
+        published: dict[str, str | None] | None = None,
     ) -> None:
         self.directory = directory
         self.model_info = model_info
@@ -266,49 +269,85 @@ class Checkpointer:
         self.save_every_n_epochs = save_every_n_epochs
         self.keep_last_n = keep_last_n
         self.writer = writer
+        self.published: dict[str, str | None] = dict(published or {})
+        for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
 
     def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> None:
         state = snapshot(gather(parts, train_args, self.save_optimizer, self.model_info))
-        copied = _copies_event()
-        if self.writer is None:
-            self._write(state, copied, epoch, is_best)
-        else:
-            self.writer.submit(self._write, state, copied, epoch, is_best)
+        self._submit(state, _copies_event(), epoch, [LATEST, *self._copies(epoch, is_best)])
 
-    def _write(self, state: dict[str, Any], copied: torch.cuda.Event | None, epoch: int, is_best: bool) -> None:
+    def complete(self, state: dict[str, Any], best_is_this: bool) -> None:
+        """Publish the best/epoch copies of a resumed checkpoint that its run lacks: the process that
+        wrote it was killed after uploading latest_checkpoint.pth and before those."""
+        epoch = int(state["epoch"])
+        names = [n for n in self._copies(epoch, best_is_this) if n == BEST or n not in self.published]
+        if names:
+            self._submit(state, None, epoch, names)
+
+    def _copies(self, epoch: int, is_best: bool) -> list[str]:
+        every = self.save_every_n_epochs
+        return [BEST] * is_best + ([epoch_file(epoch)] if every and epoch % every == 0 else [])
+
+    def _submit(self, state: dict[str, Any], copied: torch.cuda.Event | None, epoch: int, names: list[str]) -> None:
+        if self.writer is None:
+            self._write(state, copied, epoch, names)
+        else:
+            self.writer.submit(self._write, state, copied, epoch, names)
+
+    def _write(self, state: dict[str, Any], copied: torch.cuda.Event | None, epoch: int, names: list[str]) -> None:
         if copied is not None:
             copied.synchronize()
         latest = self.directory / LATEST
-        save_atomic(state, latest)
+        try:
+            save_atomic(state, latest)
+            for name in names:
+                if name != LATEST:
+                    copy_atomic(latest, self.directory / name)
+        except OSError as e:
+            raise GlintTrackError(
+                f"writing the epoch {epoch} checkpoint to {self.directory} failed ({e.strerror or e}); free space there "
+                f"(or pass --output-dir on another disk) and resume with --resume {self.store.run_id}: the previous "
+                f"checkpoint is intact"
+            ) from e
         digest = file_digest(latest)
-        self._publish(latest, digest)
-        if is_best:
-            copy_atomic(latest, self.directory / BEST)
-            self._publish(self.directory / BEST, digest)
-        if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
-            copy_atomic(latest, self.directory / epoch_file(epoch))
-            self._publish(self.directory / epoch_file(epoch), digest)
+        for name in names:
+            self._publish(name, digest)
+        if any(EPOCH_FILE.match(n) for n in names):
             self._apply_retention()
 
-    def _publish(self, path: Path, digest: str) -> None:
-        """Upload the file, then its checksum: a checksum is only ever there for a complete upload,
-        so a file cut short by a crash mid-upload is caught when it is loaded."""
+    def _publish(self, name: str, digest: str) -> None:
+        """Upload the checksum file, then the checkpoint. The checksum file lists the new digest and the
+        one of the version the run has now, so whenever a crash stops the upload, the run holds a file
+        that verifies: the old one, or the complete new one (a cut one matches neither)."""
+        path = self.directory / name
+        accepted = [digest] + [d for d in [self.published.get(name)] if d and d != digest]
         sidecar = checksum_path(path)
-        with atomic_path(sidecar) as tmp:
-            tmp.write_text(digest + "\n")
-        self.store.log_artifact(path, ARTIFACT_DIR)
-        self.store.log_artifact(sidecar, ARTIFACT_DIR)
+        try:
+            with atomic_path(sidecar) as tmp:
+                tmp.write_text("\n".join(accepted) + "\n")
+            self.store.log_artifact(sidecar, ARTIFACT_DIR)
+            self.store.log_artifact(path, ARTIFACT_DIR)
+        except GlintTrackError:
+            raise
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise GlintTrackError(
+                f"uploading {ARTIFACT_DIR}/{name} to run {self.store.run_id} failed ({reason}); the run's previous "
+                f"{name} is intact: fix the artifact store (space, permissions) and resume with --resume {self.store.run_id}"
+            ) from e
+        self.published[name] = digest
 
     def _apply_retention(self) -> None:
         """Delete all but the newest keep_last_n epoch files, from the run and from the local folder."""
         if self.keep_last_n <= 0:
             return
-        uploaded = set(self.store.list_artifacts(ARTIFACT_DIR))
-        names = uploaded | {p.name for p in self.directory.glob("epoch_*.pth")}
+        names = set(self.published) | {p.name for p in self.directory.glob("epoch_*.pth")}
         epochs = sorted(int(m.group(1)) for m in map(EPOCH_FILE.match, names) if m)
         for old in epochs[: -self.keep_last_n]:
             name = epoch_file(old)
-            for file in (name, checksum_path(Path(name)).name):
-                if file in uploaded:
+            for file in (name, checksum_path(Path(name)).name):  # the checkpoint first: a checksum alone is ignored
+                if name in self.published:
                     self.store.delete_artifact(f"{ARTIFACT_DIR}/{file}")
                 (self.directory / file).unlink(missing_ok=True)
+            self.published.pop(name, None)

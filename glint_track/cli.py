@@ -116,6 +116,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision, show_default=True, help="Mixed precision: auto = bf16 where the GPU or CPU computes it natively (Ampere+, AVX512-BF16/AMX), else fp32."),
     click.option("--channels-last/--no-channels-last", default=D.channels_last, show_default=True, help="NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs."),
     click.option("--compile/--no-compile", default=D.compile, show_default=True, help="torch.compile the model: ~1 min to start, faster steps; for long runs."),
+    click.option("--deterministic/--no-deterministic", default=D.deterministic, show_default=True, help="Bit-identical results for the same seed on a GPU too: deterministic kernels, no cuDNN autotuning (slower). On a CPU runs are reproducible either way."),
     click.option("--base-channels", type=int, default=D.base_channels, show_default=True, help="UNet width of the first stage (16 → 1.9 M parameters)."),
     click.option("--loss", type=click.Choice(LOSSES), default=D.loss, show_default=True, help="Heat-map loss; hybrid combines the weighted terms below."),
     click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Focal loss alpha."),
@@ -161,6 +162,34 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     else:
         click.echo(f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}")
     click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
+    if result.spool:
+        click.echo(
+            f"Warning: the tracking server did not receive everything; the rest is in {result.spool}. When it is back, "
+            f"run: glint-track sync {result.spool}", err=True,
+        )
+        ctx.exit(EXIT_SPOOL_PENDING)
+
+
+#: Exit status of a training that finished but whose tracking calls wait in a spool.
+EXIT_SPOOL_PENDING = 3
+
+
+@main.command("sync")
+@click.argument("spool", type=click.Path(file_okay=False, exists=True))
+def sync_cmd(spool: str) -> None:
+    """Send the metrics, checkpoints and status that a training kept locally while the tracking server
+    was unreachable. The server is the one the training used, unless MLFLOW_TRACKING_URI says otherwise.
+
+    \b
+    Example:
+      glint-track sync runs/3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b/spool
+    """
+    from pathlib import Path
+
+    from glint_track.tracking import sync
+
+    run_id, sent = sync(Path(spool))
+    click.echo(f"sent {sent} calls to run {run_id}" if sent else f"nothing left to send for run {run_id}")
 
 
 class _Size(click.ParamType):

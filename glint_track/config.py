@@ -55,6 +55,7 @@ class TrainConfig(LossWeights):
     precision: str = "auto"  # bf16 where the GPU/CPU computes it natively, else fp32
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = False  # bit-identical results on a GPU too, at some speed cost
     # checkpoints
     save_optimizer: bool = True
     save_freq: int = 10
@@ -95,6 +96,8 @@ class TrainConfig(LossWeights):
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (0.0 < self.threshold < 1.0, f"--threshold must be inside (0, 1) (got {self.threshold})"),
             (self.match_radius > 0, f"--match-radius must be positive (got {self.match_radius})"),
+            (not (self.deterministic and self.compile),
+             "--deterministic cannot be combined with --compile, whose kernels are chosen by timing; drop one of them"),
             (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
         ]
         for ok, message in checks:

@@ -75,8 +75,8 @@ def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_
         metrics = {f"eval_{k}": v for k, v in result.overall.items()}
         metrics |= {f"eval_g{c + 1}_{k}": m[k] for c, m in enumerate(result.per_glint) for k in METRIC_NAMES}
         tracker.log_metrics(metrics, step=0)
-        tracker.client.log_dict(tracker.run_id, result.to_dict(), "evaluation.json")
+        tracker.log_dict(result.to_dict(), "evaluation.json")
         status = "FINISHED"
     finally:
-        tracker.end(status)
+        tracker.finish(status, wait_s=0)
     return tracker.run_id

@@ -6,16 +6,20 @@ directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
@@ -31,13 +35,19 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 import glint_track
-from glint_track.checkpoint import EPOCH_FILE, ARTIFACT_DIR, BEST, LATEST, CorruptCheckpoint, load_checkpoint
+from glint_track.checkpoint import EPOCH_FILE, ARTIFACT_DIR, BEST, LATEST, CorruptCheckpoint, copy_atomic, load_checkpoint
 from glint_track.data import GlintData
 from glint_track.errors import GlintTrackError
+from glint_track.files import file_digest
+from glint_track.spool import Spool
 
 log = logging.getLogger(__name__)
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow retries a failed request for minutes by default; an unreachable server is spooled instead (see
+# RunTracker), so a few seconds of retries are enough to ride out a blip.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 TAG_RESUMED_FROM = "glint_track.resumed_from"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -53,7 +63,7 @@ def check_tracking_server() -> None:
     MLflow's own client retries for minutes before giving up; a user who mistyped a URI should know now.
     """
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not _is_remote(uri):
         return
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
@@ -82,17 +92,22 @@ class ResumeSource:
     run_id: str | None
     label: str
     best: dict[str, Any] | None = None  # the run's best_model.pth, so best_model.pth carries over
+    run_status: str | None = None
+    published: dict[str, str | None] = field(default_factory=dict)  # the run's checkpoint files → digest where read
 
 
-def _download_checkpoint(run_id: str, artifact_path: str) -> dict[str, Any]:
-    """Download a checkpoint with its checksum file (when the run has one) and load it, verified."""
+def _download_checkpoint(run_id: str, artifact_path: str, names: set[str] | None = None) -> tuple[dict[str, Any], str]:
+    """Download a checkpoint with its checksum file (when the run has one) and load it, verified.
+    `names`: the files in the checkpoint's folder, when the caller has listed it already."""
     with tempfile.TemporaryDirectory(prefix="glint-track-resume-") as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp))
         sidecar = f"{artifact_path}.sha256"
-        parent = str(Path(sidecar).parent) if "/" in sidecar else None
-        if Path(sidecar).name in {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, parent)}:
+        if names is None:
+            parent = str(Path(sidecar).parent) if "/" in sidecar else None
+            names = {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, parent)}
+        if Path(sidecar).name in names:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=sidecar, dst_path=tmp)
-        return load_checkpoint(path)
+        return load_checkpoint(path), file_digest(path)
 
 
 def _newest_intact_alternative(run_id: str, names: set[str]) -> str | None:
@@ -100,7 +115,7 @@ def _newest_intact_alternative(run_id: str, names: set[str]) -> str | None:
     epochs = sorted((n for n in names if EPOCH_FILE.match(n)), reverse=True)
     for name in [*epochs, *([BEST] if BEST in names else [])]:
         try:
-            _download_checkpoint(run_id, f"{ARTIFACT_DIR}/{name}")
+            _download_checkpoint(run_id, f"{ARTIFACT_DIR}/{name}", names)
             return f"runs:/{run_id}/{ARTIFACT_DIR}/{name}"
         except GlintTrackError:
             continue
@@ -126,7 +141,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
         run_id, _, artifact_path = source[len("runs:/"):].partition("/")
         _get_run(run_id)
         try:
-            checkpoint = _download_checkpoint(run_id, artifact_path or f"{ARTIFACT_DIR}/{LATEST}")
+            checkpoint, _ = _download_checkpoint(run_id, artifact_path or f"{ARTIFACT_DIR}/{LATEST}")
         except (MlflowException, OSError) as e:
             raise GlintTrackError(f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI") from e
         return ResumeSource(checkpoint, run_id, source)
@@ -135,18 +150,22 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
-    _get_run(source)
+    run = _get_run(source)
     names = {Path(f.path).name for f in MlflowClient().list_artifacts(source, ARTIFACT_DIR)}
     if LATEST not in names:
         raise GlintTrackError(
             f"run {source} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
             f"glint-track run); start a new training instead"
         )
+    published: dict[str, str | None] = {n: None for n in names if n.endswith(".pth")}
     try:
-        best = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}") if BEST in names else None
+        best = None
+        if BEST in names:
+            best, published[BEST] = _download_checkpoint(source, f"{ARTIFACT_DIR}/{BEST}", names)
         if prefer_best and best is not None:
             return ResumeSource(best, source, source)
-        return ResumeSource(_download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}"), source, source, best)
+        latest, published[LATEST] = _download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}", names)
+        return ResumeSource(latest, source, source, best, run.info.status, published)
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)
         fix = f"resume from the newest intact one: {option} {alternative}" if alternative else "no intact checkpoint is left in it"
@@ -175,13 +194,20 @@ def git_commit() -> str | None:
 
 
 class RunTracker:
-    """The MLflow run of one training: new, resumed by ID, or the one `mlflow run` already started."""
+    """The MLflow run of one training: new, resumed by ID, or the one `mlflow run` already started.
+
+    Calls made during training go through `_call`: when the tracking server is unreachable they are
+    kept in a local Spool and sent, in order, once it answers again, so training never stops for it.
+    """
 
     def __init__(self, run: mlflow.ActiveRun) -> None:
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self.client = MlflowClient()
+        self.spool: Spool | None = None
+        self._lock = threading.Lock()  # the writer thread and the training thread both log
+        self._last_attempt = 0.0
 
     @classmethod
     def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None) -> RunTracker:
@@ -197,6 +223,11 @@ class RunTracker:
             run = mlflow.start_run(run_name=run_name)
         return cls(run)
 
+    def spool_to(self, directory: Path) -> None:
+        """Keep calls that cannot reach a remote server in `directory` (local stores never spool)."""
+        if _is_remote(tracking_uri()):
+            self.spool = Spool.create(directory, self.run_id, tracking_uri())
+
     def log_config(self, config: dict[str, Any]) -> None:
         """Log settings as params; on a resumed run, params are immutable, so changed values become tags."""
         existing = self.client.get_run(self.run_id).data.params
@@ -207,11 +238,6 @@ class RunTracker:
         if changed:
             self.set_tags(changed)
         self.client.log_dict(self.run_id, config, "train_args.json")
-
-    # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
-    # so the background checkpoint writer can call them.
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dataset(self, data: GlintData) -> None:
         """The training file as the run's MLflow input: name, source path, digest (the first 16 hex
@@ -228,44 +254,194 @@ class RunTracker:
         dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
 
-    def log_image(self, image: Any, artifact_file: str) -> None:
-        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+    def metric_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
+    # so the background checkpoint writer can call them; each may be spooled.
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("tags", {"tags": {k: str(v) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """All of an epoch's metrics in one request."""
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._call("metrics", {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "timestamp": int(time.time() * 1000)})
 
     def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+        self._call("artifact", {"dir": artifact_dir, "name": local_path.name}, local_path)
 
-    def list_artifacts(self, artifact_dir: str) -> list[str]:
-        return [Path(f.path).name for f in self.client.list_artifacts(self.run_id, artifact_dir)]
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        self._log_file(artifact_file, lambda path: image.save(path))
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self._log_file(artifact_file, lambda path: path.write_text(json.dumps(data, indent=1)))
 
     def delete_artifact(self, artifact_path: str) -> None:
-        get_artifact_repository(self.artifact_uri).delete_artifacts(artifact_path)
+        self._call("delete", {"path": artifact_path})
 
     def log_model(self, checkpoint: Path, image_size: tuple[int, int], registered_name: str | None = None) -> None:
-        """The best checkpoint as a pyfunc MLflow model under `model/` that takes uint8 images N×H×W and
-        returns glints (see serving.py), carrying glint-track's code so it loads anywhere."""
-        h, w = image_size
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w))]),
-            outputs=Schema([ColSpec("long", "image"), ColSpec("string", "glint"), ColSpec("double", "x"),
-                            ColSpec("double", "y"), ColSpec("double", "score"), ColSpec("boolean", "present")]),
-            params=ParamSchema([ParamSpec("threshold", "double", 0.3)]),
-        )
-        package = Path(glint_track.__file__).parent
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package / "pyfunc_entry.py"),
-            artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(package)],
-            signature=signature,
-            input_example=np.zeros((2, h, w), np.uint8),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "h5py", "click", "tqdm", "pillow"],
-            registered_model_name=registered_name,
-        )
+        """The best checkpoint as a pyfunc MLflow model under `model/` (see `_log_model`)."""
+        self._call("model", {"name": checkpoint.name, "image_size": list(image_size), "registered_name": registered_name}, checkpoint)
 
-    def end(self, status: str) -> None:
-        mlflow.end_run(status=RunStatus.to_string(getattr(RunStatus, status)))
+    def finish(self, status: str, wait_s: float) -> int:
+        """End the run with `status` after sending what is spooled, retrying for up to `wait_s` seconds.
+        Returns how many calls are still in the spool (0: the server has everything)."""
+        deadline = time.monotonic() + wait_s
+        while self.spool is not None and len(self.spool) and time.monotonic() < deadline:
+            self._last_attempt = 0.0  # retry now
+            with self._lock:
+                if self._drain():
+                    break
+            time.sleep(min(_retry_interval(), max(0.0, deadline - time.monotonic())))
+        try:
+            mlflow.end_run(status=RunStatus.to_string(getattr(RunStatus, status)))  # pops the run, then tells the server
+        except Exception as e:
+            if self.spool is None or _reachable(tracking_uri()):
+                raise
+            log.debug("ending the run failed (%s); spooled", e)
+            self.spool.append("end", {"status": status})
+        return len(self.spool) if self.spool is not None else 0
+
+    # -- sending, or spooling when the server is away ----------------------------------------------
+    def _log_file(self, artifact_file: str, write: Callable[[Path], Any]) -> None:
+        directory, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="glint-track-artifact-") as tmp:
+            path = Path(tmp) / name
+            write(path)
+            self.log_artifact(path, directory or None)
+
+    def _call(self, op: str, args: dict[str, Any], file: Path | None = None) -> None:
+        with self._lock:
+            if self.spool is not None and len(self.spool) and not self._drain():
+                self.spool.append(op, args, file)
+                return
+            try:
+                send(self, op, args, file)
+            except Exception as e:
+                if self.spool is None or _reachable(tracking_uri()):
+                    raise
+                self._last_attempt = time.monotonic()
+                self.spool.append(op, args, file)
+                log.warning(
+                    "the MLflow tracking server at %s is unreachable (%s); training goes on and metrics and checkpoints are "
+                    "kept in %s until it answers again", tracking_uri(), type(e).__name__, self.spool.directory,
+                )
+
+    def _drain(self) -> bool:
+        """Send the spool if a retry is due; True when it is empty afterwards."""
+        assert self.spool is not None
+        if time.monotonic() - self._last_attempt < _retry_interval():
+            return False
+        self._last_attempt = time.monotonic()
+        try:
+            sent = self.spool.replay(lambda op, args, file: send(self, op, args, file))
+        except Exception as e:
+            if _reachable(tracking_uri()):
+                raise
+            log.debug("tracking server still unreachable (%s)", e)
+            return False
+        log.info("the MLflow tracking server at %s is back: sent %d spooled calls", tracking_uri(), sent)
+        return True
+
+
+def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) -> None:
+    """Perform one tracking call, live or replayed from a spool."""
+    client, run_id = tracker.client, tracker.run_id
+    if op == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, v, args["timestamp"], args["step"]) for k, v in args["metrics"].items()])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args["tags"].items()])
+    elif op == "artifact":
+        local_root = _local_artifact_root(tracker.artifact_uri)
+        if local_root is not None:  # a file store: copied atomically, so a crash never leaves half a file
+            copy_atomic(file, local_root / (args["dir"] or "") / args["name"])
+        else:
+            client.log_artifact(run_id, str(file), args["dir"])
+    elif op == "delete":
+        get_artifact_repository(tracker.artifact_uri).delete_artifacts(args["path"])
+    elif op == "model":
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            _log_model(file, tuple(args["image_size"]), args["registered_name"])
+        else:  # replayed by `glint-track sync`: the run's final status is the spooled `end` that follows
+            with mlflow.start_run(run_id=run_id):
+                _log_model(file, tuple(args["image_size"]), args["registered_name"])
+    elif op == "end":
+        client.set_terminated(run_id, args["status"])
+    else:
+        raise GlintTrackError(f"unknown spooled call {op!r}; this spool was written by a newer glint-track")
+
+
+def sync(directory: Path) -> tuple[str, int]:
+    """Send everything in a spool to its run (`glint-track sync`); returns (run ID, calls sent)."""
+    spool = Spool.open(directory)
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        mlflow.set_tracking_uri(spool.tracking_uri)
+    check_tracking_server()
+    run = _get_run(spool.run_id)
+    tracker = RunTracker.__new__(RunTracker)
+    tracker.run_id, tracker.experiment_id, tracker.artifact_uri = spool.run_id, run.info.experiment_id, run.info.artifact_uri
+    tracker.client = MlflowClient()
+    try:
+        sent = spool.replay(lambda op, args, file: send(tracker, op, args, file))
+    except Exception as e:
+        raise GlintTrackError(
+            f"sending {directory} to {tracking_uri()} stopped ({str(e).splitlines()[0][:200]}); what was sent is removed "
+            f"from the spool, run `glint-track sync {directory}` again"
+        ) from e
+    return spool.run_id, sent
+
+
+def send_spool_if_pending(directory: Path) -> None:
+    """Send what a killed or disconnected training left in `directory`, if anything."""
+    if (directory / "spool.json").is_file() and len(Spool.open(directory)):
+        run_id, sent = sync(directory)
+        log.info("sent %d calls left in %s to run %s", sent, directory, run_id)
+
+
+def _log_model(checkpoint: Path, image_size: tuple[int, int], registered_name: str | None) -> None:
+    """A pyfunc MLflow model under `model/` that takes uint8 images N×H×W and returns glints (see
+    serving.py), carrying glint-track's code so it loads anywhere."""
+    h, w = image_size
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w))]),
+        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "glint"), ColSpec("double", "x"),
+                        ColSpec("double", "y"), ColSpec("double", "score"), ColSpec("boolean", "present")]),
+        params=ParamSchema([ParamSpec("threshold", "double", 0.3)]),
+    )
+    package = Path(glint_track.__file__).parent
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(package / "pyfunc_entry.py"),
+        artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(package)],
+        signature=signature,
+        input_example=np.zeros((2, h, w), np.uint8),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "h5py", "click", "tqdm", "pillow"],
+        registered_model_name=registered_name,
+    )
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _reachable(uri: str) -> bool:
+    """Whether a remote tracking server answers at all (local stores always do)."""
+    if not _is_remote(uri):
+        return True
+    try:
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=5).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def _retry_interval() -> float:
+    """Seconds between attempts to reach a server that went away (GLINT_TRACK_SPOOL_RETRY_S)."""
+    return float(os.environ.get("GLINT_TRACK_SPOOL_RETRY_S", "30"))
+
+
+def _local_artifact_root(artifact_uri: str) -> Path | None:
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(artifact_uri) if parsed.scheme == "" else None

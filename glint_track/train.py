@@ -7,6 +7,7 @@ module (data, model, losses, checkpoint, tracking).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -28,7 +29,9 @@ from glint_track.losses import GlintLoss
 from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters
-from glint_track.tracking import ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, tracking_uri
+from glint_track.tracking import (
+    ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, send_spool_if_pending, tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class TrainResult:
     best_epoch: int | None
     monitor: str
     output_dir: Path
+    spool: Path | None = None  # tracking calls the server has not received yet (see `glint-track sync`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,6 +136,18 @@ def epoch_metric_names(loss_fn: GlintLoss) -> list[str]:
     terms = loss_fn.term_names()
     losses = [f"{split}_{t}" for split in ("train", "val") for t in terms]
     return losses + [f"val_{m}" for m in METRIC_NAMES] + ["lr", "epoch_time_s", "images_per_s"]
+
+
+def set_deterministic(enabled: bool) -> bool:
+    """Deterministic kernels only (PyTorch raises for an op that has none) and no cuDNN autotuning, so
+    the same inputs give the same bits on a GPU too. Returns the previous setting, to restore it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read when it starts
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled)
+    return previous
 
 
 def seed_everything(seed: int) -> None:
@@ -231,11 +247,15 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     resume: ResumeSource | None = None
     cfg = cli_cfg
     if cli_cfg.resume:
+        # calls a killed process left in its spool reach the run first, so its newest checkpoint is there
+        send_spool_if_pending(Path(cli_cfg.output_dir or Path("runs") / cli_cfg.resume) / "spool")
         resume = fetch_checkpoint(cli_cfg.resume)
         cfg = merge_resumed(cli_cfg, resume.checkpoint["train_args"], explicit)
     cfg.validate()
     start_epoch = int(resume.checkpoint["epoch"]) + 1 if resume else 1
-    if resume and cfg.epochs < start_epoch:
+    # a run killed after its last epoch's checkpoint: only the final model and figures are left to do
+    finishing = bool(resume and resume.run_status not in (None, "FINISHED") and cfg.epochs == start_epoch - 1)
+    if resume and cfg.epochs < start_epoch and not finishing:
         raise GlintTrackError(
             f"{resume.label}: the checkpoint has already finished epoch {start_epoch - 1} and --epochs is {cfg.epochs}; "
             f"pass --epochs larger than {start_epoch - 1} to train further"
@@ -246,8 +266,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     data = load_glint_file(cfg.h5, cache_dir)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
     data, resident = place(data, device)
     truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
     preview_index = torch.as_tensor(val_idx[:8], dtype=torch.long, device=data.images.device)  # pictured every time
@@ -312,7 +332,11 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         save_atomic(resume.best, output_dir / BEST)
     writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
     model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
-    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer, model_info)
+    same_run = resume is not None and resume.run_id == tracker.run_id
+    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer, model_info,
+                                resume.published if same_run else None)
+    tracker.spool_to(output_dir / "spool")  # where calls go while the tracking server is unreachable
+    was_deterministic = set_deterministic(cfg.deterministic)
 
     status = "FAILED"
     try:
@@ -335,6 +359,14 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             ("on the device" if resident else f"streamed by {cfg.num_workers} workers") + (", from the cache" if data.from_cache else ""),
             start_epoch, cfg.epochs,
         )
+        if same_run:  # finish what a process killed while saving its last checkpoint left undone
+            done = int(resume.checkpoint["epoch"])
+            if resume.checkpoint.get("metrics") and done not in tracker.metric_steps("train_loss"):
+                tracker.log_metrics(resume.checkpoint["metrics"], done)
+            best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
+            checkpointer.complete(resume.checkpoint, best_is_this)
+        if finishing:
+            log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now", tracker.run_id, cfg.epochs)
 
         # -- the epochs -------------------------------------------------------------------------------
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -349,12 +381,12 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
-            writer.submit(tracker.log_metrics, metrics, epoch)
+            checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
+            writer.submit(tracker.log_metrics, metrics, epoch)  # after the checkpoint: a resume never logs a step twice
             if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
                 images, logits = predict_samples(step_model, data, preview_index, precision, device)
                 grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index), cfg.match_radius)
                 writer.submit(tracker.log_image, grid, f"val_images/epoch_{epoch:03d}.png")
-            checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             log.info(
                 "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
                 epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
@@ -369,11 +401,12 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             model.load_state_dict(best["model_state_dict"])
             best_metrics = run_epoch(model, val_batches, loss_fn, precision, None, "best val",
                                      (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold))
-            tracker.log_metrics({f"best_val_{k}": v for k, v in best_metrics.items()}, step=int(best["epoch"]))
+            if not (finishing and int(best["epoch"]) in tracker.metric_steps("best_val_loss")):
+                tracker.log_metrics({f"best_val_{k}": v for k, v in best_metrics.items()}, step=int(best["epoch"]))
         images, logits = predict_samples(model, data, preview_index[:4], precision, device)
         tracker.log_image(heatmap_panel(images, logits), "figures/heatmaps_best.png")
         curves = threshold_sweep(model, val_batches, precision, truth, data.num_glints, cfg.match_radius)
-        tracker.client.log_dict(tracker.run_id, curves, "figures/threshold_curves.json")
+        tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
                           "figures/threshold_curves.png")
         tracker.log_model(best_file if best_file.exists() else output_dir / LATEST, data.image_size, cfg.register_model)
@@ -383,6 +416,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s", tracker.run_id, tracker.run_id)
         raise
     finally:
+        set_deterministic(was_deterministic)
         try:
             writer.close()  # a run never ends with a checkpoint or metric still unsent
         except Exception:
@@ -391,8 +425,14 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         package_log.removeHandler(file_handler)
         file_handler.close()
         tracker.log_artifact(log_file)
-        tracker.end(status)
+        pending = tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
+        if pending:
+            log.warning(
+                "the tracking server at %s did not come back: %d calls for run %s (metrics, checkpoints, its status) "
+                "are kept in %s; send them with: glint-track sync %s", tracking_uri(), pending, tracker.run_id,
+                tracker.spool.directory, tracker.spool.directory,
+            )
     return TrainResult(
         tracker.run_id, tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value, progress.best_epoch,
-        cfg.monitor, output_dir,
+        cfg.monitor, output_dir, tracker.spool.directory if pending else None,
     )
