@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -10,19 +11,31 @@ class BackgroundWriter:
     """Runs submitted jobs (checkpoint writes, uploads, metric logging) one at a time, in order.
 
     A failed job is re-raised on the next `submit` or at `flush`, which waits for everything: call it
-    before the run ends so that no run finishes with an upload missing.
+    before the run ends so that no run finishes with an upload missing. Jobs queued behind a failed one
+    are skipped: an epoch's metrics are never logged when its checkpoint did not make it, so a resume
+    from the previous checkpoint does not log that epoch twice.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glint-track-writer")
         self._pending: list[Future] = []
+        self._failed = threading.Event()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         done = [f for f in self._pending if f.done()]
         self._pending = [f for f in self._pending if not f.done()]
         for f in done:
             f.result()
-        self._pending.append(self._pool.submit(fn, *args))
+        self._pending.append(self._pool.submit(self._run, fn, *args))
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._failed.is_set():
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []

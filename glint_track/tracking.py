@@ -208,6 +208,9 @@ class RunTracker:
         self.spool: Spool | None = None
         self._lock = threading.Lock()  # the writer thread and the training thread both log
         self._last_attempt = 0.0
+        if (root := _local_artifact_root(self.artifact_uri)) is not None:  # uploads a killed process left unfinished
+            for partial in root.rglob(".*.tmp"):
+                partial.unlink(missing_ok=True)
 
     @classmethod
     def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None) -> RunTracker:

@@ -1,0 +1,201 @@
+"""Kill anywhere: SIGKILL a training at random moments, resume it by run ID, again and again.
+
+    python benchmarks/kill_anywhere.py [--kills 50] [--epochs 60] [--seed 0]
+
+A reference run trains straight through. A second run is killed with SIGKILL at random moments —
+while it starts, steps, writes checkpoints, uploads them, logs metrics or deletes old epoch files
+(`--save-freq 1` makes every epoch do all of those) — and resumed by its run ID each time. Checked
+after every kill: each checkpoint in the run loads and matches its checksum, and the next process
+resumes from the newest of them. Checked at the end: the run is FINISHED at the last epoch, every
+epoch metric has each step exactly once, and (the training being deterministic on the CPU) its
+final weights and optimizer moments equal the reference run's bit for bit.
+
+tests/test_reliability.py runs the quick mode (10 kills); the table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from glint_track.checkpoint import load_checkpoint  # noqa: E402
+
+TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
+         "--save-freq", "1", "--keep-last-n", "2", "--deterministic"]
+RUN_LINE = re.compile(r"run ([0-9a-f]{32}): .* epochs (\d+)→(\d+)")
+
+
+@dataclass
+class Report:
+    kills: int = 0
+    resumes: int = 0
+    kill_phases: dict[str, int] = field(default_factory=dict)  # what the run's log said last before each kill
+    failures: list[str] = field(default_factory=list)
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(workdir / "cache"))
+    env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's embedded default: ./mlflow.db in workdir
+    return env
+
+
+def _start(workdir: Path, args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=workdir, env=_env(workdir),
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+
+def _artifact_dir(workdir: Path, run_id: str) -> Path:
+    uri = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id).info.artifact_uri
+    return Path(uri.removeprefix("file://")) / "checkpoints"
+
+
+def check_checkpoints(folder: Path) -> int:
+    """Every checkpoint in the run has its checksum file and matches it; returns the latest's epoch."""
+    for path in folder.glob("*.pth"):
+        assert (folder / f"{path.name}.sha256").is_file(), f"{path.name} has no checksum file"
+        load_checkpoint(path)  # raises on a cut or damaged file
+    return int(load_checkpoint(folder / "latest_checkpoint.pth")["epoch"])
+
+
+def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
+    """Where the kill landed. A temp file left beside a checkpoint (locally or in the run) proves it was
+    being written; otherwise the log tells start-up from training."""
+    if run_id:
+        local = workdir / "runs" / run_id
+        if any(local.glob(".*.tmp")):
+            return "writing a checkpoint"
+        if any(p.name.startswith(".") for p in _artifact_dir(workdir, run_id).iterdir()):
+            return "uploading a checkpoint"
+    return "training" if RUN_LINE.search(log.read_text()) else "starting up"
+
+
+def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int) -> Report:
+    rng = random.Random(seed)
+    report = Report()
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    common = ["--h5", str(h5), *TRAIN, "--epochs", str(epochs)]
+
+    t0, startup = time.perf_counter(), None
+    reference = _start(workdir, [*common, "--run-name", "reference"], logs / "reference.log")
+    while reference.poll() is None:
+        if startup is None and RUN_LINE.search((logs / "reference.log").read_text()):
+            startup = time.perf_counter() - t0  # imports, data, model, MLflow run: then the epochs start
+        time.sleep(0.02)
+    assert reference.returncode == 0 and startup is not None, (logs / "reference.log").read_text()
+    ref_run = RUN_LINE.search((logs / "reference.log").read_text()).group(1)
+
+    # the first process is killed only once its run has a checkpoint (before that there is nothing to resume)
+    log = logs / "attempt_000.log"
+    proc = _start(workdir, [*common, "--run-name", "killed"], log)
+    while not re.search(r"epoch 1/", log.read_text()):
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    run_id = RUN_LINE.search(log.read_text()).group(1)
+    delay, saved, attempt = rng.uniform(0, 0.5), None, 0
+    while True:
+        deadline = time.perf_counter() + delay  # a random moment of its life: start-up, steps, saving, uploading
+        while report.kills < kills and time.perf_counter() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        killed = report.kills < kills and proc.poll() is None
+        if killed:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if saved is not None and (match := RUN_LINE.search(log.read_text())) and int(match.group(2)) != saved + 1:
+            report.failures.append(f"attempt {attempt} resumed at epoch {match.group(2)}, the newest checkpoint is {saved}")
+        if not killed:
+            if proc.returncode != 0:
+                report.failures.append(f"attempt {attempt} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            break
+        report.kills += 1
+        phase = _phase(log, workdir, run_id)
+        report.kill_phases[phase] = report.kill_phases.get(phase, 0) + 1
+        try:
+            saved = check_checkpoints(_artifact_dir(workdir, run_id))
+        except Exception as e:  # noqa: BLE001 - reported, not raised, so the table shows every failure
+            report.failures.append(f"kill {report.kills}: {e}")
+            break
+        attempt += 1
+        log = logs / f"attempt_{attempt:03d}.log"
+        proc = _start(workdir, ["--resume", run_id], log)
+        report.resumes += 1
+        delay = rng.uniform(0.3, startup + 1.5)  # start-up, or a few epochs (each writes and uploads files)
+    if not report.failures:
+        report.failures += final_checks(workdir, run_id, ref_run, epochs)
+    return report
+
+
+def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[str]:
+    problems = []
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED":
+        problems.append(f"run status {run.info.status}")
+    for key in ("train_loss", "val_loss", "val_f1", "lr"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        if steps != list(range(1, epochs + 1)):
+            problems.append(f"{key} steps {steps}")
+    folder = _artifact_dir(workdir, run_id)
+    if leftovers := [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]:
+        problems.append(f"partial files left in the run: {leftovers}")
+    killed, reference = load_checkpoint(folder / "latest_checkpoint.pth"), load_checkpoint(_artifact_dir(workdir, ref_run) / "latest_checkpoint.pth")
+    if killed["epoch"] != epochs:
+        problems.append(f"latest checkpoint at epoch {killed['epoch']}")
+    for part in ("model_state_dict", "optimizer_state_dict"):
+        a, b = _tensors(killed[part]), _tensors(reference[part])
+        if len(a) != len(b) or not all(torch.equal(x, y) for x, y in zip(a, b)):
+            problems.append(f"{part} differs from the uninterrupted run")
+    return problems
+
+
+def _tensors(obj: object) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    from _common import make_workdir
+
+    from glint_track.synth import write_synthetic
+
+    workdir = make_workdir(args.workdir, "glint-kill-")
+    h5 = write_synthetic(workdir / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)
+    t0 = time.perf_counter()
+    report = kill_and_resume(workdir, h5, args.kills, args.epochs, args.seed)
+    print(f"\n{dt.date.today()}  torch {torch.__version__}  {os.cpu_count()} CPUs  {time.perf_counter() - t0:.0f} s  workdir {workdir}")
+    print("| kills | resumes | killed while | failures |\n|---|---|---|---|")
+    phases = ", ".join(f"{k}: {v}" for k, v in sorted(report.kill_phases.items()))
+    print(f"| {report.kills} | {report.resumes} | {phases} | {len(report.failures)} |")
+    for failure in report.failures:
+        print("FAILURE:", failure)
+    sys.exit(1 if report.failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Issue 6: kill anywhere, bit-identical resume, write errors, tracking outages against a real server."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, train_tiny
+from glint_track import checkpoint as checkpoint_module
+from glint_track import tracking
+from glint_track.checkpoint import Checkpointer, load_checkpoint
+from glint_track.cli import main
+from glint_track.synth import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import kill_anywhere  # noqa: E402
+
+
+def run_folder(run_id: str) -> Path:
+    return Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
+    """Quick mode of benchmarks/kill_anywhere.py: 10 SIGKILLs, each followed by a resume by run ID."""
+    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=100, seed=1)
+    assert report.failures == [] and report.kills == 10, report
+    assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
+
+
+def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tmp_path: Path) -> None:
+    h5 = write_synthetic(tmp_path / "d.h5", num_samples=96, size=64, num_glints=4, seed=3)  # epochs of ~1 s
+    args = ["--h5", str(h5), "--base-channels", "8", "--batch-size", "8", "--device", "cpu", "--deterministic", "--epochs", "4"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    train = [sys.executable, "-m", "glint_track", "train", *args]
+    straight = subprocess.run([*train, "--run-name", "straight"], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    victim = subprocess.Popen([*train, "--run-name", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    run_id = None
+    while True:  # SIGKILL as soon as the run holds the epoch 2 checkpoint, while epoch 3 trains
+        assert victim.poll() is None, "the run finished before it could be killed"
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'killed'", output_format="list")
+        if runs and (latest := run_folder(runs[0].info.run_id) / "latest_checkpoint.pth").is_file():
+            if load_checkpoint(latest)["epoch"] == 2:
+                run_id = runs[0].info.run_id
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                break
+        time.sleep(0.05)
+    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs 3→4" in resumed.stderr
+    straight_id = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'straight'", output_format="list")[0].info.run_id
+    a, b = (load_checkpoint(run_folder(r) / "latest_checkpoint.pth") for r in (run_id, straight_id))
+    for part in ("model_state_dict", "optimizer_state_dict"):
+        assert all(torch.equal(x, y) for x, y in zip(kill_anywhere._tensors(a[part]), kill_anywhere._tensors(b[part]), strict=True)), part
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
+
+
+def test_deterministic_and_compile_are_refused_together(tiny_h5: Path) -> None:
+    result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--deterministic", "--compile"])
+    assert "--deterministic cannot be combined with --compile" in one_error_line(result)
+
+
+def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verifies(tmp_path: Path) -> None:
+    class Store:  # the run's checkpoints/ folder; `fail_on` stops an upload, as a crash would
+        run_id = "r"
+
+        def __init__(self) -> None:
+            self.fail_on: str | None = None
+
+        def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
+            if local_path.name == self.fail_on:
+                raise KeyboardInterrupt
+            (tmp_path / "run").mkdir(exist_ok=True)
+            (tmp_path / "run" / local_path.name).write_bytes(local_path.read_bytes())
+
+        def delete_artifact(self, artifact_path: str) -> None:
+            raise AssertionError("nothing to delete")
+
+    store = Store()
+    local = tmp_path / "local"
+    local.mkdir()
+    checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
+    model = torch.nn.Linear(2, 2)
+    parts = {"model": model, "progress": checkpoint_module.TrainProgress("val_loss", "min")}
+    parts["progress"].update(1, {"val_loss": 1.0})
+    checkpointer.save(parts, {}, 1, is_best=False)
+    store.fail_on = "latest_checkpoint.pth"  # the new checksum file goes up, the checkpoint does not
+    parts["progress"].update(2, {"val_loss": 0.5})
+    with torch.no_grad():
+        model.weight.add_(1)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save(parts, {}, 2, is_best=False)
+    assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 1
+    store.fail_on = None
+    checkpointer.save(parts, {}, 2, is_best=False)
+    assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 2
+    (tmp_path / "run" / "latest_checkpoint.pth").write_bytes((local / "latest_checkpoint.pth").read_bytes()[:-100])
+    with pytest.raises(checkpoint_module.CorruptCheckpoint):
+        load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")
+
+
+def test_run_killed_after_its_last_epoch_is_finished_by_resume(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "_log_model", killed)
+        CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"])
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "KILLED" and load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 2
+    result = CliRunner().invoke(main, ["train", "--resume", run.info.run_id])
+    assert result.exit_code == 0, result.output
+    assert "stopped before its model was logged" in result.stderr
+    run = mlflow.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and "best_val_loss" in run.data.metrics
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "best_val_loss")) == 1
+    assert mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+
+
+def test_disk_full_while_writing_a_checkpoint_stops_with_the_previous_one_intact(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's latest_checkpoint.pth
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
+    message = one_error_line(result)
+    assert "writing the epoch 2 checkpoint" in message and "No space left on device" in message and "previous checkpoint is intact" in message
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 1
+    assert load_checkpoint(Path("runs") / run.info.run_id / "latest_checkpoint.pth")["epoch"] == 1
+
+
+def test_disk_full_while_uploading_a_checkpoint_stops_with_the_runs_copy_intact(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_copy, uploads = tracking.copy_atomic, []
+
+    def copy(src: Path, dst: Path) -> None:
+        if src.name == "latest_checkpoint.pth":
+            uploads.append(1)
+            if len(uploads) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(src, dst)
+
+    monkeypatch.setattr(tracking, "copy_atomic", copy)
+    result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
+    message = one_error_line(result)
+    assert "uploading checkpoints/latest_checkpoint.pth" in message and "No space left on device" in message
+    run_id = mlflow.search_runs(search_all_experiments=True, output_format="list")[0].info.run_id
+    assert load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 1  # verified against the new checksum file
+    monkeypatch.setattr(tracking, "copy_atomic", real_copy)
+    resumed = CliRunner().invoke(main, ["train", "--resume", run_id])
+    assert resumed.exit_code == 0, resumed.output
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+
+
+# -- tracking outages, against a real `mlflow server` ------------------------------------------------
+
+class Server:
+    """An `mlflow server` (SQLite backend, proxied artifacts) that a test can stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}", "--artifacts-destination", str(self.folder / "artifacts")]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.folder / "server.log", "a"), start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    srv = Server(tmp_path)
+    srv.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
+    yield srv
+    srv.stop()
+
+
+def _train_through_outage(h5: Path, server: Server, epochs: int, env: dict[str, str], restart_when_spooling: bool) -> tuple[subprocess.CompletedProcess, str]:
+    """Train in a subprocess; stop the server once epoch 2 is logged; optionally start it again once the
+    trainer says it is spooling. Returns the finished process and the run ID."""
+    cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), *TINY, "--epochs", str(epochs), "--save-freq", "2"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+               GLINT_TRACK_SPOOL_RETRY_S="0.5", **env)
+    log = server.folder / "train.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        while "epoch 2/" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        server.stop()
+        if restart_when_spooling:
+            while "is unreachable" not in log.read_text() and proc.poll() is None:
+                time.sleep(0.05)
+            server.start()
+        out, _ = proc.communicate(timeout=300)
+    text = log.read_text()
+    run_id = next(line.split("run ")[1].split(":")[0] for line in text.splitlines() if " run " in line and "train /" in line)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, text), run_id
+
+
+def _complete_in_server(run_id: str, epochs: int) -> None:
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("train_loss", "val_loss", "val_f1"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, epochs + 1)), key
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoints")}
+    assert {"latest_checkpoint.pth", "best_model.pth", f"epoch_{epochs:03d}.pth"} <= names
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/latest_checkpoint.pth")
+    assert torch.load(path, weights_only=True)["epoch"] == epochs
+    assert "training.log" in {Path(f.path).name for f in client.list_artifacts(run_id)}
+
+
+def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(tiny_h5: Path, server: Server) -> None:
+    result, run_id = _train_through_outage(tiny_h5, server, 30, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is back: sent" in result.stderr
+    _complete_in_server(run_id, 30)
+
+
+def test_spool_left_at_exit_is_sent_by_glint_track_sync(tiny_h5: Path, server: Server) -> None:
+    result, run_id = _train_through_outage(tiny_h5, server, 6, {"GLINT_TRACK_SYNC_WAIT_S": "0"}, restart_when_spooling=False)
+    from glint_track.cli import EXIT_SPOOL_PENDING
+
+    assert result.returncode == EXIT_SPOOL_PENDING, result.stderr[-3000:]
+    spool = Path("runs") / run_id / "spool"
+    assert f"glint-track sync {spool}" in result.stderr
+    assert not CliRunner().invoke(main, ["sync", str(spool)]).exit_code == 0  # the server is still down
+    server.start()
+    synced = CliRunner().invoke(main, ["sync", str(spool)])
+    assert synced.exit_code == 0 and f"to run {run_id}" in synced.output, synced.output
+    _complete_in_server(run_id, 6)
+    assert "nothing left to send" in CliRunner().invoke(main, ["sync", str(spool)]).output
