@@ -152,13 +152,20 @@ class _NoTracker:
         return lambda *args, **kwargs: None
 
 
-def untracked(h5: Path, epochs: int, workdir: Path, **settings) -> dict:
-    """Exactly (b)'s code path with the MLflow run and the checkpoint writes replaced by no-ops."""
+def untracked(h5: Path, epochs: int, workdir: Path, tracking: bool = False, checkpoints: str = "off", **settings) -> dict:
+    """Exactly (b)'s code path with parts of the saving replaced by no-ops, to see what each costs:
+    `tracking` keeps the MLflow run; `checkpoints` is off, "snapshot" (state copied to the CPU, never
+    written) or "local" (written to the output folder, not uploaded)."""
     import glint_track.train as train_module
 
-    train_module.RunTracker.start = classmethod(lambda cls, *a, **k: _NoTracker())
-    train_module.Checkpointer.save = lambda self, *a, **k: None
-    return glint_train(h5, epochs, workdir, "untracked", **settings)
+    if not tracking:
+        train_module.RunTracker.start = classmethod(lambda cls, *a, **k: _NoTracker())
+    if checkpoints == "off":
+        train_module.Checkpointer.save = lambda self, *a, **k: None
+    elif checkpoints == "snapshot":
+        train_module.Checkpointer._write = lambda self, *a, **k: None
+    name = "untracked" if not tracking and checkpoints == "off" else f"ablation-{'mlflow' if tracking else 'nomlflow'}-{checkpoints}"
+    return glint_train(h5, epochs, workdir, name, **settings)
 
 
 # -- (c) the compute bound -------------------------------------------------------------------------
@@ -259,6 +266,9 @@ def measure(name: str, h5: Path, workdir: Path, args: argparse.Namespace) -> dic
         "b_fast": lambda: glint_train(h5, e, workdir, "fastest", **fast),
         "b_fast_every": lambda: glint_train(h5, e, workdir, "fastest-every", save_freq=1, keep_last_n=2, **fast),
         "b0_fast": lambda: untracked(h5, e, workdir, **fast),
+        "b0_snapshot": lambda: untracked(h5, e, workdir, checkpoints="snapshot", **fast),
+        "b0_local": lambda: untracked(h5, e, workdir, checkpoints="local", **fast),
+        "b0_mlflow": lambda: untracked(h5, e, workdir, tracking=True, **fast),
     }
     return table_of[name]()
 
@@ -270,6 +280,9 @@ LABELS = {
     "b_fast": "(b) glint-track train, fastest (batch {fb}, --lr {fl}, bf16, --compile)",
     "b_fast_every": "(b) fastest, and --save-freq 1 --keep-last-n 2 (an epoch file written and one deleted every epoch)",
     "b0_fast": "(b0) same as fastest, tracking + checkpoints off",
+    "b0_snapshot": "(b0) + checkpoint state copied to pinned CPU memory each epoch, not written",
+    "b0_local": "(b0) + checkpoints written locally (torch.save, SHA-256), not uploaded; no MLflow",
+    "b0_mlflow": "(b0) + MLflow run (metrics, images, figures), no checkpoints",
     "c": "(c) compute bound (batch {fb}, bf16, channels_last, compile, data on GPU)",
 }
 
@@ -284,7 +297,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--concurrent", action="store_true", help="three runs at once vs one alone")
     ap.add_argument("--cpu-small", action="store_true", help="CPU: a small file, (a) vs (b)")
-    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast")
+    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration in this process
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
