@@ -59,7 +59,7 @@ def main() -> None:
     h5 = workdir / f"det_{args.samples}_{args.size}.h5"
     if not h5.exists():
         write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
     rows = []
     for flag in ("--deterministic", "--no-deterministic"):
         outs, speeds = [], []

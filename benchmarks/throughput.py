@@ -162,10 +162,20 @@ def untracked(h5: Path, epochs: int, workdir: Path, tracking: bool = False, chec
         train_module.RunTracker.start = classmethod(lambda cls, *a, **k: _NoTracker())
     if checkpoints == "off":
         train_module.Checkpointer.save = lambda self, *a, **k: None
+        if tracking:  # no checkpoint to turn into a model
+            train_module.RunTracker.log_model = lambda self, *a, **k: None
     elif checkpoints == "snapshot":
         train_module.Checkpointer._write = lambda self, *a, **k: None
     name = "untracked" if not tracking and checkpoints == "off" else f"ablation-{'mlflow' if tracking else 'nomlflow'}-{checkpoints}"
     return glint_train(h5, epochs, workdir, name, **settings)
+
+
+def no_hold(run):
+    """(b) as it was before the writer was held back at epoch boundaries."""
+    from glint_track.background import BackgroundWriter
+
+    BackgroundWriter.hold = lambda self: None
+    return run()
 
 
 # -- (c) the compute bound -------------------------------------------------------------------------
@@ -269,6 +279,7 @@ def measure(name: str, h5: Path, workdir: Path, args: argparse.Namespace) -> dic
         "b0_snapshot": lambda: untracked(h5, e, workdir, checkpoints="snapshot", **fast),
         "b0_local": lambda: untracked(h5, e, workdir, checkpoints="local", **fast),
         "b0_mlflow": lambda: untracked(h5, e, workdir, tracking=True, **fast),
+        "b_fast_nohold": lambda: no_hold(lambda: glint_train(h5, e, workdir, "fastest-nohold", **fast)),
     }
     return table_of[name]()
 
@@ -283,6 +294,7 @@ LABELS = {
     "b0_snapshot": "(b0) + checkpoint state copied to pinned CPU memory each epoch, not written",
     "b0_local": "(b0) + checkpoints written locally (torch.save, SHA-256), not uploaded; no MLflow",
     "b0_mlflow": "(b0) + MLflow run (metrics, images, figures), no checkpoints",
+    "b_fast_nohold": "(b) fastest, the writer not held back at epoch boundaries",
     "c": "(c) compute bound (batch {fb}, bf16, channels_last, compile, data on GPU)",
 }
 
@@ -297,7 +309,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--concurrent", action="store_true", help="three runs at once vs one alone")
     ap.add_argument("--cpu-small", action="store_true", help="CPU: a small file, (a) vs (b)")
-    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow")
+    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow,b_fast_nohold")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration in this process
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

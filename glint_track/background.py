@@ -14,12 +14,24 @@ class BackgroundWriter:
     before the run ends so that no run finishes with an upload missing. Jobs queued behind a failed one
     are skipped: an epoch's metrics are never logged when its checkpoint did not make it, so a resume
     from the previous checkpoint does not log that epoch twice.
+
+    `hold()` makes queued jobs wait until `release()`: serialising a checkpoint takes the GIL in many
+    short turns, and at an epoch boundary, where the GPU waits for the training thread to launch the
+    next steps, every turn would stall it; once a few steps are queued on the GPU, the writer can run.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glint-track-writer")
         self._pending: list[Future] = []
         self._failed = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
+
+    def hold(self) -> None:
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         done = [f for f in self._pending if f.done()]
@@ -29,6 +41,7 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(self._run, fn, *args))
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._go.wait()
         if self._failed.is_set():
             return
         try:
@@ -38,6 +51,7 @@ class BackgroundWriter:
             raise
 
     def flush(self) -> None:
+        self.release()
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending]  # waits for each, in order
         if first := next((e for e in errors if e is not None), None):

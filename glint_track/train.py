@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -164,9 +164,11 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None,
     desc: str,
     glints: tuple[GlintMetrics, Glints, float] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each
     loss term, and with `glints` = (metrics, ground truth of every sample, threshold) the glint metrics.
+    `on_queued` is called once the first steps are launched (the GPU has work to do for a while).
 
     Everything is accumulated on the device and read once at the end, so no step waits for the host.
     """
@@ -175,7 +177,10 @@ def run_epoch(
     sums: dict[str, torch.Tensor] = {}
     count = 0
     with torch.set_grad_enabled(training):
-        for images, targets, index in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch"):
+        for step, (images, targets, index) in enumerate(tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch")):
+            if step == 2 and on_queued is not None:
+                on_queued()
+                on_queued = None
             if precision.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with precision.autocast():
@@ -193,6 +198,8 @@ def run_epoch(
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach() * n
             count += n
+    if on_queued is not None:  # fewer than three steps
+        on_queued()
     result = {name: float(total) / count for name, total in sums.items()}
     return result | (glints[0].compute() if glints is not None else {})
 
@@ -373,7 +380,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             train_batches.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train")
+            train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train",
+                                    on_queued=writer.release)  # the last epoch's files are written from here on
             train_time = time.perf_counter() - t0
             val_glints = (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold)
             val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val", val_glints)
@@ -381,6 +389,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
+            writer.hold()  # until the next epoch's first steps are on the GPU (see BackgroundWriter)
             checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
             writer.submit(tracker.log_metrics, metrics, epoch)  # after the checkpoint: a resume never logs a step twice
             if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):

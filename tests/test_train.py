@@ -174,10 +174,10 @@ def test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint(
 ) -> None:
     real_run_epoch = train_module.run_epoch
 
-    def run_epoch(*args):  # (model, batches, loss_fn, precision, optimizer, desc[, glints])
+    def run_epoch(*args, **kwargs):  # (model, batches, loss_fn, precision, optimizer, desc[, glints])
         if args[5].startswith("epoch 2"):
             raise exception("stop")
-        return real_run_epoch(*args)
+        return real_run_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "run_epoch", run_epoch)
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
