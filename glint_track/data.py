@@ -169,6 +169,9 @@ def _decode(path: Path) -> dict[str, np.ndarray]:
     if not np.isfinite(heatmaps).all():
         bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
         raise _fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
+    if not heatmaps.any():
+        raise _fail(path, "no glint is annotated in any sample (every heat-map is zero)",
+                    "check that the labels are named g1..gN (or pass --prefix) when packing")
     return arrays
 
 

@@ -60,6 +60,7 @@ def test_old_file_without_optional_parts_and_float32_heatmaps(tmp_path: Path) ->
         ({"images": np.zeros((0, 32, 32), np.uint8), "heatmaps": np.zeros((0, 3, 8, 8), np.float16)}, "holds no samples"),
         ({"heatmaps": np.full((6, 3, 8, 8), np.nan, np.float16)}, "NaN or infinite values in 6 samples"),
         ({"present": np.zeros((6, 2), np.uint8)}, "'present' has shape"),
+        ({"heatmaps": np.zeros((6, 3, 8, 8), np.float16)}, "no glint is annotated in any sample"),
     ],
 )
 def test_bad_layouts_name_the_problem_and_the_fix(tmp_path: Path, overrides: dict, message: str) -> None:

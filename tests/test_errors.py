@@ -111,3 +111,26 @@ def test_damaged_latest_checkpoint_names_the_newest_intact_one(tiny_h5: Path) ->
     assert f"--resume runs:/{run_id}/checkpoints/epoch_003.pth" in message
     result = CliRunner().invoke(main, ["train", "--resume", f"runs:/{run_id}/checkpoints/epoch_003.pth", "--epochs", "4"])
     assert result.exit_code == 0, result.output
+
+
+def test_refused_credentials(tiny_h5: Path) -> None:
+    """A server that answers 401, as `mlflow server --app-name basic-auth` does to a wrong password."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}", "MLFLOW_TRACKING_USERNAME": "ana", "MLFLOW_TRACKING_PASSWORD": "wrong"}
+        fails_cleanly(["train", "--h5", str(tiny_h5)], "refused the credentials (HTTP 401)", env=env)
+    finally:
+        server.shutdown()
