@@ -87,7 +87,8 @@ class TrainProgress:
 
 
 class RNGState:
-    """Random number generator states of torch (CPU and CUDA), numpy and Python, as plain tensors/tuples."""
+    """Random number generator states of torch (CPU and the training GPU), numpy and Python, as plain
+    tensors/tuples. (Checkpoints before DDP support listed every GPU's state; the first is used.)"""
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -96,8 +97,8 @@ class RNGState:
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached_gaussian": cached},
             "python": random.getstate(),
         }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU only (one per DDP rank)
+            state["cuda"] = [torch.cuda.get_rng_state()]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,8 +106,8 @@ class RNGState:
         n = state["numpy"]
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
         random.setstate(state["python"])
-        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state.get("cuda") and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.set_rng_state(state["cuda"][0])
 
 
 #: Checkpoint key of each stateful part; `progress` is spread over the top level (`epoch`, `metrics`, `best`).

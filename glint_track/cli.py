@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -71,6 +72,33 @@ def _options(*specs: Callable[[Callable], Callable]) -> Callable[[Callable], Cal
     return apply
 
 
+def _argv_without_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
+
+
+class _GpuList(click.ParamType):
+    name = "N[,N…]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            gpus = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            gpus = []
+        if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+            self.fail(f"{value!r} is not a list of GPU numbers: use e.g. 0,1", param, ctx)
+        return gpus
+
+
 TRAIN_HELP = """Train the glint UNet on an HDF5 file and track the run in MLflow.
 
 Logs every setting as a param, per-epoch metrics (step = epoch), checkpoints under checkpoints/
@@ -85,6 +113,8 @@ Examples:
   glint-track train --h5 data.h5 --batch-size 256 --lr 4e-3 --compile      # fastest on a GPU
   glint-track train --resume 3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b --epochs 100
   MLFLOW_TRACKING_URI=http://mlflow.lab:5000 glint-track train --h5 data.h5 --experiment sweeps
+  glint-track train --h5 data.h5 --gpus 0,1                           # DDP on two GPUs
+  torchrun --nproc-per-node 2 -m glint_track train --h5 data.h5 --device cpu   # DDP, gloo on the CPU
 
 Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_freq, --keep_last_n,
 --val_split, --num_workers, --agg_wF …) are accepted too.
@@ -110,6 +140,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--val-split", "--val_split", "val_split", type=float, default=D.val_split, show_default=True, help="Fraction held out for validation; the split is fixed by --seed, identical on resume."),
     click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds the weights, the train/val split and the data order."),
     click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--gpus", type=_GpuList(), help="Train on these GPUs, e.g. 0,1: several start torchrun with one DDP process each (--batch-size is per GPU)."),
     click.option("--num-workers", "--num_workers", "num_workers", type=int, default=D.num_workers, show_default=True, help="Loader worker processes, used only when the data does not fit on the GPU (it is kept there otherwise)."),
     click.option("--cache/--no-cache", default=D.cache, show_default=True, help="Keep the decoded arrays, uncompressed and memory-mapped, in --cache-dir: parallel runs on one file share one copy in RAM and skip decompression."),
     click.option("--cache-dir", type=click.Path(file_okay=False), help="Where --cache keeps decoded files, by content digest [default: ~/.cache/glint-track]."),
@@ -153,7 +184,16 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     explicit = frozenset(
         name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     )
+    gpus = options.pop("gpus")
+    if gpus and len(gpus) > 1 and "WORLD_SIZE" not in os.environ:
+        from glint_track.distributed import launch_torchrun
+
+        launch_torchrun(gpus, _argv_without_gpus(sys.argv[1:]))  # does not return
+    if gpus:
+        options["device"] = f"cuda:{gpus[0]}" if "WORLD_SIZE" not in os.environ else "cuda"
     result = train(TrainConfig(**options), explicit)
+    if result is None:  # a DDP rank other than 0: rank 0 reports
+        return
     best = f"best {result.monitor} {result.best_value:.5g} at epoch {result.best_epoch}" if result.best_value is not None else "no best yet"
     click.echo(f"\nRun {result.run_id} finished: {result.epochs} epochs, {best}.")
     click.echo(f"  Local copy:  {result.output_dir}")
@@ -190,6 +230,51 @@ def sync_cmd(spool: str) -> None:
 
     run_id, sent = sync(Path(spool))
     click.echo(f"sent {sent} calls to run {run_id}" if sent else f"nothing left to send for run {run_id}")
+
+
+@main.command("sweep", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--h5", type=click.Path(dir_okay=False), help="Glint HDF5 file every child trains on.")
+@click.option("--loss", help="Losses to try, comma-separated, e.g. focal,bce,hybrid.")
+@click.option("--lr", help="Learning rates to try, comma-separated, e.g. 1e-3,3e-4.")
+@click.option("--param", "params", multiple=True, metavar="NAME=V1,V2", help="Any other train option to vary, e.g. --param base_channels=16,32 (repeatable).")
+@click.option("--parallel", type=click.IntRange(1), default=1, show_default=True, help="Children trained at once.")
+@click.option("--gpus", type=_GpuList(), help="Spread children over these GPUs in turn, e.g. 0,1 (default: each child's --device).")
+@click.option("--monitor", default=D.monitor, show_default=True, help="Metric that picks each child's best model and the best child.")
+@click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True)
+@click.option("--experiment", default=D.experiment, show_default=True, help="MLflow experiment of the parent and child runs.")
+@click.option("--resume", help="Parent run ID of a sweep to finish: children that did not finish are resumed or started, the rest skipped.")
+@click.pass_context
+def sweep_cmd(ctx: click.Context, h5: str | None, loss: str | None, lr: str | None, params: tuple[str, ...], parallel: int,
+              gpus: list[int] | None, monitor: str, monitor_mode: str, experiment: str, resume: str | None) -> None:
+    """Train a grid of settings as MLflow child runs under one parent run, K at a time.
+
+    Any further option is passed to every child's `glint-track train` (e.g. --epochs 30
+    --no-save-optimizer). The parent run gets summary.csv (each child's best value of every metric) and
+    tags naming the best child; a failed child does not stop the others.
+
+    \b
+    Examples:
+      glint-track sweep --h5 data.h5 --loss focal,bce,hybrid --lr 1e-3,3e-4 --parallel 3 --epochs 30
+      glint-track sweep --h5 data.h5 --param base_channels=16,32 --gpus 0,1 --parallel 2 --no-save-optimizer
+      glint-track sweep --resume 7d2e0c9b1a8f4e3d9c6b5a4f3e2d1c0b
+    """
+    from glint_track.sweep import SweepSpec, parse_axes, run_sweep, table
+
+    spec = None
+    if not resume:
+        if not h5:
+            raise GlintTrackError("no data file given: pass --h5 FILE (or --resume a sweep's parent run ID)")
+        spec = SweepSpec(str(h5), parse_axes(loss, lr, params), list(ctx.args), monitor, monitor_mode)
+    elif h5 or loss or lr or params or ctx.args:
+        raise GlintTrackError("--resume finishes a sweep as it was defined; drop the other sweep options")
+    parent, children = run_sweep(spec, experiment, parallel, gpus, resume)
+    click.echo(table(children, monitor))
+    failed = [c for c in children if c.status != "FINISHED"]
+    click.echo(f"\nSweep {parent}: {len(children) - len(failed)} of {len(children)} children finished; summary.csv is in the parent run.")
+    if failed:
+        click.echo(f"{len(failed)} failed (see each child's log under sweeps/{parent}/); after fixing the cause: "
+                   f"glint-track sweep --resume {parent}", err=True)
+        ctx.exit(1)
 
 
 class _Size(click.ParamType):

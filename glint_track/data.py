@@ -242,6 +242,20 @@ def epoch_order(num: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def epoch_indices(indices: torch.Tensor, shuffle: bool, seed: int, epoch: int, shard: tuple[int, int]) -> torch.Tensor:
+    """The samples this process trains on this epoch, in order. With `shard` = (rank, world size) of a
+    DDP run, each rank takes every world-th sample of the same order, all ranks the same number (they
+    step in lockstep); the few left over by the division change from epoch to epoch."""
+    order = indices[epoch_order(len(indices), shuffle, seed, epoch).to(indices.device)]
+    rank, world = shard
+    return order[rank : len(order) // world * world : world] if world > 1 else order
+
+
+def _num_batches(num: int, batch_size: int, shard: tuple[int, int]) -> int:
+    per_rank = num // shard[1] if shard[1] > 1 else num
+    return (per_rank + batch_size - 1) // batch_size
+
+
 #: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -256,21 +270,21 @@ class ResidentBatches:
     heat-maps, moved there once by `GlintData.to`), so no step waits for the host or a worker.
     On the CPU nothing is copied: a memory-mapped cache stays shared between processes."""
 
-    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]) -> None:
         self.images, self.heatmaps = data.images, data.heatmaps
         self.device = data.images.device
         self.indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.batch_size, self.shuffle, self.seed, self.shard = batch_size, shuffle, seed, shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+        return _num_batches(len(self.indices), self.batch_size, self.shard)
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self.indices[epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch).to(self.device)]
+        order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
         for chunk in order.split(self.batch_size):
             yield _as_inputs(self.images[chunk], self.heatmaps[chunk], chunk)
 
@@ -291,25 +305,28 @@ class _BatchDataset(Dataset):
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
-    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]) -> None:
         self.indices = torch.as_tensor(indices, dtype=torch.long)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.batch_size, self.shuffle, self.seed, self.shard = batch_size, shuffle, seed, shard
         self.epoch = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.indices[epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch)]
+        order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
         yield from (chunk.tolist() for chunk in order.split(self.batch_size))
 
     def __len__(self) -> int:
-        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+        return _num_batches(len(self.indices), self.batch_size, self.shard)
 
 
 class HostBatches:
     """Fallback when the data does not fit on the GPU: worker processes gather batches into pinned
     memory and each is copied to the device asynchronously."""
 
-    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device, num_workers: int) -> None:
-        self.sampler = _EpochBatchSampler(indices, batch_size, shuffle, seed)
+    def __init__(
+        self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
+        num_workers: int, shard: tuple[int, int],
+    ) -> None:
+        self.sampler = _EpochBatchSampler(indices, batch_size, shuffle, seed, shard)
         self.device = device
         self.loader = DataLoader(
             _BatchDataset(data), sampler=self.sampler, batch_size=None, num_workers=num_workers,
@@ -347,8 +364,9 @@ def place(data: GlintData, device: torch.device) -> tuple[GlintData, bool]:
 
 def make_batches(
     data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-    num_workers: int, resident: bool,
+    num_workers: int, resident: bool, shard: tuple[int, int] = (0, 1),
 ) -> Batches:
+    """Batches of `indices`; with `shard` = (rank, world size), only this DDP rank's share of each epoch."""
     if resident:  # `data` already on `device` (GlintData.to)
-        return ResidentBatches(data, indices, batch_size, shuffle, seed)
-    return HostBatches(data, indices, batch_size, shuffle, seed, device, num_workers)
+        return ResidentBatches(data, indices, batch_size, shuffle, seed, shard)
+    return HostBatches(data, indices, batch_size, shuffle, seed, device, num_workers, shard)

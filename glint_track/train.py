@@ -17,12 +17,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glint_track import __version__
 from glint_track.checkpoint import BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
+from glint_track.distributed import Distributed
 from glint_track.data import Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
@@ -30,7 +32,8 @@ from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters
 from glint_track.tracking import (
-    ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, send_spool_if_pending, tracking_uri,
+    TAG_RESUMED_FROM, ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, send_spool_if_pending,
+    tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -165,10 +168,12 @@ def run_epoch(
     desc: str,
     glints: tuple[GlintMetrics, Glints, float] | None = None,
     on_queued: Callable[[], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each
     loss term, and with `glints` = (metrics, ground truth of every sample, threshold) the glint metrics.
-    `on_queued` is called once the first steps are launched (the GPU has work to do for a while).
+    `on_queued` is called once the first steps are launched (the GPU has work to do for a while);
+    `reduce` sums the loss totals over DDP ranks, so every rank reports the mean over all samples.
 
     Everything is accumulated on the device and read once at the end, so no step waits for the host.
     """
@@ -200,7 +205,10 @@ def run_epoch(
             count += n
     if on_queued is not None:  # fewer than three steps
         on_queued()
-    result = {name: float(total) / count for name, total in sums.items()}
+    names = list(sums)
+    totals = torch.stack([sums[n].float() for n in names] + [torch.tensor(float(count), device=sums[names[0]].device)])
+    totals = (reduce(totals) if reduce is not None else totals).tolist()
+    result = {name: total / totals[-1] for name, total in zip(names, totals)}
     return result | (glints[0].compute() if glints is not None else {})
 
 
@@ -247,15 +255,16 @@ def threshold_sweep(
     return curves
 
 
-def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult:
-    """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint."""
+def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult | None:
+    """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint.
+    Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None)."""
     # -- settings: the command line, or the resumed checkpoint's overlaid by what was typed again -------
     check_tracking_server()
     resume: ResumeSource | None = None
     cfg = cli_cfg
     if cli_cfg.resume:
-        # calls a killed process left in its spool reach the run first, so its newest checkpoint is there
-        send_spool_if_pending(Path(cli_cfg.output_dir or Path("runs") / cli_cfg.resume) / "spool")
+        if os.environ.get("RANK", "0") == "0":  # what a killed process left in its spool reaches the run first
+            send_spool_if_pending(Path(cli_cfg.output_dir or Path("runs") / cli_cfg.resume) / "spool")
         resume = fetch_checkpoint(cli_cfg.resume)
         cfg = merge_resumed(cli_cfg, resume.checkpoint["train_args"], explicit)
     cfg.validate()
@@ -267,27 +276,30 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             f"{resume.label}: the checkpoint has already finished epoch {start_epoch - 1} and --epochs is {cfg.epochs}; "
             f"pass --epochs larger than {start_epoch - 1} to train further"
         )
+    device = resolve_device(cfg.device)
+    ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun
+    device = ddp.device(device)
+    if not ddp.is_main:
+        logging.getLogger("glint_track").setLevel(logging.WARNING)  # rank 0 reports for all
 
     # -- data: validated before anything is started, then kept on the device when it fits ------------
     cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.cache else None
     data = load_glint_file(cfg.h5, cache_dir)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
-    device = resolve_device(cfg.device)
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
     data, resident = place(data, device)
     truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
     preview_index = torch.as_tensor(val_idx[:8], dtype=torch.long, device=data.images.device)  # pictured every time
-    train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident)
+    train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident, ddp.shard)
     val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
     # -- model, loss, optimisation --------------------------------------------------------------------
     seed_everything(cfg.seed)
     precision = Precision.resolve(cfg.precision, device, cfg.channels_last)
-    model = GlintUNet(data.num_glints, cfg.base_channels).to(device)
+    model = GlintUNet(data.num_glints, cfg.base_channels).to(device)  # its state_dict is what checkpoints hold
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
     loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
     optimizer = build_optimizer(cfg, model, device)
     scheduler = build_scheduler(cfg, optimizer)
@@ -320,60 +332,25 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
                 "a fresh %s optimizer starts at --lr %g",
                 resume.label, cfg.optimizer, cfg.lr,
             )
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.enabled else model
+    step_model = torch.compile(step_model) if cfg.compile else step_model
 
-    # -- the MLflow run: new, resumed, or the one `mlflow run` started --------------------------------
-    tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None)
-    if resume and resume.run_id is None:
-        tracker.set_tags({"glint_track.resumed_from": resume.label})
-    output_dir = Path(cfg.output_dir or Path("runs") / tracker.run_id)
-    cfg.output_dir = str(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    log_file = output_dir / "training.log"
-    file_handler = logging.FileHandler(log_file)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    package_log = logging.getLogger("glint_track")
-    package_log.addHandler(file_handler)
-    if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
-        package_log.setLevel(logging.INFO)
-    if resume and resume.best and not (output_dir / BEST).exists():
-        save_atomic(resume.best, output_dir / BEST)
-    writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
-    model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
-    same_run = resume is not None and resume.run_id == tracker.run_id
-    checkpointer = Checkpointer(output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n, writer, model_info,
-                                resume.published if same_run else None)
-    tracker.spool_to(output_dir / "spool")  # where calls go while the tracking server is unreachable
+    # -- the MLflow run (rank 0 only): new, resumed, or the one `mlflow run` started ------------------
+    run = TrackedRun.open(cfg, resume, data, ddp) if ddp.is_main else None
     was_deterministic = set_deterministic(cfg.deterministic)
-
     status = "FAILED"
     try:
-        tracker.log_config(cfg.to_dict())
-        tags = {
-            "glint_track.dataset.path": str(data.path.resolve()),
-            "glint_track.dataset.samples": data.num_samples,
-            "glint_track.dataset.digest": data.digest,
-            "glint_track.dataset.glints": data.num_glints,
-            "glint_track.version": __version__,
-        }
-        if commit := git_commit():
-            tags["mlflow.source.git.commit"] = commit
-        tracker.set_tags(tags)
-        tracker.log_dataset(data)
         log.info(
-            "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s (data %s), epochs %d→%d",
-            tracker.run_id, len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
-            f"{count_parameters(model):,}", cfg.loss, precision.name, device,
+            "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s%s (data %s), epochs %d→%d",
+            run.tracker.run_id if run else "-", len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
+            f"{count_parameters(model):,}", cfg.loss, precision.name, device, f" × {ddp.world_size} ranks" if ddp.enabled else "",
             ("on the device" if resident else f"streamed by {cfg.num_workers} workers") + (", from the cache" if data.from_cache else ""),
             start_epoch, cfg.epochs,
         )
-        if same_run:  # finish what a process killed while saving its last checkpoint left undone
-            done = int(resume.checkpoint["epoch"])
-            if resume.checkpoint.get("metrics") and done not in tracker.metric_steps("train_loss"):
-                tracker.log_metrics(resume.checkpoint["metrics"], done)
-            best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
-            checkpointer.complete(resume.checkpoint, best_is_this)
+        if run is not None:
+            run.complete_resumed(progress)
         if finishing:
-            log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now", tracker.run_id, cfg.epochs)
+            log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now", resume.run_id, cfg.epochs)
 
         # -- the epochs -------------------------------------------------------------------------------
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -381,7 +358,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train",
-                                    on_queued=writer.release)  # the last epoch's files are written from here on
+                                    on_queued=run.writer.release if run else None,  # the last epoch's files are written from here on
+                                    reduce=ddp.sum)
             train_time = time.perf_counter() - t0
             val_glints = (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold)
             val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val", val_glints)
@@ -389,22 +367,109 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
-            writer.hold()  # until the next epoch's first steps are on the GPU (see BackgroundWriter)
-            checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
-            writer.submit(tracker.log_metrics, metrics, epoch)  # after the checkpoint: a resume never logs a step twice
-            if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
-                images, logits = predict_samples(step_model, data, preview_index, precision, device)
-                grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index), cfg.match_radius)
-                writer.submit(tracker.log_image, grid, f"val_images/epoch_{epoch:03d}.png")
+            if run is not None:
+                run.writer.hold()  # until the next epoch's first steps are on the GPU (see BackgroundWriter)
+                run.checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
+                run.writer.submit(run.tracker.log_metrics, metrics, epoch)  # after the checkpoint: a resume never logs a step twice
+                if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
+                    images, logits = predict_samples(model, data, preview_index, precision, device)
+                    grid = validation_grid(images, decode(logits, cfg.threshold), truth.take(preview_index), cfg.match_radius)
+                    run.writer.submit(run.tracker.log_image, grid, f"val_images/epoch_{epoch:03d}.png")
             log.info(
                 "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
                 epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
                 lr, metrics["images_per_s"], metrics["epoch_time_s"], "  (best)" if is_best else "",
             )
-        writer.flush()
+        if run is not None:
+            run.writer.flush()
+            run.log_best_model(model, val_batches, loss_fn, precision, truth, preview_index, finishing)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if run is not None:
+            log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s",
+                        run.tracker.run_id, run.tracker.run_id)
+        raise
+    finally:
+        set_deterministic(was_deterministic)
+        ddp.close()
+        spool = run.close(status) if run is not None else None
+    if run is None:
+        return None
+    return TrainResult(
+        run.tracker.run_id, run.tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value, progress.best_epoch,
+        cfg.monitor, run.output_dir, spool,
+    )
 
-        # -- the best weights as an MLflow model ------------------------------------------------------
-        best_file = output_dir / BEST
+
+class TrackedRun:
+    """What rank 0 keeps for a run besides training: the MLflow run, its local folder and log file, the
+    background writer and the checkpointer."""
+
+    def __init__(self, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, tracker: RunTracker) -> None:
+        self.cfg, self.resume, self.data, self.tracker = cfg, resume, data, tracker
+        self.output_dir = Path(cfg.output_dir or Path("runs") / tracker.run_id)
+        cfg.output_dir = str(self.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file = self.output_dir / "training.log"
+        self.file_handler = logging.FileHandler(self.log_file)
+        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        package_log = logging.getLogger("glint_track")
+        package_log.addHandler(self.file_handler)
+        if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
+            package_log.setLevel(logging.INFO)
+        if resume and resume.best and not (self.output_dir / BEST).exists():
+            save_atomic(resume.best, self.output_dir / BEST)
+        self.writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
+        model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
+        self.same_run = resume is not None and resume.run_id == tracker.run_id
+        self.checkpointer = Checkpointer(self.output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n,
+                                         self.writer, model_info, resume.published if self.same_run else None)
+        tracker.spool_to(self.output_dir / "spool")  # where calls go while the tracking server is unreachable
+
+    @classmethod
+    def open(cls, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, ddp: Distributed) -> TrackedRun:
+        """Start (or continue) the run and log what describes it: params, tags, the dataset."""
+        tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None)
+        run = cls(cfg, resume, data, tracker)
+        try:
+            if resume and resume.run_id is None:
+                tracker.set_tags({TAG_RESUMED_FROM: resume.label})
+            tracker.log_config(cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size})
+            tags = {
+                "glint_track.dataset.path": str(data.path.resolve()),
+                "glint_track.dataset.samples": data.num_samples,
+                "glint_track.dataset.digest": data.digest,
+                "glint_track.dataset.glints": data.num_glints,
+                "glint_track.version": __version__,
+            }
+            if commit := git_commit():
+                tags["mlflow.source.git.commit"] = commit
+            tracker.set_tags(tags)
+            tracker.log_dataset(data)
+        except BaseException:
+            run.close("FAILED")
+            raise
+        return run
+
+    def complete_resumed(self, progress: TrainProgress) -> None:
+        """Finish what a process killed while saving its last checkpoint left undone."""
+        if not self.same_run:
+            return
+        checkpoint, done = self.resume.checkpoint, int(self.resume.checkpoint["epoch"])
+        if checkpoint.get("metrics") and done not in self.tracker.metric_steps("train_loss"):
+            self.tracker.log_metrics(checkpoint["metrics"], done)
+        best_is_this = progress.best_epoch == done and (self.resume.best is None or int(self.resume.best["epoch"]) != done)
+        self.checkpointer.complete(checkpoint, best_is_this)
+
+    def log_best_model(
+        self, model: torch.nn.Module, val_batches: Batches, loss_fn: GlintLoss, precision: Precision, truth: Glints,
+        preview_index: torch.Tensor, finishing: bool,
+    ) -> None:
+        """The best weights' validation metrics, heat-maps and threshold curves, and the model itself."""
+        cfg, data, tracker = self.cfg, self.data, self.tracker
+        device = data.images.device
+        best_file = self.output_dir / BEST
         if best_file.exists():
             best = load_checkpoint(best_file)
             model.load_state_dict(best["model_state_dict"])
@@ -418,30 +483,25 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
                           "figures/threshold_curves.png")
-        tracker.log_model(best_file if best_file.exists() else output_dir / LATEST, data.image_size, cfg.register_model)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s", tracker.run_id, tracker.run_id)
-        raise
-    finally:
-        set_deterministic(was_deterministic)
+        tracker.log_model(best_file if best_file.exists() else self.output_dir / LATEST, data.image_size, cfg.register_model)
+
+    def close(self, status: str) -> Path | None:
+        """Send everything still queued, upload the log, end the run; returns the spool folder if the
+        tracking server has not received everything."""
         try:
-            writer.close()  # a run never ends with a checkpoint or metric still unsent
+            self.writer.close()  # a run never ends with a checkpoint or metric still unsent
         except Exception:
             log.exception("saving the last checkpoint or metrics failed")
             status = "FAILED"
-        package_log.removeHandler(file_handler)
-        file_handler.close()
-        tracker.log_artifact(log_file)
-        pending = tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
-        if pending:
-            log.warning(
-                "the tracking server at %s did not come back: %d calls for run %s (metrics, checkpoints, its status) "
-                "are kept in %s; send them with: glint-track sync %s", tracking_uri(), pending, tracker.run_id,
-                tracker.spool.directory, tracker.spool.directory,
-            )
-    return TrainResult(
-        tracker.run_id, tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value, progress.best_epoch,
-        cfg.monitor, output_dir, tracker.spool.directory if pending else None,
-    )
+        logging.getLogger("glint_track").removeHandler(self.file_handler)
+        self.file_handler.close()
+        self.tracker.log_artifact(self.log_file)
+        pending = self.tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
+        if not pending:
+            return None
+        spool = self.tracker.spool.directory
+        log.warning(
+            "the tracking server at %s did not come back: %d calls for run %s (metrics, checkpoints, its status) "
+            "are kept in %s; send them with: glint-track sync %s", tracking_uri(), pending, self.tracker.run_id, spool, spool,
+        )
+        return spool

@@ -1,0 +1,104 @@
+"""Issue 7: DDP under torchrun (gloo on the CPU) and sweeps as MLflow child runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, latest_checkpoint
+from glint_track.cli import main
+from glint_track.data import epoch_indices
+
+
+def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:
+    indices = torch.arange(100, 123)  # 23 samples over 2 ranks: 11 each, one left out (another one next epoch)
+    shards = [epoch_indices(indices, True, seed=1, epoch=3, shard=(r, 2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 11
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    left_out = set()
+    for epoch in range(1, 6):
+        seen = torch.cat([epoch_indices(indices, True, seed=1, epoch=epoch, shard=(r, 2)) for r in range(2)])
+        missing = set(indices.tolist()) - set(seen.tolist())
+        assert len(missing) == 1
+        left_out |= missing
+    assert len(left_out) > 1
+
+
+def test_torchrun_two_gloo_processes_make_one_run_that_resumes_in_one_process(tiny_h5: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("finished: 2 epochs") == 1  # rank 0 alone reports
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["world_size"] == "2" and run.data.params["global_batch_size"] == "16"
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert "× 2 ranks" in proc.stderr
+    checkpoint, _ = latest_checkpoint(run.info.run_id)
+    assert checkpoint["epoch"] == 2 and not any(k.startswith("module.") for k in checkpoint["model_state_dict"])
+
+    resumed = CliRunner().invoke(main, ["train", "--resume", run.info.run_id, "--epochs", "3"])
+    assert resumed.exit_code == 0, resumed.output
+    run = mlflow.get_run(run.info.run_id)
+    assert run.data.tags["glint_track.resume_override.world_size"] == "1"
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+
+
+def _children(parent: str) -> dict[str, mlflow.entities.Run]:
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list")
+    return {r.info.run_name: r for r in runs}
+
+
+def _parent(output: str) -> str:
+    return next(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("Sweep "))
+
+
+def test_sweep_runs_children_under_a_parent_and_resume_skips_finished_ones(tiny_h5: Path) -> None:
+    args = ["sweep", "--h5", str(tiny_h5), "--loss", "focal,bce", "--lr", "1e-3", "--parallel", "2", "--epochs", "2",
+            "--no-save-optimizer", *TINY]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    parent = _parent(result.output)
+    children = _children(parent)
+    assert set(children) == {"loss=focal lr=1e-3", "loss=bce lr=1e-3"}
+    for child in children.values():
+        assert child.info.status == "FINISHED" and child.data.params["save_optimizer"] == "False"
+        checkpoint, _ = latest_checkpoint(child.info.run_id)
+        assert "optimizer_state_dict" not in checkpoint
+    summary = mlflow.artifacts.load_dict(f"{mlflow.get_run(parent).info.artifact_uri}/summary.json")
+    assert {row["loss"] for row in summary} == {"focal", "bce"} and all("val_loss" in row for row in summary)
+    tags = mlflow.get_run(parent).data.tags
+    best = min(summary, key=lambda row: row["val_loss"])
+    assert tags["glint_track.sweep.best_run"] == best["run_id"] and mlflow.get_run(parent).info.status == "FINISHED"
+
+    # a child interrupted after its last checkpoint: --resume finishes it and leaves the other alone
+    bce, focal = children["loss=bce lr=1e-3"], children["loss=focal lr=1e-3"]
+    MlflowClient().set_terminated(bce.info.run_id, "KILLED")
+    resumed = CliRunner().invoke(main, ["sweep", "--resume", parent])
+    assert resumed.exit_code == 0, resumed.output
+    assert "finished already" in resumed.stderr and "loss=focal" in resumed.stderr
+    after = _children(parent)
+    assert after["loss=bce lr=1e-3"].info.status == "FINISHED"
+    assert after["loss=focal lr=1e-3"].info.end_time == focal.info.end_time  # not run again
+    assert len(after) == 2
+
+
+def test_a_failed_child_does_not_stop_the_others_and_the_parent_reports_it(tiny_h5: Path) -> None:
+    result = CliRunner().invoke(main, ["sweep", "--h5", str(tiny_h5), "--lr", "1e-3,-1", "--parallel", "2", "--epochs", "1", *TINY])
+    assert result.exit_code == 1
+    parent = _parent(result.output)
+    children = _children(parent)
+    assert children["lr=1e-3"].info.status == "FINISHED"
+    assert children["lr=-1"].info.status == "FAILED"
+    assert "--lr must be positive" in children["lr=-1"].data.tags["glint_track.sweep.error"]
+    run = mlflow.get_run(parent)
+    assert run.info.status == "FAILED" and run.data.tags["glint_track.sweep.failed"] == "1"
+    assert f"glint-track sweep --resume {parent}" in result.stderr
