@@ -134,7 +134,8 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
         log = logs / f"attempt_{attempt:03d}.log"
         proc = _start(workdir, ["--resume", run_id], log)
         report.resumes += 1
-        delay = rng.uniform(0.3, startup + 1.5)  # start-up, or a few epochs (each writes and uploads files)
+        # mostly during training (every epoch writes and uploads files), sometimes during start-up
+        delay = rng.uniform(startup, startup + 1.5) if rng.random() < 0.7 else rng.uniform(0.3, startup)
     if not report.failures:
         report.failures += final_checks(workdir, run_id, ref_run, epochs)
     return report

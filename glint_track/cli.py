@@ -174,6 +174,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
     click.option("--register-model", help="Also register the logged model in the MLflow Model Registry under this name."),
     click.option("--image-every", type=int, default=D.image_every, show_default=True, help="Log a picture of validation images with true and predicted glints every N epochs (0: at each new best)."),
     click.option("--monitor-mode", type=click.Choice(["min", "max"]), default=D.monitor_mode, show_default=True, help="Whether a lower or higher --monitor is better."),
+    click.option("--system-metrics/--no-system-metrics", default=D.system_metrics, show_default=True, help="Log CPU, memory, disk, network and GPU use as MLflow system metrics (system/…) while training; needs psutil (and nvidia-ml-py for GPUs)."),
 )
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:

@@ -67,6 +67,7 @@ class TrainConfig(LossWeights):
     match_radius: float = 3.0  # input pixels between a detected glint and its annotation to count as found
     register_model: str | None = None  # also register the logged model in the Model Registry under this name
     image_every: int = 0  # log a picture of validation predictions every N epochs; 0: at each new best
+    system_metrics: bool = True  # CPU, memory, disk, network and GPU use as MLflow system metrics (needs psutil)
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(**{f.name: getattr(self, f.name) for f in fields(LossWeights)})

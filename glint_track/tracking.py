@@ -6,6 +6,7 @@ directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -213,17 +214,20 @@ class RunTracker:
                 partial.unlink(missing_ok=True)
 
     @classmethod
-    def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None) -> RunTracker:
-        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; start_run consumes it
+    def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None, system_metrics: bool = False) -> RunTracker:
+        """With `system_metrics`, MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU
+        use in a thread of its own and logs them as `system/…` metrics of the run."""
+        system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
+        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` (and by sweeps); start_run consumes it
         if project_run:
-            run = mlflow.start_run(run_id=project_run)
+            run = mlflow.start_run(run_id=project_run, log_system_metrics=system_metrics)
             if resume_run_id and resume_run_id != project_run:
                 mlflow.set_tag(TAG_RESUMED_FROM, resume_run_id)
         elif resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id)
+            run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
         else:
             mlflow.set_experiment(experiment)
-            run = mlflow.start_run(run_name=run_name)
+            run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
         return cls(run)
 
     def spool_to(self, directory: Path) -> None:

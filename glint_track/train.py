@@ -430,7 +430,7 @@ class TrackedRun:
     @classmethod
     def open(cls, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, ddp: Distributed) -> TrackedRun:
         """Start (or continue) the run and log what describes it: params, tags, the dataset."""
-        tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None)
+        tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None, cfg.system_metrics)
         run = cls(cfg, resume, data, tracker)
         try:
             if resume and resume.run_id is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import kill_anywhere  # noqa: E402
+from servers import MlflowServer  # noqa: E402
 
 
 def run_folder(run_id: str) -> Path:
@@ -189,46 +188,16 @@ def test_disk_full_while_uploading_a_checkpoint_stops_with_the_runs_copy_intact(
 
 # -- tracking outages, against a real `mlflow server` ------------------------------------------------
 
-class Server:
-    """An `mlflow server` (SQLite backend, proxied artifacts) that a test can stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}", "--artifacts-destination", str(self.folder / "artifacts")]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.folder / "server.log", "a"), start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    srv = Server(tmp_path)
+    srv = MlflowServer(tmp_path)
     srv.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     yield srv
     srv.stop()
 
 
-def _train_through_outage(h5: Path, server: Server, epochs: int, env: dict[str, str], restart_when_spooling: bool) -> tuple[subprocess.CompletedProcess, str]:
+def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict[str, str], restart_when_spooling: bool) -> tuple[subprocess.CompletedProcess, str]:
     """Train in a subprocess; stop the server once epoch 2 is logged; optionally start it again once the
     trainer says it is spooling. Returns the finished process and the run ID."""
     cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), *TINY, "--epochs", str(epochs), "--save-freq", "2"]
@@ -264,14 +233,14 @@ def _complete_in_server(run_id: str, epochs: int) -> None:
     assert "training.log" in {Path(f.path).name for f in client.list_artifacts(run_id)}
 
 
-def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(tiny_h5: Path, server: Server) -> None:
+def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(tiny_h5: Path, server: MlflowServer) -> None:
     result, run_id = _train_through_outage(tiny_h5, server, 30, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is back: sent" in result.stderr
     _complete_in_server(run_id, 30)
 
 
-def test_spool_left_at_exit_is_sent_by_glint_track_sync(tiny_h5: Path, server: Server) -> None:
+def test_spool_left_at_exit_is_sent_by_glint_track_sync(tiny_h5: Path, server: MlflowServer) -> None:
     result, run_id = _train_through_outage(tiny_h5, server, 6, {"GLINT_TRACK_SYNC_WAIT_S": "0"}, restart_when_spooling=False)
     from glint_track.cli import EXIT_SPOOL_PENDING
 

@@ -1,0 +1,92 @@
+"""Issue 8: a PostgreSQL-backed `mlflow server` with proxied artifacts, system metrics, and the MLflow UI
+checked in a real browser. Skipped, with the reason, where PostgreSQL or Chromium cannot be started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, train_tiny
+from glint_track.cli import main
+from servers import MlflowServer, Postgres
+from test_mlproject import mlflow_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def postgres():
+    pg = Postgres()
+    if reason := pg.unavailable():
+        pytest.skip(reason)
+    try:
+        pg.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        pg.stop()
+        pytest.skip(f"PostgreSQL could not be started here: {e}")
+    yield pg
+    pg.stop()
+
+
+def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= all_artifacts(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, tmp_path: Path, postgres: Postgres,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    server = MlflowServer(tmp_path, backend_uri=postgres.uri)
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+        _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1")
+        client = MlflowClient()
+        run = client.get_run(run_id)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the client never touches the store
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+
+        elsewhere = tmp_path / "another-machine"  # nothing local: the checkpoint comes from the server
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        resumed = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "3"])
+        assert resumed.exit_code == 0, resumed.output
+        assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+
+        project = mlflow_run(tmp_path, f"h5={tiny_h5}", "batch_size=8", "val_split=0.25", "device=cpu", "epochs=4",
+                             f"resume_run_id={run_id}")
+        assert project.returncode == 0, project.stderr[-3000:]
+        runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
+        continued = runs[0]
+        assert continued.data.tags["glint_track.resumed_from"] == run_id and continued.info.status == "FINISHED"
+
+        for rid, epochs in ((run_id, 3), (continued.info.run_id, 4)):
+            names = all_artifacts(client, rid)
+            assert {"checkpoints/latest_checkpoint.pth", "checkpoints/latest_checkpoint.pth.sha256", "checkpoints/best_model.pth",
+                    "training.log", "train_args.json", "figures/threshold_curves.png", "figures/heatmaps_best.png"} <= names, names
+            path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="checkpoints/latest_checkpoint.pth", dst_path=str(tmp_path / rid))
+            assert torch.load(path, weights_only=True)["epoch"] == epochs
+        assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").rglob("latest_checkpoint.pth"))
+    finally:
+        server.stop()
+
+
+def test_system_metrics_can_be_turned_off(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    _, on = train_tiny(tiny_h5, "--epochs", "2")
+    _, off = train_tiny(tiny_h5, "--epochs", "2", "--no-system-metrics")
+    assert any(k.startswith("system/") for k in mlflow.get_run(on).data.metrics)
+    assert not any(k.startswith("system/") for k in mlflow.get_run(off).data.metrics)
