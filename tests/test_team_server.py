@@ -90,3 +90,51 @@ def test_system_metrics_can_be_turned_off(tiny_h5: Path, monkeypatch: pytest.Mon
     _, off = train_tiny(tiny_h5, "--epochs", "2", "--no-system-metrics")
     assert any(k.startswith("system/") for k in mlflow.get_run(on).data.metrics)
     assert not any(k.startswith("system/") for k in mlflow.get_run(off).data.metrics)
+
+
+def _chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install -e '.[test]')")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    return path
+
+
+def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Params (save_optimizer too), metric names, checkpoints/latest_checkpoint.pth and a logged image, as a
+    user sees them in the MLflow UI. GLINT_TRACK_SAVE_SCREENSHOTS=1 also refreshes docs/ui-run.png."""
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = _chromium()
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+        _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--run-name", "glint-demo")
+        experiment = mlflow.get_run(run_id).info.experiment_id
+        shots = REPO / "docs" if os.environ.get("GLINT_TRACK_SAVE_SCREENSHOTS") else tmp_path
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1440, "height": 2300})
+            page.goto(f"{server.uri}/#/experiments/{experiment}/runs/{run_id}")
+            for text in ("save_optimizer", "world_size", "train_loss", "val_loss", "val_f1", "images_per_s", "system/cpu_utilization_percentage"):
+                expect(page.get_by_text(text, exact=True).first).to_be_attached(timeout=30000)
+            page.screenshot(path=str(shots / "ui-run.png"), full_page=True)
+
+            page.goto(f"{server.uri}/#/experiments/{experiment}/runs/{run_id}/artifacts")
+            page.get_by_text("checkpoints", exact=True).first.click()
+            expect(page.get_by_text("latest_checkpoint.pth", exact=True).first).to_be_visible(timeout=30000)
+            page.get_by_text("val_images", exact=True).first.click()
+            page.get_by_text("epoch_001.png", exact=True).first.click()
+            picture = page.locator("img[src^='blob:']").first  # the preview of the logged PNG
+            expect(picture).to_be_visible(timeout=30000)
+            assert picture.evaluate("img => img.naturalWidth") > 100
+            page.screenshot(path=str(shots / "ui-artifacts.png"))
+            browser.close()
+    finally:
+        server.stop()
