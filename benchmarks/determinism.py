@@ -21,21 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from _common import make_workdir  # noqa: E402
+from _common import make_workdir, tensors  # noqa: E402
 from glint_track.checkpoint import load_checkpoint  # noqa: E402
 from glint_track.synth import write_synthetic  # noqa: E402
 
 EPOCH = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")
-
-
-def tensors(obj: object) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in tensors(obj[k])]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in tensors(v)]
-    return []
 
 
 def identical(a: Path, b: Path) -> tuple[bool, float]:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from _common import make_workdir, tensors  # noqa: E402
 from glint_track.checkpoint import load_checkpoint  # noqa: E402
 
 TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
@@ -158,20 +159,10 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     if killed["epoch"] != epochs:
         problems.append(f"latest checkpoint at epoch {killed['epoch']}")
     for part in ("model_state_dict", "optimizer_state_dict"):
-        a, b = _tensors(killed[part]), _tensors(reference[part])
+        a, b = tensors(killed[part]), tensors(reference[part])
         if len(a) != len(b) or not all(torch.equal(x, y) for x, y in zip(a, b)):
             problems.append(f"{part} differs from the uninterrupted run")
     return problems
-
-
-def _tensors(obj: object) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def main() -> None:
@@ -181,7 +172,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    from _common import make_workdir
 
     from glint_track.synth import write_synthetic
 

@@ -201,7 +201,7 @@ class RunTracker:
     kept in a local Spool and sent, in order, once it answers again, so training never stops for it.
     """
 
-    def __init__(self, run: mlflow.ActiveRun) -> None:
+    def __init__(self, run: mlflow.entities.Run) -> None:
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
@@ -384,10 +384,7 @@ def sync(directory: Path) -> tuple[str, int]:
     if "MLFLOW_TRACKING_URI" not in os.environ:
         mlflow.set_tracking_uri(spool.tracking_uri)
     check_tracking_server()
-    run = _get_run(spool.run_id)
-    tracker = RunTracker.__new__(RunTracker)
-    tracker.run_id, tracker.experiment_id, tracker.artifact_uri = spool.run_id, run.info.experiment_id, run.info.artifact_uri
-    tracker.client = MlflowClient()
+    tracker = RunTracker(_get_run(spool.run_id))
     try:
         sent = spool.replay(lambda op, args, file: send(tracker, op, args, file))
     except Exception as e:

@@ -36,6 +36,7 @@ def fails_cleanly(args: list[str], message: str, env: dict[str, str] | None = No
         (["--lr", "-1"], "--lr must be positive"),
         (["--monitor", "val_f2"], "--monitor 'val_f2' is not a metric"),
         (["--device", "cuda:7"], "--device cuda:7"),
+        (["--gpus", "0,1"], "--gpus needs CUDA GPUs"),
     ],
 )
 def test_bad_values(tiny_h5: Path, extra: list[str], message: str) -> None:

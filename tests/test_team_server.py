@@ -23,6 +23,13 @@ from test_mlproject import mlflow_run
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def frequent_system_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow samples every 10 s by default; these runs last a few seconds."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+
+
 @pytest.fixture
 def postgres():
     pg = Postgres()
@@ -50,8 +57,6 @@ def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, 
     server.start()
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
         _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1")
         client = MlflowClient()
         run = client.get_run(run_id)
@@ -83,9 +88,7 @@ def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, 
         server.stop()
 
 
-def test_system_metrics_can_be_turned_off(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+def test_system_metrics_can_be_turned_off(tiny_h5: Path) -> None:
     _, on = train_tiny(tiny_h5, "--epochs", "2")
     _, off = train_tiny(tiny_h5, "--epochs", "2", "--no-system-metrics")
     assert any(k.startswith("system/") for k in mlflow.get_run(on).data.metrics)
@@ -113,8 +116,6 @@ def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypat
     server.start()
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
         _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--run-name", "glint-demo")
         experiment = mlflow.get_run(run_id).info.experiment_id
         shots = REPO / "docs" if os.environ.get("GLINT_TRACK_SAVE_SCREENSHOTS") else tmp_path
