@@ -139,3 +139,21 @@ def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypat
             browser.close()
     finally:
         server.stop()
+
+
+def test_basic_auth_server_wrong_password_is_one_line_and_right_one_trains(tiny_h5: Path, tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path, app_name="basic-auth")
+    try:
+        server.start(env={"MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Admin", "MLFLOW_FLASK_SERVER_SECRET_KEY": "glint-test"})
+    except RuntimeError as e:
+        pytest.skip(f"mlflow's basic-auth server could not start here: {str(e)[-300:]}")
+    try:
+        env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": "admin"}
+        wrong = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"], env=env | {"MLFLOW_TRACKING_PASSWORD": "nope"})
+        assert wrong.exit_code == 2
+        errors = [line for line in wrong.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "refused the credentials (HTTP 401)" in errors[0] and "Traceback" not in wrong.output
+        right = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"], env=env | {"MLFLOW_TRACKING_PASSWORD": "s3cret-Admin"})
+        assert right.exit_code == 0, right.output
+    finally:
+        server.stop()
