@@ -1,6 +1,6 @@
 """Kill anywhere: SIGKILL a training at random moments, resume it by run ID, again and again.
 
-    python benchmarks/kill_anywhere.py [--kills 50] [--epochs 60] [--seed 0]
+    python benchmarks/kill_anywhere.py [--kills 50] [--epochs 1000] [--seed 0]
 
 A reference run trains straight through. A second run is killed with SIGKILL at random moments —
 while it starts, steps, writes checkpoints, uploads them, logs metrics or deletes old epoch files
@@ -131,12 +131,14 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
         except Exception as e:  # noqa: BLE001 - reported, not raised, so the table shows every failure
             report.failures.append(f"kill {report.kills}: {e}")
             break
+        if MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED":
+            break  # killed after the run had finished (while the process was exiting): nothing left to resume
         attempt += 1
         log = logs / f"attempt_{attempt:03d}.log"
         proc = _start(workdir, ["--resume", run_id], log)
         report.resumes += 1
         # mostly during training (every epoch writes and uploads files), sometimes during start-up
-        delay = rng.uniform(startup, startup + 1.5) if rng.random() < 0.7 else rng.uniform(0.3, startup)
+        delay = rng.uniform(startup, startup + 1.0) if rng.random() < 0.7 else rng.uniform(0.3, startup)
     if not report.failures:
         report.failures += final_checks(workdir, run_id, ref_run, epochs)
     return report
@@ -168,7 +170,7 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()

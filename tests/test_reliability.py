@@ -44,7 +44,7 @@ def one_error_line(result) -> str:
 
 def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
     """Quick mode of benchmarks/kill_anywhere.py: 10 SIGKILLs, each followed by a resume by run ID."""
-    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=100, seed=1)
+    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=200, seed=1)
     assert report.failures == [] and report.kills == 10, report
     assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
 
