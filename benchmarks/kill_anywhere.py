@@ -80,7 +80,7 @@ def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
         local = workdir / "runs" / run_id
         if any(local.glob(".*.tmp")):
             return "writing a checkpoint"
-        if any(p.name.startswith(".") for p in _artifact_dir(workdir, run_id).iterdir()):
+        if any(p.name.startswith(".") for p in _artifact_dir(workdir, run_id).glob("*")):
             return "uploading a checkpoint"
     return "training" if RUN_LINE.search(log.read_text()) else "starting up"
 
@@ -104,10 +104,12 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
     # the first process is killed only once its run has a checkpoint (before that there is nothing to resume)
     log = logs / "attempt_000.log"
     proc = _start(workdir, [*common, "--run-name", "killed"], log)
-    while not re.search(r"epoch 1/", log.read_text()):
+    run_id = None
+    while run_id is None or not (_artifact_dir(workdir, run_id) / "latest_checkpoint.pth").is_file():
         assert proc.poll() is None, log.read_text()
         time.sleep(0.05)
-    run_id = RUN_LINE.search(log.read_text()).group(1)
+        if run_id is None and (match := RUN_LINE.search(log.read_text())):
+            run_id = match.group(1)
     delay, saved, attempt = rng.uniform(0, 0.5), None, 0
     while True:
         deadline = time.perf_counter() + delay  # a random moment of its life: start-up, steps, saving, uploading
