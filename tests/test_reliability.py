@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, train_tiny
+from conftest import TINY
 from glint_track import checkpoint as checkpoint_module
 from glint_track import tracking
 from glint_track.checkpoint import Checkpointer, load_checkpoint
