@@ -2,9 +2,10 @@
 
     python benchmarks/kill_anywhere.py [--kills 50] [--epochs 1000] [--seed 0]
 
-A reference run trains straight through. A second run is killed with SIGKILL at random moments —
-while it starts, steps, writes checkpoints, uploads them, logs metrics or deletes old epoch files
-(`--save-freq 1` makes every epoch do all of those) — and resumed by its run ID each time. Checked
+A reference run trains straight through. A second run is killed with SIGKILL — every other time the
+moment a checkpoint is being written or uploaded, otherwise at a random moment while it starts, steps,
+writes checkpoints, uploads them, logs metrics or deletes old epoch files (`--save-freq 1` makes every
+epoch do all of those) — and resumed by its run ID each time. Checked
 after every kill: each checkpoint in the run loads and matches its checksum, and the next process
 resumes from the newest of them. Checked at the end: the run is FINISHED at the last epoch, every
 epoch metric has each step exactly once, and (the training being deterministic on the CPU) its
@@ -73,6 +74,10 @@ def check_checkpoints(folder: Path) -> int:
     return int(load_checkpoint(folder / "latest_checkpoint.pth")["epoch"])
 
 
+def _writing(local: Path, uploaded: Path) -> bool:
+    return any(local.glob(".*.tmp")) or any(uploaded.glob(".*"))
+
+
 def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
     """Where the kill landed. A temp file left beside a checkpoint (locally or in the run) proves it was
     being written; otherwise the log tells start-up from training."""
@@ -110,11 +115,17 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
         time.sleep(0.05)
         if run_id is None and (match := RUN_LINE.search(log.read_text())):
             run_id = match.group(1)
+    folder = _artifact_dir(workdir, run_id)
     delay, saved, attempt = rng.uniform(0, 0.5), None, 0
     while True:
-        deadline = time.perf_counter() + delay  # a random moment of its life: start-up, steps, saving, uploading
+        # every other attempt is killed the moment a checkpoint is being written or uploaded (a temp file
+        # beside it), the others at a random moment of their life: start-up, steps, saving, uploading
+        aim_at_write = attempt % 2 == 1
+        deadline = time.perf_counter() + (startup + 3.0 if aim_at_write else delay)
         while report.kills < kills and time.perf_counter() < deadline and proc.poll() is None:
-            time.sleep(0.01)
+            if aim_at_write and _writing(workdir / "runs" / run_id, folder):
+                break
+            time.sleep(0.002 if aim_at_write else 0.01)
         killed = report.kills < kills and proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)
