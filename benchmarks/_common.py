@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_workdir(path: Path | None, prefix: str) -> Path:
@@ -24,3 +27,29 @@ def tensors(obj: object) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for v in obj for t in tensors(v)]
     return []
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a `python -m glint_track` child: this checkout first on PYTHONPATH, which keeps
+    whatever PYTHONPATH already held (on the lent GPU machine, the carried mlflow)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def synthetic_file(workdir: Path, prefix: str, samples: int, size: int) -> Path:
+    """The benchmark's data (8 glints, seed 0), written once per workdir and size."""
+    from glint_track.synth import write_synthetic
+
+    h5 = workdir / f"{prefix}_{samples}_{size}.h5"
+    if not h5.exists():
+        write_synthetic(h5, num_samples=samples, size=size, num_glints=8, seed=0)
+    return h5
+
+
+def differing_parts(a: dict, b: dict, parts: tuple[str, ...] = ("model_state_dict", "optimizer_state_dict")) -> list[str]:
+    """The parts of two checkpoints that are not equal bit for bit."""
+    def same(x: object, y: object) -> bool:
+        tx, ty = tensors(x), tensors(y)
+        return len(tx) == len(ty) and all(torch.equal(p, q) for p, q in zip(tx, ty))
+
+    return [part for part in parts if not same(a[part], b[part])]

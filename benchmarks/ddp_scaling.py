@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import shutil
 import statistics
@@ -25,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from _common import make_workdir  # noqa: E402
-from glint_track.synth import write_synthetic  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
 EPOCH = re.compile(r"^(\S+ \S+) INFO epoch (\d+)/\d+ .* val_loss (\S+) .* ([\d.]+) img/s")
 RUN = re.compile(r"(\d+) train / \d+ val images")
@@ -35,8 +33,7 @@ RUN = re.compile(r"(\d+) train / \d+ val images")
 def run(workdir: Path, name: str, common: list[str], extra: list[str]) -> dict:
     out = workdir / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh log: its epoch lines are the timings
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
     proc = subprocess.run([sys.executable, "-m", "glint_track", "train", *common, "--output-dir", str(out), "--run-name", name, *extra],
                           env=env, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -63,9 +60,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
     workdir = make_workdir(args.workdir, "glint-ddp-")
-    h5 = workdir / f"ddp_{args.samples}_{args.size}.h5"
-    if not h5.exists():
-        write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)
+    h5 = synthetic_file(workdir, "ddp", args.samples, args.size)
     common = ["--h5", str(h5), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
     common += ["--compile"] if args.compile else []
     one = run(workdir, "one-gpu", common, ["--gpus", "0"])

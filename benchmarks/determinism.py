@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import subprocess
 import sys
@@ -21,9 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from _common import make_workdir, tensors  # noqa: E402
+from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors  # noqa: E402
 from glint_track.checkpoint import load_checkpoint  # noqa: E402
-from glint_track.synth import write_synthetic  # noqa: E402
 
 EPOCH = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")
 
@@ -31,8 +29,7 @@ EPOCH = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")
 def identical(a: Path, b: Path) -> tuple[bool, float]:
     """(bit-identical, largest absolute weight difference)."""
     x, y = load_checkpoint(a), load_checkpoint(b)
-    same = all(torch.equal(p, q) for part in ("model_state_dict", "optimizer_state_dict")
-               for p, q in zip(tensors(x[part]), tensors(y[part]), strict=True))
+    same = not differing_parts(x, y)
     diff = max((p.float() - q.float()).abs().max().item() for p, q in zip(tensors(x["model_state_dict"]), tensors(y["model_state_dict"])))
     return same, diff
 
@@ -46,10 +43,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
     workdir = make_workdir(args.workdir, "glint-determinism-")
-    h5 = workdir / f"det_{args.samples}_{args.size}.h5"
-    if not h5.exists():
-        write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    h5 = synthetic_file(workdir, "det", args.samples, args.size)
+    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
     rows = []
     for flag in ("--deterministic", "--no-deterministic"):
         outs, speeds = [], []

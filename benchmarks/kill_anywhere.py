@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from _common import make_workdir, tensors  # noqa: E402
+from _common import child_env, differing_parts, make_workdir  # noqa: E402
 from glint_track.checkpoint import load_checkpoint  # noqa: E402
 
 TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
@@ -51,7 +51,7 @@ class Report:
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(workdir / "cache"))
+    env = child_env(XDG_CACHE_HOME=str(workdir / "cache"))
     env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's embedded default: ./mlflow.db in workdir
     return env
 
@@ -173,10 +173,7 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     killed, reference = load_checkpoint(folder / "latest_checkpoint.pth"), load_checkpoint(_artifact_dir(workdir, ref_run) / "latest_checkpoint.pth")
     if killed["epoch"] != epochs:
         problems.append(f"latest checkpoint at epoch {killed['epoch']}")
-    for part in ("model_state_dict", "optimizer_state_dict"):
-        a, b = tensors(killed[part]), tensors(reference[part])
-        if len(a) != len(b) or not all(torch.equal(x, y) for x, y in zip(a, b)):
-            problems.append(f"{part} differs from the uninterrupted run")
+    problems += [f"{part} differs from the uninterrupted run" for part in differing_parts(killed, reference)]
     return problems
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import make_workdir  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
-from glint_track.synth import write_synthetic  # noqa: E402
 
 
 def rollup(pid: int) -> tuple[int, int]:
@@ -35,7 +34,7 @@ def rollup(pid: int) -> tuple[int, int]:
 
 
 def three_runs(h5: Path, workdir: Path, cache: bool) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI="")
+    env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI="")
     procs = []
     for i, loss in enumerate(["focal", "bce", "hybrid"]):
         run_dir = workdir / f"{'cache' if cache else 'nocache'}-{loss}"
@@ -70,9 +69,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     workdir = make_workdir(args.workdir, "glint-mem-")
-    h5 = workdir / f"mem_{args.samples}_{args.size}.h5"
-    if not h5.exists():
-        write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)
+    h5 = synthetic_file(workdir, "mem", args.samples, args.size)
     decoded_mb = args.samples * args.size**2 * (1 + 8 * 2 / 16) / 2**20
     rows = [("without cache (--no-cache)", three_runs(h5, workdir, cache=False)),
             ("with cache, first start writes it", three_runs(h5, workdir, cache=True)),

@@ -39,13 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import make_workdir  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
 from glint_track.config import TrainConfig  # noqa: E402
 from glint_track.data import load_glint_file, split_indices  # noqa: E402
 from glint_track.losses import focal_loss  # noqa: E402
 from glint_track.model import GlintUNet  # noqa: E402
-from glint_track.synth import write_synthetic  # noqa: E402
 from glint_track.train import train  # noqa: E402
 
 
@@ -237,7 +236,7 @@ def cli_runs(h5: Path, workdir: Path, losses: list[str], epochs: int, extra: lis
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), "--loss", loss, "--epochs", str(epochs),
                "--output-dir", str(run_dir / "out"), *extra]
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        env = child_env()
         procs.append((run_dir, subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
     results = []
     n_train = len(split_indices(load_glint_file(h5).num_samples, 0.1, 42)[0])
@@ -324,8 +323,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args.one, h5, workdir, args)), flush=True)
         return
     t0 = time.perf_counter()
-    if not h5.exists():
-        write_synthetic(h5, num_samples=args.samples, size=args.size, num_glints=8, seed=0)
+    synthetic_file(workdir, "bench", args.samples, args.size)
     print(f"data: {h5} ({args.samples} × {args.size}², 8 glints) ready in {time.perf_counter() - t0:.0f} s", flush=True)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = f"{dt.date.today()} · {gpu} · torch {torch.__version__} · {args.samples} × {args.size}² · {os.cpu_count()} CPU cores"

@@ -63,18 +63,6 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
-    def broadcast_object(self, obj: object) -> object:
-        """Rank 0's value of `obj` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
