@@ -177,6 +177,12 @@ def no_hold(run):
     return run()
 
 
+def in_thread(run):
+    """(b) as it was before checkpoints were serialised by a child process."""
+    os.environ["GLINT_TRACK_SAVE_PROCESS"] = "off"
+    return run()
+
+
 # -- (c) the compute bound -------------------------------------------------------------------------
 def compute_bound(h5: Path, epochs: int, batch: int) -> dict:
     device = torch.device("cuda")
@@ -279,6 +285,7 @@ def measure(name: str, h5: Path, workdir: Path, args: argparse.Namespace) -> dic
         "b0_local": lambda: untracked(h5, e, workdir, checkpoints="local", **fast),
         "b0_mlflow": lambda: untracked(h5, e, workdir, tracking=True, **fast),
         "b_fast_nohold": lambda: no_hold(lambda: glint_train(h5, e, workdir, "fastest-nohold", **fast)),
+        "b_fast_thread": lambda: in_thread(lambda: glint_train(h5, e, workdir, "fastest-thread", **fast)),
     }
     return table_of[name]()
 
@@ -294,6 +301,7 @@ LABELS = {
     "b0_local": "(b0) + checkpoints written locally (torch.save, SHA-256), not uploaded; no MLflow",
     "b0_mlflow": "(b0) + MLflow run (metrics, images, figures), no checkpoints",
     "b_fast_nohold": "(b) fastest, the writer not held back at epoch boundaries",
+    "b_fast_thread": "(b) fastest, checkpoints serialised on the writer thread (GLINT_TRACK_SAVE_PROCESS=off)",
     "c": "(c) compute bound (batch {fb}, bf16, channels_last, compile, data on GPU)",
 }
 
@@ -308,7 +316,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--concurrent", action="store_true", help="three runs at once vs one alone")
     ap.add_argument("--cpu-small", action="store_true", help="CPU: a small file, (a) vs (b)")
-    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow,b_fast_nohold")
+    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow,b_fast_nohold,b_fast_thread")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration in this process
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -175,6 +175,12 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def save_and_digest(state: dict[str, Any], path: Path) -> str:
+    """save_atomic, then the SHA-256 of the bytes written (what the checksum file records)."""
+    save_atomic(state, path)
+    return file_digest(path)
+
+
 def copy_atomic(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -250,6 +256,8 @@ class Checkpointer:
     The state is copied to the CPU at once; the files are written atomically to `directory` and
     uploaded to `store` under `checkpoints/` by `writer` in the background (inline without one).
     `published` names the checkpoint files already in the run and the digest of each (a resumed run's).
+    `serializer` writes a state to a file and returns its digest: `save_and_digest`, or a
+    save_process.SaveProcess, which keeps torch.save off the training process.
     """
 
     def __init__(
@@ -262,6 +270,7 @@ class Checkpointer:
         writer: BackgroundWriter | None = None,
         model_info: dict[str, Any] | None = None,
         published: dict[str, str | None] | None = None,
+        serializer: Callable[[dict[str, Any], Path], str] = save_and_digest,
     ) -> None:
         self.directory = directory
         self.model_info = model_info
@@ -271,6 +280,7 @@ class Checkpointer:
         self.keep_last_n = keep_last_n
         self.writer = writer
         self.published: dict[str, str | None] = dict(published or {})
+        self.serializer = serializer
         for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
 
@@ -301,7 +311,7 @@ class Checkpointer:
             copied.synchronize()
         latest = self.directory / LATEST
         try:
-            save_atomic(state, latest)
+            digest = self.serializer(state, latest)
             for name in names:
                 if name != LATEST:
                     copy_atomic(latest, self.directory / name)
@@ -311,7 +321,6 @@ class Checkpointer:
                 f"(or pass --output-dir on another disk) and resume with --resume {self.store.run_id}: the previous "
                 f"checkpoint is intact"
             ) from e
-        digest = file_digest(latest)
         for name in names:
             self._publish(name, digest)
         if any(EPOCH_FILE.match(n) for n in names):

@@ -21,13 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glint_track import __version__
-from glint_track.checkpoint import BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_atomic
+from glint_track.checkpoint import (
+    BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_and_digest, save_atomic,
+)
 from glint_track.config import TrainConfig, merge_resumed
 from glint_track.background import BackgroundWriter
 from glint_track.distributed import Distributed
 from glint_track.data import Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
 from glint_track.errors import GlintTrackError
 from glint_track.losses import GlintLoss
+from glint_track.save_process import SaveProcess
+from glint_track.save_process import wanted as save_process_wanted
 from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters
@@ -336,7 +340,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     step_model = torch.compile(step_model) if cfg.compile else step_model
 
     # -- the MLflow run (rank 0 only): new, resumed, or the one `mlflow run` started ------------------
-    run = TrackedRun.open(cfg, resume, data, ddp) if ddp.is_main else None
+    run = TrackedRun.open(cfg, resume, data, ddp, device) if ddp.is_main else None
     was_deterministic = set_deterministic(cfg.deterministic)
     status = "FAILED"
     try:
@@ -406,7 +410,9 @@ class TrackedRun:
     """What rank 0 keeps for a run besides training: the MLflow run, its local folder and log file, the
     background writer and the checkpointer."""
 
-    def __init__(self, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, tracker: RunTracker) -> None:
+    def __init__(
+        self, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, tracker: RunTracker, save_process: SaveProcess | None,
+    ) -> None:
         self.cfg, self.resume, self.data, self.tracker = cfg, resume, data, tracker
         self.output_dir = Path(cfg.output_dir or Path("runs") / tracker.run_id)
         cfg.output_dir = str(self.output_dir)
@@ -423,15 +429,18 @@ class TrackedRun:
         self.writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
         model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
         self.same_run = resume is not None and resume.run_id == tracker.run_id
+        self.save_process = save_process  # torch.save off the training GIL (see save_process.py)
         self.checkpointer = Checkpointer(self.output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n,
-                                         self.writer, model_info, resume.published if self.same_run else None)
+                                         self.writer, model_info, resume.published if self.same_run else None,
+                                         self.save_process or save_and_digest)
         tracker.spool_to(self.output_dir / "spool")  # where calls go while the tracking server is unreachable
 
     @classmethod
-    def open(cls, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, ddp: Distributed) -> TrackedRun:
+    def open(cls, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, ddp: Distributed, device: torch.device) -> TrackedRun:
         """Start (or continue) the run and log what describes it: params, tags, the dataset."""
+        save_process = SaveProcess() if save_process_wanted(device) else None
         tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None, cfg.system_metrics)
-        run = cls(cfg, resume, data, tracker)
+        run = cls(cfg, resume, data, tracker, save_process)
         try:
             if resume and resume.run_id is None:
                 tracker.set_tags({TAG_RESUMED_FROM: resume.label})
@@ -493,6 +502,9 @@ class TrackedRun:
         except Exception:
             log.exception("saving the last checkpoint or metrics failed")
             status = "FAILED"
+        finally:
+            if self.save_process is not None:
+                self.save_process.close()
         logging.getLogger("glint_track").removeHandler(self.file_handler)
         self.file_handler.close()
         self.tracker.log_artifact(self.log_file)
