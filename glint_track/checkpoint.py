@@ -226,22 +226,31 @@ def epoch_file(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pth"
 
 
+def tree_map(fn: Callable[[Any], Any], obj: Any, leaf: type = torch.Tensor) -> Any:
+    """`obj` with every `leaf` inside its dicts, lists and tuples replaced by fn(leaf), in order."""
+    if isinstance(obj, leaf):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v, leaf) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_map(fn, v, leaf) for v in obj)
+    return obj
+
+
 def snapshot(obj: Any) -> Any:
     """A CPU copy of every tensor in a nested state, so training can go on changing the originals.
 
     GPU tensors are copied asynchronously into pinned memory: the training thread does not wait for
-    them. Call `copies_done()` (in the thread that reads the copies) before using them.
+    them; the reader waits for the event `_copies_event()` records right after.
     """
-    if isinstance(obj, torch.Tensor):
-        if obj.is_cuda:  # same strides (channels_last weights stay channels_last), pinned for an async copy
-            out = torch.empty_strided(obj.size(), obj.stride(), dtype=obj.dtype, pin_memory=True)
-            return out.copy_(obj.detach(), non_blocking=True)
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
+    return tree_map(_cpu_copy, obj)
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_cuda:  # same strides (channels_last weights stay channels_last), pinned for an async copy
+        out = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
+        return out.copy_(tensor.detach(), non_blocking=True)
+    return tensor.detach().clone()
 
 
 def _copies_event() -> torch.cuda.Event | None:
