@@ -21,6 +21,7 @@ from glint_track import checkpoint as checkpoint_module
 from glint_track import tracking
 from glint_track.checkpoint import Checkpointer, load_checkpoint
 from glint_track.cli import main
+from glint_track.save_process import SaveProcess
 from glint_track.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,15 @@ def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5
     """Quick mode of benchmarks/kill_anywhere.py: 10 SIGKILLs, each followed by a resume by run ID."""
     report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=200, seed=1)
     assert report.failures == [] and report.kills == 10, report
+    assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
+
+
+@pytest.mark.skipif(not SaveProcess.available(), reason="the save process needs Linux (memfd)")
+def test_sigkill_while_the_save_process_writes_then_resume(tmp_path: Path, tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with checkpoints serialised by the child process (the GPU default): 4 SIGKILLs."""
+    monkeypatch.setenv("GLINT_TRACK_SAVE_PROCESS", "on")
+    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=4, epochs=80, seed=2)
+    assert report.failures == [] and report.kills == 4, report
     assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
 
 
