@@ -131,11 +131,19 @@ class SaveProcess:
         root = str(Path(__file__).resolve().parents[1])  # this very package, whatever the working directory holds
         serve_call = f"import sys; sys.path.insert(0, {root!r}); from glint_track.save_process import serve; serve(*map(int, sys.argv[1:]))"
         cmd = [sys.executable, "-c", serve_call, str(request_r), str(reply_w), str(buffer_fd), str(size), str(os.getpid())]
-        self._proc = subprocess.Popen(cmd, pass_fds=(request_r, reply_w, buffer_fd), close_fds=True)
-        os.close(request_r)
-        os.close(reply_w)
-        self._map = mmap.mmap(buffer_fd, size)
-        os.close(buffer_fd)
+        try:
+            self._proc = subprocess.Popen(cmd, pass_fds=(request_r, reply_w, buffer_fd), close_fds=True)
+            self._map = mmap.mmap(buffer_fd, size)
+        except OSError:
+            for fd in (request_w, reply_r):
+                os.close(fd)
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc = None
+            raise
+        finally:
+            for fd in (request_r, reply_w, buffer_fd):  # the child holds its own copies
+                os.close(fd)
         self._buffer = torch.frombuffer(self._map, dtype=torch.uint8)
         self._size = size
         self._requests = os.fdopen(request_w, "wb")

@@ -146,3 +146,17 @@ def test_a_wrong_setting_is_one_line_before_any_run(tiny_h5: Path, monkeypatch: 
     result = run_cli("train", "--h5", str(tiny_h5), "--device", "cpu", "--epochs", "1")
     assert result.exit_code == 2 and "GLINT_TRACK_SAVE_PROCESS='sometimes': use auto, on or off" in result.output
     assert not MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+
+
+def test_a_child_that_cannot_start_leaves_checkpoints_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    writer = SaveProcess()
+    digest = writer(_state(), tmp_path / "a.pth")
+    assert digest == file_digest(tmp_path / "a.pth") and "writing checkpoints in this process" in caplog.text
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # no pipe or memfd left open
