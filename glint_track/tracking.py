@@ -28,7 +28,7 @@ import requests
 import torch
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
@@ -263,6 +263,16 @@ class RunTracker:
 
     def metric_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def has_complete_model(self) -> bool:
+        """Whether the run already holds a fully logged model. Models a killed process left half-logged
+        (PENDING, or FAILED) are deleted first, so that finishing the run leaves exactly one."""
+        models = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'")
+        for model in models:
+            if model.status != LoggedModelStatus.READY:
+                log.info("deleting model %s, which a stopped process left %s", model.model_id, model.status)
+                self.client.delete_logged_model(model.model_id)
+        return any(model.status == LoggedModelStatus.READY for model in models)
 
     # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
     # so the background checkpoint writer can call them; each may be spooled.

@@ -492,6 +492,8 @@ class TrackedRun:
         tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
                           "figures/threshold_curves.png")
+        if finishing and tracker.has_complete_model():  # the stopped process had logged it
+            return
         tracker.log_model(best_file if best_file.exists() else self.output_dir / LATEST, data.image_size, cfg.register_model)
 
     def close(self, status: str) -> Path | None:

@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY
@@ -131,8 +132,18 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
         load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")
 
 
-def test_run_killed_after_its_last_epoch_is_finished_by_resume(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def killed(*args: object) -> None:
+@pytest.mark.parametrize("model_when_killed", ["half-logged", "logged"])
+def test_run_killed_after_its_last_epoch_is_finished_by_resume(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, model_when_killed: str
+) -> None:
+    real_log_model = tracking._log_model
+
+    def killed(*args: object) -> None:  # dies while logging the model (left PENDING), or just after
+        if model_when_killed == "logged":
+            real_log_model(*args)
+        else:
+            run = mlflow.active_run()
+            MlflowClient().create_logged_model(run.info.experiment_id, name="model", source_run_id=run.info.run_id)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
@@ -147,7 +158,8 @@ def test_run_killed_after_its_last_epoch_is_finished_by_resume(tiny_h5: Path, mo
     assert run.info.status == "FINISHED" and "best_val_loss" in run.data.metrics
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert len(MlflowClient().get_metric_history(run.info.run_id, "best_val_loss")) == 1
-    assert mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert model.status == LoggedModelStatus.READY and mlflow.pyfunc.load_model(f"models:/{model.model_id}") is not None
 
 
 def test_disk_full_while_writing_a_checkpoint_stops_with_the_previous_one_intact(
