@@ -316,7 +316,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--concurrent", action="store_true", help="three runs at once vs one alone")
     ap.add_argument("--cpu-small", action="store_true", help="CPU: a small file, (a) vs (b)")
-    ap.add_argument("--only", help="comma-separated subset of: a,c,b_default,b_16_fp32,b_fast,b_fast_every,b0_fast,b0_snapshot,b0_local,b0_mlflow,b_fast_nohold,b_fast_thread")
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(LABELS))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration in this process
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -71,11 +71,16 @@ class Child:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.point.items())
+        return point_label(self.point)
 
 
 def point_key(point: dict[str, str]) -> str:
     return json.dumps(point, sort_keys=True)
+
+
+def point_label(point: dict[str, str]) -> str:
+    """How a grid point reads in logs and as its child run's name, e.g. `loss=bce lr=1e-3`."""
+    return " ".join(f"{k}={v}" for k, v in point.items())
 
 
 def parse_axes(loss: str | None, lr: str | None, params: tuple[str, ...]) -> dict[str, list[str]]:
@@ -121,7 +126,7 @@ def run_sweep(spec: SweepSpec | None, experiment: str, parallel: int, gpus: list
     for point in spec.points():
         run = known.get(point_key(point))
         if run is None:
-            run = client.create_run(experiment_id, run_name=" ".join(f"{k}={v}" for k, v in point.items()),
+            run = client.create_run(experiment_id, run_name=point_label(point),
                                     tags={TAG_PARENT: parent, TAG_POINT: point_key(point)})
         children.append(Child(point, run.info.run_id, run.info.status))
     todo = [c for c in children if c.status != "FINISHED"]
@@ -182,7 +187,8 @@ def _run_children(client: MlflowClient, spec: SweepSpec, todo: list[Child], para
                 cmd = _child_command(client, spec, child, gpu)
                 env = dict(os.environ, MLFLOW_RUN_ID=child.run_id)
                 log.info("%s: starting run %s%s", child.label, child.run_id, f" on cuda:{gpu}" if gpu is not None else "")
-                running[slot] = (child, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(child.log_file, "w")))
+                with open(child.log_file, "w") as child_log:  # the child keeps its own copy of the descriptor
+                    running[slot] = (child, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=child_log))
         time.sleep(0.2)
         for slot, (child, proc) in list(running.items()):
             if proc.poll() is None:
