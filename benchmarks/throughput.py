@@ -145,7 +145,8 @@ def glint_train(h5: Path, epochs: int, workdir: Path, name: str, **settings) -> 
 class _NoTracker:
     """Stands in for the MLflow run: accepts every call, sends nothing."""
 
-    run_id = experiment_id = "untracked"
+    run_id = experiment_id = experiment_name = "untracked"
+    lease = None
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None

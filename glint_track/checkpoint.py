@@ -1,7 +1,7 @@
 """Checkpoints: what goes in one, how it is written (atomically) and read (without unpickling code).
 
 A checkpoint is gathered from the `state_dict()` of each stateful part of training (model, optimizer,
-scheduler, RNG, progress) and restored through their `load_state_dict()`; no field is copied by hand.
+grad scaler, RNG, progress) and restored through their `load_state_dict()`; no field is copied by hand.
 The file keeps the research script's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`,
 `train_args`, `metrics`, `timestamp`) so old tools read ours and we resume theirs.
 
@@ -26,8 +26,10 @@ import torch
 from glint_track.background import BackgroundWriter
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path, file_digest
+from glint_track.model import canonical_state_dict
 
-FORMAT_VERSION = 1
+#: 2: the research script's layer names (1 had names of our own, renamed on load).
+FORMAT_VERSION = 2
 LATEST = "latest_checkpoint.pth"
 BEST = "best_model.pth"
 ARTIFACT_DIR = "checkpoints"
@@ -49,7 +51,8 @@ class ArtifactStore(Protocol):
 
     run_id: str
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None: ...
+    def log_artifact(self, local_path: Path, artifact_dir: str) -> bool | None:
+        """False when the upload is only queued (spooled), not yet in the run."""
 
     def delete_artifact(self, artifact_path: str) -> None: ...
 
@@ -114,12 +117,11 @@ class RNGState:
 PART_KEYS = {
     "model": "model_state_dict",
     "optimizer": "optimizer_state_dict",
-    "scheduler": "scheduler_state_dict",
     "scaler": "scaler_state_dict",
     "rng": "rng_state",
 }
 #: Parts left out by --no-save-optimizer: resuming re-creates them from the command line.
-OPTIMIZER_PARTS = ("optimizer", "scheduler", "scaler")
+OPTIMIZER_PARTS = ("optimizer", "scaler")
 
 
 def gather(
@@ -158,13 +160,6 @@ def restore(parts: dict[str, Stateful], checkpoint: dict[str, Any], source: str)
         else:
             missing.append(name)
     return missing
-
-
-def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights saved from nn.DataParallel/DDP carry a `module.` prefix; the bare model has none."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return state_dict
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -216,7 +211,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = {"epoch": 0, "model_state_dict": checkpoint}  # a bare weights file (best_model_weights.pt)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         raise GlintTrackError(f"{path}: not a glint-track checkpoint (no model_state_dict); pass a .pth written by glint-track or the research script")
-    checkpoint["model_state_dict"] = strip_module_prefix(checkpoint["model_state_dict"])
+    checkpoint["model_state_dict"] = canonical_state_dict(checkpoint["model_state_dict"])
     checkpoint.setdefault("epoch", 0)
     checkpoint.setdefault("train_args", {})
     return checkpoint
@@ -264,7 +259,8 @@ class Checkpointer:
 
     The state is copied to the CPU at once; the files are written atomically to `directory` and
     uploaded to `store` under `checkpoints/` by `writer` in the background (inline without one).
-    `published` names the checkpoint files already in the run and the digest of each (a resumed run's).
+    `published` names the checkpoint files already in the run and the digest of each (a resumed run's;
+    None where unknown).
     `serializer` writes a state to a file and returns its digest: `save_and_digest`, or a
     save_process.SaveProcess, which keeps torch.save off the training process.
     """
@@ -288,7 +284,9 @@ class Checkpointer:
         self.save_every_n_epochs = save_every_n_epochs
         self.keep_last_n = keep_last_n
         self.writer = writer
-        self.published: dict[str, str | None] = dict(published or {})
+        #: checkpoint file → digests of the versions the run may hold: the one delivered last, and any whose
+        #: upload still waits in the spool (a later replay may deliver any of them, in any order with its checksum)
+        self.published: dict[str, list[str]] = {name: [d] if d else [] for name, d in (published or {}).items()}
         self.serializer = serializer
         for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
@@ -336,17 +334,16 @@ class Checkpointer:
             self._apply_retention()
 
     def _publish(self, name: str, digest: str) -> None:
-        """Upload the checksum file, then the checkpoint. The checksum file lists the new digest and the
-        one of the version the run has now, so whenever a crash stops the upload, the run holds a file
-        that verifies: the old one, or the complete new one (a cut one matches neither)."""
+        """Upload the checksum file, then the checkpoint. The checksum file lists the new digest and those
+        of every version the run may hold now, so whenever a crash stops the upload, the run holds a file
+        that verifies: an old one, or the complete new one (a cut one matches none)."""
         path = self.directory / name
-        accepted = [digest] + [d for d in [self.published.get(name)] if d and d != digest]
+        accepted = [digest] + [d for d in self.published.get(name, []) if d != digest]
         sidecar = checksum_path(path)
         try:
             with atomic_path(sidecar) as tmp:
                 tmp.write_text("\n".join(accepted) + "\n")
-            self.store.log_artifact(sidecar, ARTIFACT_DIR)
-            self.store.log_artifact(path, ARTIFACT_DIR)
+            delivered = [self.store.log_artifact(sidecar, ARTIFACT_DIR), self.store.log_artifact(path, ARTIFACT_DIR)]
         except GlintTrackError:
             raise
         except Exception as e:
@@ -355,7 +352,7 @@ class Checkpointer:
                 f"uploading {ARTIFACT_DIR}/{name} to run {self.store.run_id} failed ({reason}); the run's previous "
                 f"{name} is intact: fix the artifact store (space, permissions) and resume with --resume {self.store.run_id}"
             ) from e
-        self.published[name] = digest
+        self.published[name] = [digest] if False not in delivered else accepted  # spooled: the old versions may stay
 
     def _apply_retention(self) -> None:
         """Delete all but the newest keep_last_n epoch files, from the run and from the local folder."""

@@ -40,8 +40,8 @@ def main(debug: bool) -> None:
     \b
     Quick start on built-in demo data:
       glint-track synth --out demo.h5
-      glint-track train --h5 demo.h5 --epochs 5
-      mlflow ui                      # browse runs (in the same folder)
+      glint-track train --h5 demo.h5        # 15 epochs: ~3 min on 2 CPU cores, val F1 ~0.99, ~0.3 px
+      mlflow ui                            # browse runs (in the same folder)
 
     Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
     """
@@ -107,6 +107,7 @@ the best weights as an MLflow model. With no MLFLOW_TRACKING_URI, runs go to ./m
 
 \b
 Examples:
+  glint-track train --h5 train_256.h5                                 # the default recipe
   glint-track train --h5 train_256.h5 --epochs 50
   glint-track train --h5 data.h5 --loss hybrid --div-mode overlap --no-save-optimizer
   glint-track train --h5 data.h5 --scheduler cosine --monitor val_f1 --monitor-mode max
@@ -178,7 +179,9 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 )
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
-    from glint_track.train import train  # heavy imports (torch, mlflow) only when training
+    from glint_track.resume import AlreadyFinished
+    from glint_track.stopping import TrainingStopped
+    from glint_track.train import POOR_ADVICE, POOR_F1, train  # heavy imports (torch, mlflow) only when training
 
     for name in ("resume", "output_dir", "cache_dir"):  # `mlflow run` passes empty strings for "not set"
         options[name] = options[name] or None
@@ -192,23 +195,40 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
         launch_torchrun(gpus, _argv_without_gpus(sys.argv[1:]))  # does not return
     if gpus:
         options["device"] = f"cuda:{gpus[0]}" if "WORLD_SIZE" not in os.environ else "cuda"
-    result = train(TrainConfig(**options), explicit)
+    try:
+        result = train(TrainConfig(**options), explicit)
+    except AlreadyFinished as e:
+        click.echo(str(e))
+        return
+    except TrainingStopped as e:
+        ctx.exit(e.exit_code)  # 130 for SIGINT, 143 for SIGTERM; the log said which run and how to resume
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return
-    best = f"best {result.monitor} {result.best_value:.5g} at epoch {result.best_epoch}" if result.best_value is not None else "no best yet"
-    click.echo(f"\nRun {result.run_id} finished: {result.epochs} epochs, {best}.")
+    click.echo(f"\n{_summary_line(result)}")
     click.echo(f"  Local copy:  {result.output_dir}")
     if result.tracking_uri.startswith(("http://", "https://")):
         click.echo(f"  Open:        {result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.run_id}")
     else:
         click.echo(f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}")
     click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
+    if result.glints is not None and result.glints["f1"] < POOR_F1:
+        click.echo(f"Warning: val F1 {result.glints['f1']:.3f}. {POOR_ADVICE}", err=True)
     if result.spool:
         click.echo(
             f"Warning: the tracking server did not receive everything; the rest is in {result.spool}. When it is back, "
             f"run: glint-track sync {result.spool}", err=True,
         )
         ctx.exit(EXIT_SPOOL_PENDING)
+
+
+def _summary_line(result: Any) -> str:
+    """The run's glint result first: what a user waits for."""
+    head = f"Run {result.run_id} finished {result.epochs} epochs"
+    if result.glints is None:
+        return head + "."
+    g = result.glints
+    return (f"{head}: val F1 {g['f1']:.3f}, mean glint error {g['loc_err_mean']:.2f} px (median {g['loc_err_median']:.2f} px), "
+            f"best checkpoint = epoch {int(g['epoch'])} by {result.monitor}.")
 
 
 #: Exit status of a training that finished but whose tracking calls wait in a spool.
@@ -412,7 +432,7 @@ def synth_cmd(out: str, num_samples: int, size: int, difficulty: float, num_glin
 
     \b
     Example:
-      glint-track synth --out demo.h5 && glint-track train --h5 demo.h5 --epochs 5
+      glint-track synth --out demo.h5 && glint-track train --h5 demo.h5
     """
     from glint_track.synth import write_synthetic
 

@@ -21,6 +21,10 @@ MONITOR_MODES = ("min", "max")
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}
 #: Settings that describe this invocation, not the training, so a resume never inherits them.
 _NOT_INHERITED = {"resume"}
+#: Settings that belong to the run a checkpoint came from: inherited only when continuing that run.
+_RUN_ONLY = frozenset({"experiment", "run_name", "output_dir"})
+#: What the research script did without a flag (it had no scheduler and always used Adam).
+_RESEARCH_FIXED = {"optimizer": "adam", "scheduler": "none", "weight_decay": 0.0, "loss": "focal"}
 
 
 @dataclass
@@ -34,9 +38,9 @@ class TrainConfig(LossWeights):
     resume: str | None = None  # run ID, runs:/ URI or checkpoint path
     # model and loss
     base_channels: int = 16
-    loss: str = "focal"
+    loss: str = "peak-bce"  # the research script's was focal
     # optimisation
-    epochs: int = 50
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -106,11 +110,12 @@ class TrainConfig(LossWeights):
                 raise GlintTrackError(message)
 
 
-def args_from_checkpoint(train_args: dict[str, Any]) -> dict[str, Any]:
-    """Translate a checkpoint's `train_args` (ours or the research script's flags) into TrainConfig fields."""
+def args_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings as TrainConfig fields: its `train_args` (ours, or the research script's
+    flags), and for a research checkpoint what that script fixed without a flag."""
     known = {f.name for f in fields(TrainConfig)}
-    out: dict[str, Any] = {}
-    for key, value in train_args.items():
+    out: dict[str, Any] = {} if "format_version" in checkpoint else dict(_RESEARCH_FIXED)
+    for key, value in checkpoint.get("train_args", {}).items():
         if key == "no_save_optimizer":
             out["save_optimizer"] = not value
             continue
@@ -120,7 +125,8 @@ def args_from_checkpoint(train_args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def merge_resumed(cli: TrainConfig, checkpoint_args: dict[str, Any], explicit: set[str]) -> TrainConfig:
-    """Settings of a resumed run: the checkpoint's, except what the user typed again on this command line."""
-    inherited = {k: v for k, v in args_from_checkpoint(checkpoint_args).items() if k not in explicit}
-    return replace(cli, **inherited)
+def merge_resumed(cli: TrainConfig, inherited: dict[str, Any], explicit: frozenset[str], same_run: bool) -> TrainConfig:
+    """Settings of a resumed training: the checkpoint's, except what the user typed on this command line.
+    A new run (from a checkpoint file) keeps its own name, experiment and output folder."""
+    skip = explicit | (frozenset() if same_run else _RUN_ONLY)
+    return replace(cli, **{k: v for k, v in inherited.items() if k not in skip})

@@ -23,11 +23,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path, file_digest
+from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-#: The UNet's output is 1/4 of its input; heat-maps must be stored at that size.
-OUTPUT_STRIDE = 4
 HEATMAP_DTYPES = (np.float16, np.float32)
 COMPRESSIONS = ("gzip", "lzf", "none")
 
@@ -97,11 +96,12 @@ def _check_layout(path: Path, f: h5py.File) -> None:
         raise _fail(
             path,
             f"heat-maps are {h}×{w} but images are {H}×{W}; the model needs heat-maps of exactly 1/{OUTPUT_STRIDE} "
-            f"the image size ({H // OUTPUT_STRIDE}×{W // OUTPUT_STRIDE}) and image sides divisible by 16",
+            f"the image size ({H // OUTPUT_STRIDE}×{W // OUTPUT_STRIDE}) and image sides divisible by {SIZE_MULTIPLE}",
             f"re-pack with --hm-size {H // OUTPUT_STRIDE}x{W // OUTPUT_STRIDE}",
         )
-    if H % 16 or W % 16:
-        raise _fail(path, f"image size {H}×{W} is not divisible by 16, which the UNet's 4 poolings need", "re-pack at a size divisible by 16")
+    if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
+        raise _fail(path, f"image size {H}×{W} is not divisible by {SIZE_MULTIPLE}, which the UNet's 4 poolings need",
+                    f"re-pack at a size divisible by {SIZE_MULTIPLE}")
     for name, shape in (("present", (n, heatmaps.shape[1])), ("stems", (n,)), ("points", (n, heatmaps.shape[1], 2))):
         if name in f and tuple(f[name].shape) != shape:
             raise _fail(path, f"'{name}' has shape {f[name].shape}, expected {shape}", repack)

@@ -63,7 +63,7 @@ def evaluate(
 
 def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_radius: float) -> str:
     """Record the evaluation as its own MLflow run, tagged with the model's run; returns its ID."""
-    tracker = RunTracker.start(experiment, f"evaluate {Path(result.h5).stem}", None)
+    tracker = RunTracker.start(experiment, f"evaluate {Path(result.h5).stem}", None, claim=False)
     status = "FAILED"
     try:
         tags = {"glint_track.evaluated_model": result.model, "glint_track.kind": "evaluation"}

@@ -2,22 +2,36 @@
 
 Four encoder stages and a bottleneck, but the decoder climbs back only twice: glints are a few pixels
 wide, so a quarter-resolution map is precise enough and far cheaper. With base width 16 and 8 glints it
-has 1,897,752 parameters, the same as the research script's model.
+has 1,897,752 parameters. Layer names and registration order are the research script's (SEED.md), so
+its state dicts and Adam states load as they are and it can read ours.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import torch
 from torch import nn
 
 from glint_track.errors import GlintTrackError
 
+#: Input pixels per heat-map pixel: the decoder stops two levels above the input.
+OUTPUT_STRIDE = 4
+#: Image sides must divide by this: four 2× poolings.
+SIZE_MULTIPLE = 16
+#: The glint probability the untrained head predicts everywhere (RetinaNet's prior initialisation). Glints
+#: cover well under 1 % of a heat-map; starting at 0.5 spends the first hundreds of steps pushing the background
+#: down, which is most of why the research recipe found no glint in 20 demo epochs (docs/benchmarks.md).
+GLINT_PRIOR = 0.01
 
-class DoubleConv(nn.Sequential):
+
+class DoubleConv(nn.Module):
     """(3×3 conv without bias → BatchNorm → ReLU) twice; the bias is redundant before BatchNorm."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(
+        super().__init__()
+        self.seq = nn.Sequential(
             nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
@@ -26,17 +40,8 @@ class DoubleConv(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
-
-class Up(nn.Module):
-    """2× transpose-conv upsampling, concatenation with the encoder skip, then a DoubleConv."""
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
-        self.conv = DoubleConv(out_ch * 2, out_ch)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
 
 
 class GlintUNet(nn.Module):
@@ -51,18 +56,24 @@ class GlintUNet(nn.Module):
         self.enc4 = DoubleConv(4 * b, 8 * b)
         self.bottleneck = DoubleConv(8 * b, 16 * b)
         self.pool = nn.MaxPool2d(2)
-        self.up1 = Up(16 * b, 8 * b)
-        self.up2 = Up(8 * b, 4 * b)
-        self.head = nn.Conv2d(4 * b, num_glints, kernel_size=1)
+        self.up3 = nn.ConvTranspose2d(16 * b, 8 * b, kernel_size=2, stride=2)
+        self.dec3 = DoubleConv(16 * b, 8 * b)
+        self.up2 = nn.ConvTranspose2d(8 * b, 4 * b, kernel_size=2, stride=2)
+        self.dec2 = DoubleConv(8 * b, 4 * b)
+        self.out_conv = nn.Conv2d(4 * b, num_glints, kernel_size=1)
+        nn.init.constant_(self.out_conv.bias, math.log(GLINT_PRIOR / (1 - GLINT_PRIOR)))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, label: str) -> GlintUNet:
         """The UNet with the glint count and width its saved weights have, in eval mode."""
         weights = checkpoint["model_state_dict"]
-        if "head.weight" not in weights or "enc1.0.weight" not in weights:
-            raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no head/enc1 layers); pass a glint-track checkpoint")
-        model = cls(num_glints=weights["head.weight"].shape[0], base_channels=weights["enc1.0.weight"].shape[0])
-        model.load_state_dict(weights)
+        num_glints, base_channels = model_shape(weights, label)
+        model = cls(num_glints=num_glints, base_channels=base_channels)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise GlintTrackError(f"{label}: its weights do not fit a glint UNet ({first}); pass a glint-track or research-script checkpoint") from e
         return model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,9 +82,43 @@ class GlintUNet(nn.Module):
         e3 = self.enc3(self.pool(e2))
         e4 = self.enc4(self.pool(e3))
         x = self.bottleneck(self.pool(e4))
-        x = self.up1(x, e4)
-        x = self.up2(x, e3)
-        return self.head(x)
+        x = self.dec3(torch.cat([self.up3(x), e4], dim=1))
+        x = self.dec2(torch.cat([self.up2(x), e3], dim=1))
+        return self.out_conv(x)
+
+
+def model_shape(weights: dict[str, torch.Tensor], label: str) -> tuple[int, int]:
+    """(glints, base width) of a UNet state dict, or a one-line error naming what it is not."""
+    head, first = weights.get("out_conv.weight"), weights.get("enc1.seq.0.weight")
+    if not isinstance(head, torch.Tensor) or not isinstance(first, torch.Tensor) or head.ndim != 4 or first.ndim != 4:
+        raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no out_conv/enc1 layers); pass a glint-track checkpoint")
+    return int(head.shape[0]), int(first.shape[0])
+
+
+#: glint-track 0.1 (checkpoint format 1) named the same layers differently; old name pattern → new.
+_FORMAT1_NAMES = [
+    (re.compile(r"^(enc[1-4]|bottleneck)\.(\d)\."), r"\1.seq.\2."),
+    (re.compile(r"^up1\.up\."), "up3."),
+    (re.compile(r"^up1\.conv\.(\d)\."), r"dec3.seq.\1."),
+    (re.compile(r"^up2\.up\."), "up2."),
+    (re.compile(r"^up2\.conv\.(\d)\."), r"dec2.seq.\1."),
+    (re.compile(r"^head\."), "out_conv."),
+]
+
+
+def canonical_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights under this model's names, from any layout we have written or the research script wrote:
+    without the `module.` prefix of (Distributed)DataParallel, and with format-1 names renamed."""
+    if weights and all(k.startswith("module.") for k in weights):
+        weights = {k[len("module."):]: v for k, v in weights.items()}
+    if "head.weight" in weights:
+        renamed = {}
+        for key, value in weights.items():
+            for pattern, new in _FORMAT1_NAMES:
+                key = pattern.sub(new, key)
+            renamed[key] = value
+        weights = renamed
+    return weights
 
 
 def count_parameters(model: nn.Module) -> int:

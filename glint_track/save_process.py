@@ -183,7 +183,8 @@ def _die_with(parent: int) -> None:
 def serve(request_fd: int, reply_fd: int, buffer_fd: int, size: int, parent: int) -> None:
     """The child: for each (skeleton, path) request, write the checkpoint and reply its SHA-256 (or the error)."""
     _die_with(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then closes us in order
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a stop request is for the trainer, which then closes us in order
+        signal.signal(sig, signal.SIG_IGN)
     buffer = torch.frombuffer(mmap.mmap(buffer_fd, size), dtype=torch.uint8)
     with os.fdopen(request_fd, "rb") as requests, os.fdopen(reply_fd, "wb") as replies:
         while True:

@@ -25,7 +25,9 @@ class GlintPyfunc(PythonModel):
         self.model = GlintUNet.from_checkpoint(checkpoint, "model checkpoint")
         self.threshold = float((context.model_config or {}).get("threshold", 0.3))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # No type hints here: MLflow reads them as an input schema and warns that `Any` is none; the model's
+    # signature (tracking._log_model) is the schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         images = np.asarray(model_input)
         if images.ndim == 2:
             images = images[None]

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.checkpoint import ARTIFACT_DIR, LATEST
 from glint_track.data import default_cache_dir, load_glint_file
 from glint_track.errors import GlintTrackError
-from glint_track.tracking import check_tracking_server, tracking_uri
+from glint_track.tracking import check_tracking_server, experiment_id_for, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def run_sweep(spec: SweepSpec | None, experiment: str, parallel: int, gpus: list
         parent, spec, known = _reopen(client, resume)
     else:
         assert spec is not None
-        mlflow.set_experiment(experiment)
-        experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+        experiment_id = experiment_id_for(experiment, client)
         name = "sweep " + " × ".join(f"{k}={','.join(v)}" for k, v in spec.axes.items())
         parent = client.create_run(experiment_id, run_name=name, tags={"glint_track.kind": "sweep"}).info.run_id
         params = {f"sweep.{k}": ",".join(v) for k, v in spec.axes.items()} | {

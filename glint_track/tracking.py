@@ -34,12 +34,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 import glint_track
 from glint_track.checkpoint import EPOCH_FILE, ARTIFACT_DIR, BEST, LATEST, CorruptCheckpoint, copy_atomic, load_checkpoint
 from glint_track.data import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
+from glint_track.lease import RunLease
 from glint_track.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 TAG_RESUMED_FROM = "glint_track.resumed_from"
+TAG_DATASET_DIGEST = "glint_track.dataset.digest"
+TAG_OVERRIDE = "glint_track.override."  # + setting: its value on a continued run where it differs from the param
+TAG_HISTORY = "glint_track.history"  # one line per resume that changed settings
+TAG_SUMMARY = "glint_track.summary"  # the glint result
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+TAG_CONTINUED_IN = "glint_track.continued_in"  # on a run `mlflow run` made that another run trained in
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -87,7 +96,7 @@ def check_tracking_server() -> None:
 
 @dataclass
 class ResumeSource:
-    """A checkpoint to resume from, and the MLflow run it came from (None for a plain file)."""
+    """A checkpoint to resume from and, for a run ID, the MLflow run it continues (None: a new run)."""
 
     checkpoint: dict[str, Any]
     run_id: str | None
@@ -95,6 +104,8 @@ class ResumeSource:
     best: dict[str, Any] | None = None  # the run's best_model.pth, so best_model.pth carries over
     run_status: str | None = None
     published: dict[str, str | None] = field(default_factory=dict)  # the run's checkpoint files → digest where read
+    experiment_name: str | None = None  # the continued run's
+    dataset_digest: str | None = None  # SHA-256 of the file the continued run trains on
 
 
 def _download_checkpoint(run_id: str, artifact_path: str, names: set[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -138,14 +149,14 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             if not found:
                 raise GlintTrackError(f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file")
             return ResumeSource(load_checkpoint(found[0]), None, source)
-    if source.startswith("runs:/"):
+    if source.startswith("runs:/"):  # one checkpoint of a run: a new run starts from it (see resume.py)
         run_id, _, artifact_path = source[len("runs:/"):].partition("/")
         _get_run(run_id)
         try:
             checkpoint, _ = _download_checkpoint(run_id, artifact_path or f"{ARTIFACT_DIR}/{LATEST}")
         except (MlflowException, OSError) as e:
             raise GlintTrackError(f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI") from e
-        return ResumeSource(checkpoint, run_id, source)
+        return ResumeSource(checkpoint, None, source)
     if not _RUN_ID.match(source):
         raise GlintTrackError(
             f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
@@ -166,7 +177,9 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
         if prefer_best and best is not None:
             return ResumeSource(best, source, source)
         latest, published[LATEST] = _download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}", names)
-        return ResumeSource(latest, source, source, best, run.info.status, published)
+        experiment = MlflowClient().get_experiment(run.info.experiment_id).name
+        return ResumeSource(latest, source, source, best, run.info.status, published, experiment,
+                            run.data.tags.get(TAG_DATASET_DIGEST))
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)
         fix = f"resume from the newest intact one: {option} {alternative}" if alternative else "no intact checkpoint is left in it"
@@ -206,7 +219,12 @@ class RunTracker:
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self.client = MlflowClient()
+        self.experiment_name: str = self.client.get_experiment(self.experiment_id).name
+        # the run's description so far, read now: later it is written while the server may be away (spool)
+        self.history: str = run.data.tags.get(TAG_HISTORY, "")
+        self.summary: str = run.data.tags.get(TAG_SUMMARY, "")
         self.spool: Spool | None = None
+        self.lease: RunLease | None = None  # this process's claim on the run (set by start)
         self._lock = threading.Lock()  # the writer thread and the training thread both log
         self._last_attempt = 0.0
         if (root := _local_artifact_root(self.artifact_uri)) is not None:  # uploads a killed process left unfinished
@@ -214,37 +232,77 @@ class RunTracker:
                 partial.unlink(missing_ok=True)
 
     @classmethod
-    def start(cls, experiment: str, run_name: str | None, resume_run_id: str | None, system_metrics: bool = False) -> RunTracker:
-        """With `system_metrics`, MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU
-        use in a thread of its own and logs them as `system/…` metrics of the run."""
+    def start(
+        cls, experiment: str, run_name: str | None, continue_run_id: str | None, system_metrics: bool = False, claim: bool = True,
+    ) -> RunTracker:
+        """Start a new run in `experiment`, or continue run `continue_run_id`, after claiming it (one writer
+        per run, see lease.py). A run a sweep made for this process (MLFLOW_RUN_ID) is used as the new run.
+        A run `mlflow run` made is not trained in: MLflow stamps its own status on it when the command ends
+        (overwriting KILLED), so it is ended at once, tagged and described with the run that trains, which
+        goes to its experiment, or to `experiment` when that is MLflow's Default (no --experiment-name).
+
+        With `system_metrics`, MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU use in a
+        thread of its own and logs them as `system/…` metrics of the run. `claim=False`: a run nobody resumes
+        (an evaluation) needs no claim."""
         system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
-        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` (and by sweeps); start_run consumes it
-        if project_run:
-            run = mlflow.start_run(run_id=project_run, log_system_metrics=system_metrics)
-            if resume_run_id and resume_run_id != project_run:
-                mlflow.set_tag(TAG_RESUMED_FROM, resume_run_id)
-        elif resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
-        else:
-            mlflow.set_experiment(experiment)
-            run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
-        return cls(run)
+        client = MlflowClient()
+        given, new = _run_made_for_us(client), continue_run_id is None
+        project = given if given is not None and given.data.tags.get("mlflow.source.type") == "PROJECT" else None
+        if project is not None and project.info.experiment_id != DEFAULT_EXPERIMENT_ID:
+            experiment = client.get_experiment(project.info.experiment_id).name
+        elif given is not None and project is None and new:
+            continue_run_id = given.info.run_id  # ours to fill: a sweep child
+        if continue_run_id is None:
+            experiment_id = experiment_id_for(experiment, client)
+            tags = resolve_tags() | (_provenance(project) if project is not None else {})
+            continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        lease, stale = RunLease.acquire(client, continue_run_id) if claim else (None, None)  # before anything is written
+        try:
+            if not new:
+                _report_left_running(client.get_run(continue_run_id), stale)
+            run = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
+            if run_name and not new:
+                mlflow.set_tag("mlflow.runName", run_name)
+            if project is not None:
+                _retire(client, project, run)
+        except BaseException:
+            if mlflow.active_run() is not None:
+                mlflow.end_run("FAILED")
+            elif new:
+                client.set_terminated(continue_run_id, "FAILED")
+            if lease is not None:
+                lease.release()
+            raise
+        tracker = cls(run)
+        tracker.lease = lease
+        return tracker
 
     def spool_to(self, directory: Path) -> None:
         """Keep calls that cannot reach a remote server in `directory` (local stores never spool)."""
         if _is_remote(tracking_uri()):
             self.spool = Spool.create(directory, self.run_id, tracking_uri())
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        """Log settings as params; on a resumed run, params are immutable, so changed values become tags."""
+    def log_config(self, config: dict[str, Any], from_epoch: int = 1) -> None:
+        """Log settings as params and `train_args.json`. Params cannot change, so on a continued run a
+        setting whose value differs becomes the tag `glint_track.override.<name>` = "<value> from epoch N"."""
         existing = self.client.get_run(self.run_id).data.params
         new = {k: v for k, v in config.items() if k not in existing}
         if new:
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in new.items()])
-        changed = {f"glint_track.resume_override.{k}": v for k, v in config.items() if k in existing and existing[k] != str(v)}
+        changed = {f"{TAG_OVERRIDE}{k}": f"{v} from epoch {from_epoch}" for k, v in config.items() if k in existing and existing[k] != str(v)}
         if changed:
             self.set_tags(changed)
-        self.client.log_dict(self.run_id, config, "train_args.json")
+        self.log_dict(config, "train_args.json")
+
+    def add_history(self, line: str) -> None:
+        """A line of the run's history (a resume and what it changed), shown in its description."""
+        self.history = f"{self.history}\n{line}".strip()
+        self.set_tags({TAG_HISTORY: self.history, TAG_NOTE: _description(self.summary, self.history)})
+
+    def summarise(self, summary: str) -> None:
+        """The glint result, which leads the run's description (the first thing its page shows)."""
+        self.summary = summary
+        self.set_tags({TAG_SUMMARY: summary, TAG_NOTE: _description(summary, self.history)})
 
     def log_dataset(self, data: GlintData) -> None:
         """The training file as the run's MLflow input: name, source path, digest (the first 16 hex
@@ -259,7 +317,13 @@ class RunTracker:
             TensorSpec(np.dtype(str(data.heatmaps.dtype).removeprefix("torch.")), (-1, c, h // 4, w // 4), name="heatmaps"),
         ])
         dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as e:  # runs started together (a sweep) raced to record the same dataset:
+            if "UNIQUE constraint" not in str(e):  # it exists now, and the second try links it
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def metric_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
@@ -283,8 +347,9 @@ class RunTracker:
         """All of an epoch's metrics in one request."""
         self._call("metrics", {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "timestamp": int(time.time() * 1000)})
 
-    def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
-        self._call("artifact", {"dir": artifact_dir, "name": local_path.name}, local_path)
+    def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> bool:
+        """Upload a file; False when it went to the spool instead (the server has not got it yet)."""
+        return self._call("artifact", {"dir": artifact_dir, "name": local_path.name}, local_path)
 
     def log_image(self, image: Any, artifact_file: str) -> None:
         self._log_file(artifact_file, lambda path: image.save(path))
@@ -316,6 +381,9 @@ class RunTracker:
                 raise
             log.debug("ending the run failed (%s); spooled", e)
             self.spool.append("end", {"status": status})
+        finally:
+            if self.lease is not None:
+                self.lease.release()  # after the status: a resume never finds a free run still RUNNING
         return len(self.spool) if self.spool is not None else 0
 
     # -- sending, or spooling when the server is away ----------------------------------------------
@@ -326,11 +394,12 @@ class RunTracker:
             write(path)
             self.log_artifact(path, directory or None)
 
-    def _call(self, op: str, args: dict[str, Any], file: Path | None = None) -> None:
+    def _call(self, op: str, args: dict[str, Any], file: Path | None = None) -> bool:
+        """Send a call, or spool it while the server is away; True when it was delivered now."""
         with self._lock:
             if self.spool is not None and len(self.spool) and not self._drain():
                 self.spool.append(op, args, file)
-                return
+                return False
             try:
                 send(self, op, args, file)
             except Exception as e:
@@ -342,6 +411,8 @@ class RunTracker:
                     "the MLflow tracking server at %s is unreachable (%s); training goes on and metrics and checkpoints are "
                     "kept in %s until it answers again", tracking_uri(), type(e).__name__, self.spool.directory,
                 )
+                return False
+            return True
 
     def _drain(self) -> bool:
         """Send the spool if a retry is due; True when it is empty afterwards."""
@@ -459,3 +530,52 @@ def _local_artifact_root(artifact_uri: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(url2pathname(parsed.path))
     return Path(artifact_uri) if parsed.scheme == "" else None
+
+
+def experiment_id_for(name: str, client: MlflowClient) -> str:
+    """The ID of experiment `name`, created if missing (without setting MLflow's process-wide active experiment)."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created by a run started at the same moment
+            found = client.get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage != "active":
+        raise GlintTrackError(f"experiment {name!r} is deleted; restore it (`mlflow experiments restore`) or pass another --experiment")
+    return found.experiment_id
+
+
+def _description(summary: str, history: str) -> str:
+    return "\n\n".join(part for part in (summary, history) if part)
+
+
+def _run_made_for_us(client: MlflowClient) -> mlflow.entities.Run | None:
+    """The run `mlflow run` or a sweep created for this process (MLFLOW_RUN_ID), taken out of the
+    environment so that MLflow does not start it behind our back."""
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    return client.get_run(run_id) if run_id else None
+
+
+def _provenance(project: mlflow.entities.Run) -> dict[str, str]:
+    """What `mlflow run` recorded about the project (source, commit, entry point), for the run that trains."""
+    prefixes = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL")
+    return {k: v for k, v in project.data.tags.items() if k.startswith(prefixes)}
+
+
+def _retire(client: MlflowClient, project: mlflow.entities.Run, run: mlflow.entities.Run) -> None:
+    """End the run `mlflow run` made at once, pointing to the run that trains (tag and description)."""
+    used, experiment = run.info.run_id, run.info.experiment_id
+    client.set_tag(project.info.run_id, TAG_CONTINUED_IN, used)
+    client.set_tag(project.info.run_id, TAG_NOTE, f"Made by `mlflow run`; glint-track trains in run [{used}](#/experiments/{experiment}/runs/{used}).")
+    client.set_terminated(project.info.run_id, "FINISHED")
+    log.info("`mlflow run` made run %s; training goes on in run %s (experiment %s), so %s is ended", project.info.run_id, used,
+             client.get_experiment(experiment).name, project.info.run_id)
+
+
+def _report_left_running(run: mlflow.entities.Run, stale: Any) -> None:
+    """Say so when the run being continued was left RUNNING by a process that never ended it (kill -9, power loss)."""
+    if run.info.status != "RUNNING":
+        return
+    who = f"{stale.describe()}, which is gone" if stale is not None else "a process that is gone"
+    log.warning("run %s was left RUNNING by %s (killed without ending it); continuing it from its latest checkpoint",
+                run.info.run_id, who)

@@ -7,13 +7,15 @@ module (data, model, losses, checkpoint, tracking).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,23 +26,27 @@ from glint_track import __version__
 from glint_track.checkpoint import (
     BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_and_digest, save_atomic,
 )
-from glint_track.config import TrainConfig, merge_resumed
+from glint_track.config import TrainConfig
 from glint_track.background import BackgroundWriter
 from glint_track.distributed import Distributed
 from glint_track.data import Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
 from glint_track.errors import GlintTrackError
-from glint_track.losses import GlintLoss
+from glint_track.losses import GlintLoss, LossWeights
 from glint_track.save_process import SaveProcess
 from glint_track.save_process import wanted as save_process_wanted
 from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
-from glint_track.model import GlintUNet, count_parameters
+from glint_track.model import GlintUNet, count_parameters, model_shape
+from glint_track.resume import ResumePlan, check_same_data, describe_changes, plan_resume
+from glint_track.stopping import StopRequest, TrainingStopped
 from glint_track.tracking import (
-    TAG_RESUMED_FROM, ResumeSource, RunTracker, check_tracking_server, fetch_checkpoint, git_commit, send_spool_if_pending,
-    tracking_uri,
+    TAG_DATASET_DIGEST, TAG_RESUMED_FROM, RunTracker, check_tracking_server, git_commit, send_spool_if_pending, tracking_uri,
 )
 
 log = logging.getLogger(__name__)
+
+#: Under DDP, ranks agree on a stop request every this many steps (a collective; every step would stall GPUs).
+STOP_CHECK_EVERY = 16
 
 
 @dataclass
@@ -53,6 +59,7 @@ class TrainResult:
     best_epoch: int | None
     monitor: str
     output_dir: Path
+    glints: dict[str, float] | None  # the logged model's validation glint metrics (f1, loc_err_mean, …)
     spool: Path | None = None  # tracking calls the server has not received yet (see `glint-track sync`)
 
 
@@ -80,13 +87,25 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.devi
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch. `none` is a constant schedule, so every run checkpoints the same parts."""
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of `epoch` (1-based): a function of the settings alone, with no state of its own,
+    so a resume that changes --lr, --epochs or --scheduler applies from its first epoch."""
+    if cfg.scheduler == "cosine":  # from --lr down towards 0 over --epochs
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+        return cfg.lr * cfg.step_gamma ** ((epoch - 1) // cfg.step_size)
+    return cfg.lr
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
+    """This epoch's learning rate, weight decay and momentum into every parameter group; returns the lr."""
+    lr = lr_at(cfg, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+    return lr
 
 
 @dataclass
@@ -171,12 +190,12 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None,
     desc: str,
     glints: tuple[GlintMetrics, Glints, float] | None = None,
-    on_queued: Callable[[], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`; trains when given an optimizer. Returns the sample-weighted mean of each
     loss term, and with `glints` = (metrics, ground truth of every sample, threshold) the glint metrics.
-    `on_queued` is called once the first steps are launched (the GPU has work to do for a while);
+    `after_step(step)` runs after each step is launched (the stop check, releasing the writer);
     `reduce` sums the loss totals over DDP ranks, so every rank reports the mean over all samples.
 
     Everything is accumulated on the device and read once at the end, so no step waits for the host.
@@ -187,9 +206,6 @@ def run_epoch(
     count = 0
     with torch.set_grad_enabled(training):
         for step, (images, targets, index) in enumerate(tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty(), unit="batch")):
-            if step == 2 and on_queued is not None:
-                on_queued()
-                on_queued = None
             if precision.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with precision.autocast():
@@ -207,8 +223,8 @@ def run_epoch(
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach() * n
             count += n
-    if on_queued is not None:  # fewer than three steps
-        on_queued()
+            if after_step is not None:
+                after_step(step)
     names = list(sums)
     totals = torch.stack([sums[n].float() for n in names] + [torch.tensor(float(count), device=sums[names[0]].device)])
     totals = (reduce(totals) if reduce is not None else totals).tolist()
@@ -262,24 +278,16 @@ def threshold_sweep(
 def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult | None:
     """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint.
     Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None)."""
-    # -- settings: the command line, or the resumed checkpoint's overlaid by what was typed again -------
+    # -- settings: the command line, or the resumed checkpoint's overlaid by what was typed ---------
     check_tracking_server()
-    resume: ResumeSource | None = None
-    cfg = cli_cfg
+    plan: ResumePlan | None = None
     if cli_cfg.resume:
         if os.environ.get("RANK", "0") == "0":  # what a killed process left in its spool reaches the run first
             send_spool_if_pending(Path(cli_cfg.output_dir or Path("runs") / cli_cfg.resume) / "spool")
-        resume = fetch_checkpoint(cli_cfg.resume)
-        cfg = merge_resumed(cli_cfg, resume.checkpoint["train_args"], explicit)
+        plan = plan_resume(cli_cfg, explicit)  # refuses what cannot apply; AlreadyFinished when nothing is left
+    cfg = plan.cfg if plan else cli_cfg
     cfg.validate()
-    start_epoch = int(resume.checkpoint["epoch"]) + 1 if resume else 1
-    # a run killed after its last epoch's checkpoint: only the final model and figures are left to do
-    finishing = bool(resume and resume.run_status not in (None, "FINISHED") and cfg.epochs == start_epoch - 1)
-    if resume and cfg.epochs < start_epoch and not finishing:
-        raise GlintTrackError(
-            f"{resume.label}: the checkpoint has already finished epoch {start_epoch - 1} and --epochs is {cfg.epochs}; "
-            f"pass --epochs larger than {start_epoch - 1} to train further"
-        )
+    start_epoch = plan.start_epoch if plan else 1
     device = resolve_device(cfg.device)
     ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun
     device = ddp.device(device)
@@ -289,6 +297,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     # -- data: validated before anything is started, then kept on the device when it fits ------------
     cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.cache else None
     data = load_glint_file(cfg.h5, cache_dir)
+    if plan:
+        check_same_data(plan, data.digest)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
@@ -306,44 +316,35 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         model = model.to(memory_format=torch.channels_last)
     loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
     optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer)
     progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
-    parts = {
-        "model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": precision.scaler,
-        "rng": RNGState(), "progress": progress,
-    }
+    parts = {"model": model, "optimizer": optimizer, "scaler": precision.scaler, "rng": RNGState(), "progress": progress}
     known = epoch_metric_names(loss_fn)
     if cfg.monitor not in known:
         raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
-    if resume:
-        head = resume.checkpoint["model_state_dict"].get("head.weight")
-        if head is not None and head.shape[0] != data.num_glints:
-            raise GlintTrackError(
-                f"{resume.label}: the checkpoint's model predicts {head.shape[0]} glints but {cfg.h5} has "
-                f"{data.num_glints} glint channels; resume with the data it was trained on, or start a new run"
-            )
-        previous = resume.checkpoint["train_args"]
-        restorable = dict(parts)
-        for name in ("optimizer", "scheduler"):  # a different optimizer or schedule starts afresh
-            if previous.get(name, getattr(TrainConfig, name)) != getattr(cfg, name):
-                log.warning("--%s changed from %s to %s: it starts afresh", name, previous.get(name), getattr(cfg, name))
-                del restorable[name]
-        missing = restore(restorable, resume.checkpoint, resume.label)
-        match_state_layout(optimizer)
-        if "optimizer" in missing:
-            log.warning(
-                "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
-                "a fresh %s optimizer starts at --lr %g",
-                resume.label, cfg.optimizer, cfg.lr,
-            )
+    if plan:
+        restore_state(plan, parts, data.num_glints)
     step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.enabled else model
     step_model = torch.compile(step_model) if cfg.compile else step_model
 
-    # -- the MLflow run (rank 0 only): new, resumed, or the one `mlflow run` started ------------------
-    run = TrackedRun.open(cfg, resume, data, ddp, device) if ddp.is_main else None
+    # -- the MLflow run (rank 0 only): new, continued, or the one `mlflow run` started ----------------
+    if ddp.is_main:
+        check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a FAILED run
+    stop = StopRequest()
+    stop.install()  # SIGTERM / SIGINT from here on: finish the step in flight, keep the last checkpoint, KILLED
     was_deterministic = set_deterministic(cfg.deterministic)
-    status = "FAILED"
+    run: TrackedRun | None = None
+    status, glints = "FAILED", None
+
+    def between_steps(step: int) -> None:
+        if step == 1 and run is not None:
+            run.writer.release()  # the last epoch's files are written once the GPU has work queued
+        if run is not None and run.lease is not None and run.lease.lost:
+            raise GlintTrackError(f"run {run.tracker.run_id} was taken over by another process; this one stopped")
+        if not ddp.enabled or step % STOP_CHECK_EVERY == 0:  # under DDP every rank must agree, at the same step
+            stop.check(ddp.any if ddp.enabled else None)
+
     try:
+        run = TrackedRun.open(cfg, plan, data, ddp, device) if ddp.is_main else None  # a failure here marks it FAILED
         log.info(
             "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s%s (data %s), epochs %d→%d",
             run.tracker.run_id if run else "-", len(train_idx), len(val_idx), "×".join(map(str, data.image_size)), data.num_glints,
@@ -353,21 +354,22 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         )
         if run is not None:
             run.complete_resumed(progress)
-        if finishing:
-            log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now", resume.run_id, cfg.epochs)
+        if plan and plan.finishing:
+            log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now", plan.source.run_id, cfg.epochs)
 
         # -- the epochs -------------------------------------------------------------------------------
         for epoch in range(start_epoch, cfg.epochs + 1):
+            stop.check(ddp.any if ddp.enabled else None)
+            lr = set_hyperparameters(optimizer, cfg, epoch)
             train_batches.set_epoch(epoch)
             t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
             train_terms = run_epoch(step_model, train_batches, loss_fn, precision, optimizer, f"epoch {epoch} train",
-                                    on_queued=run.writer.release if run else None,  # the last epoch's files are written from here on
-                                    reduce=ddp.sum)
+                                    after_step=between_steps, reduce=ddp.sum)
             train_time = time.perf_counter() - t0
+            if run is not None:
+                run.writer.release()  # fewer than three steps
             val_glints = (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold)
             val_terms = run_epoch(step_model, val_batches, loss_fn, precision, None, f"epoch {epoch} val", val_glints)
-            scheduler.step()
             metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
             metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": len(train_idx) / train_time}
             is_best = progress.update(epoch, metrics)
@@ -384,17 +386,19 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
                 epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
                 lr, metrics["images_per_s"], metrics["epoch_time_s"], "  (best)" if is_best else "",
             )
+        stop.check(ddp.any if ddp.enabled else None)  # a stop asked for during the last epoch: its model is logged on resume
         if run is not None:
             run.writer.flush()
-            run.log_best_model(model, val_batches, loss_fn, precision, truth, preview_index, finishing)
+            glints = run.log_best_model(model, val_batches, loss_fn, precision, truth, preview_index, plan is not None and plan.finishing)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (TrainingStopped, KeyboardInterrupt):
         status = "KILLED"
         if run is not None:
-            log.warning("interrupted: run %s marked KILLED; its latest checkpoint is in the run, resume with --resume %s",
+            log.warning("stopped: run %s marked KILLED with the checkpoint of its last finished epoch; resume with --resume %s",
                         run.tracker.run_id, run.tracker.run_id)
         raise
     finally:
+        stop.restore()
         set_deterministic(was_deterministic)
         ddp.close()
         spool = run.close(status) if run is not None else None
@@ -402,20 +406,76 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         return None
     return TrainResult(
         run.tracker.run_id, run.tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value, progress.best_epoch,
-        cfg.monitor, run.output_dir, spool,
+        cfg.monitor, run.output_dir, glints, spool,
     )
 
 
-class TrackedRun:
-    """What rank 0 keeps for a run besides training: the MLflow run, its local folder and log file, the
-    background writer and the checkpointer."""
+def check_output_dir(output_dir: str | None) -> None:
+    """The local folder (or, by default, `runs/`) can be created and written, or one line says why not."""
+    folder = Path(output_dir) if output_dir else Path("runs")
+    option = f"--output-dir {folder}" if output_dir else f"the default output folder {folder.resolve()}/<run id>"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
+            pass
+    except OSError as e:
+        raise GlintTrackError(f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder") from e
 
-    def __init__(
-        self, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, tracker: RunTracker, save_process: SaveProcess | None,
-    ) -> None:
-        self.cfg, self.resume, self.data, self.tracker = cfg, resume, data, tracker
+
+def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> None:
+    """Load the checkpoint into the training parts; what was typed on resume wins over what it holds."""
+    cfg, source = plan.cfg, plan.source
+    glints = model_shape(source.checkpoint["model_state_dict"], source.label)[0]
+    if glints != num_glints:
+        raise GlintTrackError(
+            f"{source.label}: the checkpoint's model predicts {glints} glints but {cfg.h5} has {num_glints} glint "
+            f"channels; resume with the data it was trained on, or start a new run"
+        )
+    restorable = dict(parts)
+    if "optimizer" in plan.changed:
+        log.warning("--optimizer changed from %s to %s: it starts afresh at --lr %g", *plan.changed["optimizer"], cfg.lr)
+        del restorable["optimizer"]
+    loss_changed = any(name in plan.changed for name in ("loss", *(f.name for f in fields(LossWeights))))
+    if loss_changed and cfg.monitor.endswith("loss"):
+        log.warning("the loss changed, so %s values before and after are not comparable: the best checkpoint starts afresh", cfg.monitor)
+        restorable["progress"] = _ProgressWithoutBest(parts["progress"])
+    missing = restore(restorable, source.checkpoint, source.label)
+    optimizer = parts["optimizer"]
+    for group in optimizer.param_groups:  # this process's implementation (fused on a GPU), not the saving one's
+        group.update({k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in optimizer.defaults})
+    match_state_layout(optimizer)
+    if "optimizer" in missing:
+        log.warning(
+            "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
+            "a fresh %s optimizer starts at --lr %g", source.label, cfg.optimizer, cfg.lr,
+        )
+    if plan.changed:
+        log.info("resumed with settings typed on the command line: %s (they apply from epoch %d)",
+                 describe_changes(plan.changed), plan.start_epoch)
+
+
+class _ProgressWithoutBest:
+    """Restores a TrainProgress but its best value: the monitored loss changed meaning."""
+
+    def __init__(self, progress: TrainProgress) -> None:
+        self.progress = progress
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.progress.load_state_dict({k: v for k, v in state.items() if k != "best"})
+
+
+class TrackedRun:
+    """What rank 0 keeps for a run besides training: the MLflow run (with its claim, see lease.py), its
+    local folder and log file, the background writer and the checkpointer."""
+
+    def __init__(self, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, tracker: RunTracker,
+                 save_process: SaveProcess | None) -> None:
+        self.cfg, self.plan, self.data, self.tracker = cfg, plan, data, tracker
+        self.lease = tracker.lease
+        self.same_run = plan is not None and plan.same_run
         self.output_dir = Path(cfg.output_dir or Path("runs") / tracker.run_id)
         cfg.output_dir = str(self.output_dir)
+        cfg.experiment = tracker.experiment_name  # `mlflow run` may have chosen it
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = self.output_dir / "training.log"
         self.file_handler = logging.FileHandler(self.log_file)
@@ -424,11 +484,11 @@ class TrackedRun:
         package_log.addHandler(self.file_handler)
         if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
             package_log.setLevel(logging.INFO)
-        if resume and resume.best and not (self.output_dir / BEST).exists():
+        resume = plan.source if plan else None
+        if self.same_run and resume.best and not (self.output_dir / BEST).exists():
             save_atomic(resume.best, self.output_dir / BEST)
         self.writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
         model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
-        self.same_run = resume is not None and resume.run_id == tracker.run_id
         self.save_process = save_process  # torch.save off the training GIL (see save_process.py)
         self.checkpointer = Checkpointer(self.output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n,
                                          self.writer, model_info, resume.published if self.same_run else None,
@@ -436,69 +496,88 @@ class TrackedRun:
         tracker.spool_to(self.output_dir / "spool")  # where calls go while the tracking server is unreachable
 
     @classmethod
-    def open(cls, cfg: TrainConfig, resume: ResumeSource | None, data: GlintData, ddp: Distributed, device: torch.device) -> TrackedRun:
-        """Start (or continue) the run and log what describes it: params, tags, the dataset."""
-        save_process = SaveProcess() if save_process_wanted(device) else None
-        tracker = RunTracker.start(cfg.experiment, cfg.run_name, resume.run_id if resume else None, cfg.system_metrics)
-        run = cls(cfg, resume, data, tracker, save_process)
+    def open(cls, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, ddp: Distributed, device: torch.device) -> TrackedRun:
+        """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED."""
+        save_process = SaveProcess() if save_process_wanted(device) else None  # a wrong setting: exit 2, no run
+        continued = plan.source.run_id if plan and plan.same_run else None
+        tracker = RunTracker.start(cfg.experiment, cfg.run_name, continued, cfg.system_metrics)
         try:
-            if resume and resume.run_id is None:
-                tracker.set_tags({TAG_RESUMED_FROM: resume.label})
-            tracker.log_config(cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size})
-            tags = {
-                "glint_track.dataset.path": str(data.path.resolve()),
-                "glint_track.dataset.samples": data.num_samples,
-                "glint_track.dataset.digest": data.digest,
-                "glint_track.dataset.glints": data.num_glints,
-                "glint_track.version": __version__,
-            }
-            if commit := git_commit():
-                tags["mlflow.source.git.commit"] = commit
-            tracker.set_tags(tags)
-            tracker.log_dataset(data)
+            run = cls(cfg, plan, data, tracker, save_process)
+        except BaseException as e:
+            tracker.finish("FAILED", wait_s=0)
+            if isinstance(e, OSError):
+                raise GlintTrackError(f"setting up the output folder failed ({e}); run {tracker.run_id} is marked FAILED: "
+                                      f"pass --output-dir with a writable folder") from e
+            raise
+        try:
+            run.describe(ddp)
         except BaseException:
             run.close("FAILED")
             raise
         return run
 
+    def describe(self, ddp: Distributed) -> None:
+        """Params, tags and the dataset; on a continued run, what changed and from which epoch."""
+        cfg, plan, data, tracker = self.cfg, self.plan, self.data, self.tracker
+        start = plan.start_epoch if plan else 1
+        if plan and not plan.same_run:
+            tracker.set_tags({TAG_RESUMED_FROM: plan.source.label})
+        tracker.log_config(cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size}, start)
+        if self.same_run and plan.changed:
+            tracker.add_history(f"Resumed at epoch {start} with {describe_changes(plan.changed)}.")
+        tags = {
+            "glint_track.dataset.path": str(data.path.resolve()),
+            "glint_track.dataset.samples": data.num_samples,
+            TAG_DATASET_DIGEST: data.digest,
+            "glint_track.dataset.glints": data.num_glints,
+            "glint_track.version": __version__,
+        }
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        tracker.set_tags(tags)
+        tracker.log_dataset(data)
+
     def complete_resumed(self, progress: TrainProgress) -> None:
         """Finish what a process killed while saving its last checkpoint left undone."""
         if not self.same_run:
             return
-        checkpoint, done = self.resume.checkpoint, int(self.resume.checkpoint["epoch"])
+        resume = self.plan.source
+        checkpoint, done = resume.checkpoint, int(resume.checkpoint["epoch"])
         if checkpoint.get("metrics") and done not in self.tracker.metric_steps("train_loss"):
             self.tracker.log_metrics(checkpoint["metrics"], done)
-        best_is_this = progress.best_epoch == done and (self.resume.best is None or int(self.resume.best["epoch"]) != done)
+        best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
         self.checkpointer.complete(checkpoint, best_is_this)
 
     def log_best_model(
         self, model: torch.nn.Module, val_batches: Batches, loss_fn: GlintLoss, precision: Precision, truth: Glints,
         preview_index: torch.Tensor, finishing: bool,
-    ) -> None:
-        """The best weights' validation metrics, heat-maps and threshold curves, and the model itself."""
+    ) -> dict[str, float]:
+        """The logged weights' validation metrics, heat-maps and threshold curves, the model itself, and the
+        run's description led by its glint result. Returns those metrics (with the epoch they come from)."""
         cfg, data, tracker = self.cfg, self.data, self.tracker
         device = data.images.device
         best_file = self.output_dir / BEST
-        if best_file.exists():
-            best = load_checkpoint(best_file)
-            model.load_state_dict(best["model_state_dict"])
-            best_metrics = run_epoch(model, val_batches, loss_fn, precision, None, "best val",
-                                     (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold))
-            if not (finishing and int(best["epoch"]) in tracker.metric_steps("best_val_loss")):
-                tracker.log_metrics({f"best_val_{k}": v for k, v in best_metrics.items()}, step=int(best["epoch"]))
+        chosen = load_checkpoint(best_file if best_file.exists() else self.output_dir / LATEST)
+        model.load_state_dict(chosen["model_state_dict"])
+        epoch = int(chosen["epoch"])
+        glints = run_epoch(model, val_batches, loss_fn, precision, None, "best val",
+                           (GlintMetrics(data.num_glints, cfg.match_radius), truth, cfg.threshold))
+        if not (finishing and epoch in tracker.metric_steps("best_val_loss")):
+            tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=epoch)
+        tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
         images, logits = predict_samples(model, data, preview_index[:4], precision, device)
         tracker.log_image(heatmap_panel(images, logits), "figures/heatmaps_best.png")
         curves = threshold_sweep(model, val_batches, precision, truth, data.num_glints, cfg.match_radius)
         tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
                           "figures/threshold_curves.png")
-        if finishing and tracker.has_complete_model():  # the stopped process had logged it
-            return
-        tracker.log_model(best_file if best_file.exists() else self.output_dir / LATEST, data.image_size, cfg.register_model)
+        if not (finishing and tracker.has_complete_model()):  # a stopped process may have logged it already
+            tracker.log_model(best_file if best_file.exists() else self.output_dir / LATEST, data.image_size, cfg.register_model)
+        return glints | {"epoch": epoch}
 
     def close(self, status: str) -> Path | None:
         """Send everything still queued, upload the log, end the run; returns the spool folder if the
-        tracking server has not received everything."""
+        tracking server has not received everything. Any failure here makes the run FAILED."""
         try:
             self.writer.close()  # a run never ends with a checkpoint or metric still unsent
         except Exception:
@@ -509,7 +588,11 @@ class TrackedRun:
                 self.save_process.close()
         logging.getLogger("glint_track").removeHandler(self.file_handler)
         self.file_handler.close()
-        self.tracker.log_artifact(self.log_file)
+        try:
+            self.tracker.log_artifact(self.log_file)
+        except Exception:
+            log.exception("uploading the training log failed")
+            status = "FAILED"
         pending = self.tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
         if not pending:
             return None
@@ -519,3 +602,19 @@ class TrackedRun:
             "are kept in %s; send them with: glint-track sync %s", tracking_uri(), pending, self.tracker.run_id, spool, spool,
         )
         return spool
+
+
+def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
+    """What the run page leads with: how well the logged model finds glints."""
+    text = (f"**Glints: val F1 {glints['f1']:.3f}, mean error {glints['loc_err_mean']:.2f} px** "
+            f"(median {glints['loc_err_median']:.2f} px, precision {glints['precision']:.3f}, recall {glints['recall']:.3f}; "
+            f"logged model = epoch {epoch} of {epochs})")
+    if glints["f1"] < POOR_F1:
+        text += f"\n\n⚠ {POOR_ADVICE}"
+    return text
+
+
+#: Below this validation F1 a run ends with a warning: the model finds few of the glints.
+POOR_F1 = 0.5
+POOR_ADVICE = ("The model finds few glints. Train longer (--epochs), check the labels with `glint-track inspect FILE "
+               "--preview preview.png`, or go back to the default loss and learning rate if you changed them.")

@@ -19,8 +19,7 @@ def _parts() -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.zeros(2, 1, 16, 16)).sum().backward()
     optimizer.step()
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "rng": RNGState(), "progress": TrainProgress("val_loss", "min")}
+    return {"model": model, "optimizer": optimizer, "rng": RNGState(), "progress": TrainProgress("val_loss", "min")}
 
 
 def test_keys_with_and_without_optimizer_state(tmp_path: Path) -> None:
@@ -29,7 +28,7 @@ def test_keys_with_and_without_optimizer_state(tmp_path: Path) -> None:
     slim = gather(parts, {"lr": 1e-3}, save_optimizer=False)
     common = {"format_version", "epoch", "model_state_dict", "train_args", "metrics", "best", "timestamp", "rng_state",
               "save_optimizer", "model_info"}
-    assert set(full) == common | {"optimizer_state_dict", "scheduler_state_dict"}
+    assert set(full) == common | {"optimizer_state_dict"}
     assert set(slim) == common
     save_atomic(full, tmp_path / "full.pth")
     save_atomic(slim, tmp_path / "slim.pth")
@@ -109,8 +108,8 @@ def test_restored_optimizer_moments_take_the_layout_of_channels_last_weights(tmp
     model = GlintUNet(num_glints=2, base_channels=4).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     restore({"model": model, "optimizer": optimizer}, load_checkpoint(tmp_path / "c.pth"), "c.pth")
-    conv = model.enc1[0].weight
+    conv = model.enc1.seq[0].weight
     assert optimizer.state[conv]["exp_avg"].stride() != conv.stride()
     match_state_layout(optimizer)
     assert optimizer.state[conv]["exp_avg"].stride() == conv.stride()
-    assert torch.equal(optimizer.state[conv]["exp_avg"], parts["optimizer"].state[parts["model"].enc1[0].weight]["exp_avg"])
+    assert torch.equal(optimizer.state[conv]["exp_avg"], parts["optimizer"].state[parts["model"].enc1.seq[0].weight]["exp_avg"])

@@ -70,10 +70,12 @@ def test_run_without_checkpoint() -> None:
 def test_resume_mismatches_and_epochs_not_beyond(tiny_h5: Path, tmp_path: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "2")
     before, path = latest_checkpoint(run_id)
-    fails_cleanly(["train", "--resume", run_id, "--epochs", "2"], "already finished epoch 2 and --epochs is 2")
-    fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--base-channels", "8"], "its model state does not fit this model")
+    fails_cleanly(["train", "--resume", run_id, "--epochs", "1"], "already finished epoch 2 and --epochs is 1")
+    fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--base-channels", "8"], "its model has base width 4")
     other = write_synthetic(tmp_path / "six.h5", num_samples=16, size=32, num_glints=6)
-    fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--h5", str(other)], "predicts 4 glints but")
+    fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--h5", str(other)], "is not the data run")
+    fails_cleanly(["train", "--resume", f"runs:/{run_id}/checkpoints/latest_checkpoint.pth", "--epochs", "3", "--h5", str(other)],
+                  "predicts 4 glints but")
     after, _ = latest_checkpoint(run_id)  # nothing already written was touched
     assert after["timestamp"] == before["timestamp"] and after["epoch"] == 2
     assert len(mlflow.MlflowClient().get_metric_history(run_id, "val_loss")) == 2

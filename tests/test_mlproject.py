@@ -17,31 +17,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 def mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the project's `python` is this one
+    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():  # else as the README has it: its .venv, not active
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local"]
     for p in params:
         args += ["-P", p]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_mlflow_run_without_optimizer_state_then_resume(tiny_h5: Path, tmp_path: Path) -> None:
-    common = [f"h5={tiny_h5}", f"output_dir={tmp_path / 'out'}", "batch_size=8", "val_split=0.25", "device=cpu"]
-    first = mlflow_run(tmp_path, *common, "no_save_optimizer=true", "epochs=1")
+def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(tiny_h5: Path, tmp_path: Path) -> None:
+    first = mlflow_run(tmp_path, f"h5={tiny_h5}", "batch_size=8", "val_split=0.25", "device=cpu", "loss=dice",
+                       "no_save_optimizer=true", "epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
-    (run,) = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
-    assert run.info.status == "FINISHED" and run.data.params["save_optimizer"] == "False"
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("glint-track").experiment_id])  # not MLflow's Default
+    (made,) = client.search_runs(["0"])  # what `mlflow run` made there: ended at once, pointing to the run that trains
+    assert made.info.status == "FINISHED" and made.data.tags["glint_track.continued_in"] == run.info.run_id
+    assert run.data.tags["mlflow.source.type"] == "PROJECT" and run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.status == "FINISHED" and run.data.params["save_optimizer"] == "False" and run.data.params["loss"] == "dice"
     checkpoint, _ = latest_checkpoint(run.info.run_id)
     assert "optimizer_state_dict" not in checkpoint and checkpoint["epoch"] == 1
 
-    second = mlflow_run(tmp_path, *common, "no_save_optimizer=false", "epochs=2", f"resume_run_id={run.info.run_id}")
+    # only the typed parameters change: the loss stays dice, the folder, split and batch size stay the run's
+    second = mlflow_run(tmp_path, "epochs=3", "no_save_optimizer=false", f"resume_run_id={run.info.run_id}")
     assert second.returncode == 0, second.stderr[-3000:]
-    runs = MlflowClient().search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
-    resumed = runs[0]
-    assert resumed.info.run_id != run.info.run_id  # continues in the run that `mlflow run` started
-    assert resumed.data.tags["glint_track.resumed_from"] == run.info.run_id
-    assert [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "val_loss")] == [2]
-    checkpoint, _ = latest_checkpoint(resumed.info.run_id)
-    assert checkpoint["epoch"] == 2 and "optimizer_state_dict" in checkpoint
+    (resumed,) = client.search_runs([run.info.experiment_id])  # the same run, no new one
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+    checkpoint, _ = latest_checkpoint(run.info.run_id)
+    assert checkpoint["epoch"] == 3 and "optimizer_state_dict" in checkpoint and checkpoint["train_args"]["loss"] == "dice"
+    assert resumed.data.tags["glint_track.override.save_optimizer"] == "True from epoch 2"
+    assert [r.data.tags["glint_track.continued_in"] for r in client.search_runs(["0"])] == [run.info.run_id] * 2
 
 
 def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5: Path, tmp_path: Path) -> None:

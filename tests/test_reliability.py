@@ -132,6 +132,61 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
         load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")
 
 
+def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_run_may_hold(tmp_path: Path) -> None:
+    """While the server is away, uploads wait in the spool (a newer one replaces a pending one of the same file)
+    and are replayed later in order; a crash may stop the replay after any call. Whatever it sent, the run's
+    latest_checkpoint.pth must verify against the run's checksum file."""
+
+    class SpoolingStore:
+        run_id = "r"
+
+        def __init__(self) -> None:
+            self.down, self.pending = False, []  # (name, bytes), in upload order
+
+        def log_artifact(self, local_path: Path, artifact_dir: str) -> bool:
+            if not self.down:
+                self.replay(len(self.pending))
+                (tmp_path / "run" / local_path.name).write_bytes(local_path.read_bytes())
+                return True
+            self.pending = [p for p in self.pending if p[0] != local_path.name] + [(local_path.name, local_path.read_bytes())]
+            return False
+
+        def replay(self, calls: int) -> None:
+            for name, data in self.pending[:calls]:
+                (tmp_path / "run" / name).write_bytes(data)
+            self.pending = self.pending[calls:]
+
+    (tmp_path / "run").mkdir()
+    local = tmp_path / "local"
+    local.mkdir()
+    store = SpoolingStore()
+    checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
+    model = torch.nn.Linear(2, 2)
+    parts = {"model": model, "progress": checkpoint_module.TrainProgress("val_loss", "min")}
+
+    def save(epoch: int) -> None:
+        with torch.no_grad():
+            model.weight.add_(1)
+        parts["progress"].update(epoch, {"val_loss": 1.0 / epoch})
+        checkpointer.save(parts, {}, epoch, is_best=False)
+
+    save(1)  # delivered
+    store.down = True
+    for epoch in (2, 3, 4):  # spooled; each compacts the pending uploads of the one before
+        save(epoch)
+    pending, run_files = list(store.pending), {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    for crash_after in range(len(pending) + 1):  # the replay stops after any call
+        for name, data in run_files.items():
+            (tmp_path / "run" / name).write_bytes(data)
+        store.pending = list(pending)
+        store.replay(crash_after)
+        assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] in (1, 4), crash_after
+    store.down = False
+    save(5)  # the server is back: the spool goes first, then the new upload
+    assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 5
+    assert checkpointer.published["latest_checkpoint.pth"] == [checkpoint_module.file_digest(local / "latest_checkpoint.pth")]
+
+
 @pytest.mark.parametrize("model_when_killed", ["half-logged", "logged"])
 def test_run_killed_after_its_last_epoch_is_finished_by_resume(
     tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, model_when_killed: str
@@ -158,7 +213,8 @@ def test_run_killed_after_its_last_epoch_is_finished_by_resume(
     assert run.info.status == "FINISHED" and "best_val_loss" in run.data.metrics
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert len(MlflowClient().get_metric_history(run.info.run_id, "best_val_loss")) == 1
-    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    (model,) = mlflow.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
+                                           output_format="list")
     assert model.status == LoggedModelStatus.READY and mlflow.pyfunc.load_model(f"models:/{model.model_id}") is not None
 
 

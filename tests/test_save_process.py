@@ -25,13 +25,12 @@ pytestmark = pytest.mark.skipif(not SaveProcess.available(), reason="the save pr
 
 
 def _state(width: int = 4) -> dict:
-    """A real training state: channels_last weights, Adam moments, scheduler, RNG, progress, plus odd tensors."""
+    """A real training state: channels_last weights, Adam moments, RNG, progress, plus odd tensors."""
     model = GlintUNet(4, width).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 1, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
     optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "rng": RNGState(), "progress": TrainProgress("val_loss", "min")}
+    parts = {"model": model, "optimizer": optimizer, "rng": RNGState(), "progress": TrainProgress("val_loss", "min")}
     state = gather(parts, {"lr": 1e-3}, True, {"num_glints": 4})
     state["odd"] = {"empty": torch.empty(0, 3), "mask": torch.tensor([True, False]), "half": torch.randn(3, 5).bfloat16(), "scalar": torch.tensor(7)}
     return snapshot(state)

@@ -69,19 +69,18 @@ def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, 
         assert resumed.exit_code == 0, resumed.output
         assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
 
-        project = mlflow_run(tmp_path, f"h5={tiny_h5}", "batch_size=8", "val_split=0.25", "device=cpu", "epochs=4",
-                             f"resume_run_id={run_id}")
+        project = mlflow_run(tmp_path, "epochs=4", f"resume_run_id={run_id}")  # everything else: the run's own
         assert project.returncode == 0, project.stderr[-3000:]
-        runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
-        continued = runs[0]
-        assert continued.data.tags["glint_track.resumed_from"] == run_id and continued.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
+        assert client.get_run(run_id).info.status == "FINISHED"
+        (made,) = client.search_runs(["0"])  # the run `mlflow run` made, ended at once, pointing to the one it continued
+        assert made.data.tags["glint_track.continued_in"] == run_id
 
-        for rid, epochs in ((run_id, 3), (continued.info.run_id, 4)):
-            names = all_artifacts(client, rid)
-            assert {"checkpoints/latest_checkpoint.pth", "checkpoints/latest_checkpoint.pth.sha256", "checkpoints/best_model.pth",
-                    "training.log", "train_args.json", "figures/threshold_curves.png", "figures/heatmaps_best.png"} <= names, names
-            path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="checkpoints/latest_checkpoint.pth", dst_path=str(tmp_path / rid))
-            assert torch.load(path, weights_only=True)["epoch"] == epochs
+        names = all_artifacts(client, run_id)
+        assert {"checkpoints/latest_checkpoint.pth", "checkpoints/latest_checkpoint.pth.sha256", "checkpoints/best_model.pth",
+                "training.log", "train_args.json", "figures/threshold_curves.png", "figures/heatmaps_best.png"} <= names, names
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/latest_checkpoint.pth", dst_path=str(tmp_path / "dl"))
+        assert torch.load(path, weights_only=True)["epoch"] == 4
         assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").rglob("latest_checkpoint.pth"))
     finally:
         server.stop()

@@ -1,0 +1,108 @@
+"""Resuming: which run a resumed training writes to, which settings it trains with, and what it refuses.
+
+`--resume RUN_ID` continues that MLflow run; a checkpoint file or a `runs:/` URI starts a new run from
+the checkpoint (tagged with where it came from), so no run ever holds two histories. Settings come from
+the checkpoint, except what the user typed, which wins: it applies from the next epoch and is recorded
+in the run. A typed setting that cannot apply is refused in one line before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from glint_track.config import TrainConfig, args_from_checkpoint, merge_resumed
+from glint_track.errors import GlintTrackError
+from glint_track.model import model_shape
+from glint_track.tracking import ResumeSource, fetch_checkpoint
+
+#: Settings that fix which images a run validates on: changing them mid-run would make its curves compare
+#: different images, so a continued run refuses them (a new run from the checkpoint takes them).
+_FIXED_IN_RUN = ("seed", "val_split")
+
+
+class AlreadyFinished(Exception):
+    """Resuming a finished run to the epochs it has: nothing to do (a requeued job may run the same command)."""
+
+
+@dataclass
+class ResumePlan:
+    source: ResumeSource
+    cfg: TrainConfig
+    changed: dict[str, tuple[Any, Any]]  # typed settings that differ from the checkpoint's: name → (old, new)
+    start_epoch: int
+    finishing: bool  # every epoch is done but the run was stopped before its model was logged
+
+    @property
+    def same_run(self) -> bool:
+        return self.source.run_id is not None
+
+    def branch_hint(self) -> str:
+        """How to train from this checkpoint in a new run (what a refused change needs)."""
+        return f"--resume runs:/{self.source.run_id}/checkpoints/latest_checkpoint.pth" if self.same_run else "--resume FILE"
+
+
+def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
+    """Fetch the checkpoint `cli.resume` names and decide what the resumed training does."""
+    source = fetch_checkpoint(cli.resume)
+    checkpoint = source.checkpoint
+    inherited = args_from_checkpoint(checkpoint)
+    inherited["base_channels"] = model_shape(checkpoint["model_state_dict"], source.label)[1]
+    if source.experiment_name is not None:  # where the continued run is, whatever its checkpoint recorded
+        inherited["experiment"] = source.experiment_name
+    cfg = merge_resumed(cli, inherited, explicit, same_run=source.run_id is not None)
+    changed = {k: (inherited[k], getattr(cfg, k)) for k in sorted(explicit) if k in inherited and inherited[k] != getattr(cfg, k)}
+    done = int(checkpoint["epoch"])
+    plan = ResumePlan(source, cfg, changed, done + 1, finishing=False)
+    _refuse_what_cannot_apply(plan)
+    finished = plan.same_run and source.run_status == "FINISHED"
+    if cfg.epochs == done and finished:
+        raise AlreadyFinished(f"run {source.run_id} has already finished its {done} epochs: nothing to do "
+                              f"(pass --epochs larger than {done} to train it further)")
+    if cfg.epochs < done or (cfg.epochs == done and not plan.same_run):
+        raise GlintTrackError(
+            f"{source.label}: the checkpoint has already finished epoch {done} and --epochs is {cfg.epochs}; "
+            f"pass --epochs larger than {done} to train further"
+        )
+    plan.finishing = cfg.epochs == done  # a continued run killed after its last epoch: log its model
+    return plan
+
+
+def _refuse_what_cannot_apply(plan: ResumePlan) -> None:
+    changed, source = plan.changed, plan.source
+    if "base_channels" in changed:
+        old, new = changed["base_channels"]
+        raise GlintTrackError(
+            f"{source.label}: its model has base width {old}, so --base-channels {new} cannot continue it (the weights would "
+            f"not fit); drop --base-channels, or train a new model without --resume"
+        )
+    if not plan.same_run:
+        return
+    for name in _FIXED_IN_RUN:
+        if name in changed:
+            old, new = changed[name]
+            raise GlintTrackError(
+                f"--{name.replace('_', '-')} {new} would change the validation images of run {source.run_id} (it has "
+                f"{old}), so its curves would compare different data; drop it, or start a new run from the checkpoint: "
+                f"{plan.branch_hint()} --{name.replace('_', '-')} {new}"
+            )
+    if "experiment" in changed:
+        raise GlintTrackError(
+            f"run {source.run_id} belongs to experiment {changed['experiment'][0]!r} and a run cannot move; drop "
+            f"--experiment, or start a new run from the checkpoint: {plan.branch_hint()} --experiment {changed['experiment'][1]}"
+        )
+
+
+def check_same_data(plan: ResumePlan, digest: str) -> None:
+    """A continued run trains on the file it was started on (same content, wherever it lies now)."""
+    expected = plan.source.dataset_digest
+    if plan.same_run and expected and digest != expected:
+        raise GlintTrackError(
+            f"--h5 {plan.cfg.h5} is not the data run {plan.source.run_id} was trained on (content digest {digest[:12]} "
+            f"≠ {expected[:12]}); pass that file, or start a new run from the checkpoint: {plan.branch_hint()} --h5 {plan.cfg.h5}"
+        )
+
+
+def describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    """`lr 0.003 → 0.0001, epochs 10 → 13` for a log line or the run's description."""
+    return ", ".join(f"{name} {old} → {new}" for name, (old, new) in changed.items())

@@ -1,0 +1,112 @@
+"""Resume: what the user typed wins and is recorded, what cannot apply is refused in one line, a finished
+run resumed to its own epochs is a no-op, and a checkpoint file starts a new run of its own."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import latest_checkpoint, run_cli, train_tiny
+from glint_track.cli import main
+
+
+def history(run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, key)}
+
+
+def test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.003")
+    result = run_cli("train", "--resume", run_id, "--epochs", "3", "--lr", "0.0001")
+    assert result.exit_code == 0, result.output
+    assert "lr 0.003 → 0.0001" in result.output
+    assert history(run_id, "lr") == {1: 0.003, 2: 0.003, 3: pytest.approx(0.0001)}
+    checkpoint, _ = latest_checkpoint(run_id)
+    assert checkpoint["optimizer_state_dict"]["state"][0]["step"] == 3 * 3  # Adam's moments went on (3 steps an epoch)
+    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.0001)
+    assert checkpoint["train_args"]["lr"] == 0.0001
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["lr"] == "0.003"  # params cannot change: the tag beside it says what applies since when
+    assert run.data.tags["glint_track.override.lr"] == "0.0001 from epoch 3"
+    assert run.data.tags["glint_track.override.epochs"] == "3 from epoch 3"
+    assert "Resumed at epoch 3 with epochs 2 → 3, lr 0.003 → 0.0001." in run.data.tags["mlflow.note.content"]
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")["lr"] == 0.0001
+
+
+def test_a_cosine_schedule_stretches_to_the_typed_epochs(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.004", "--scheduler", "cosine")
+    assert history(run_id, "lr") == {1: 0.004, 2: pytest.approx(0.002)}  # half way down over 2 epochs
+    result = run_cli("train", "--resume", run_id, "--epochs", "6")
+    assert result.exit_code == 0, result.output
+    assert history(run_id, "lr")[3] == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 2 / 6)))  # 0.003: over 6 now
+
+
+@pytest.mark.parametrize(("typed", "message"), [
+    (["--base-channels", "8"], "its model has base width 4, so --base-channels 8 cannot continue it"),
+    (["--seed", "7"], "--seed 7 would change the validation images of run"),
+    (["--val-split", "0.5"], "--val-split 0.5 would change the validation images of run"),
+    (["--experiment", "other"], "belongs to experiment 'glint-track' and a run cannot move"),
+])
+def test_what_cannot_apply_is_refused_in_one_line_before_anything_is_written(tiny_h5: Path, typed: list[str], message: str) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    before = MlflowClient().get_run(run_id)
+    result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2", *typed])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
+    after = MlflowClient().get_run(run_id)
+    assert (after.data.params, after.data.tags, after.info.status) == (before.data.params, before.data.tags, before.info.status)
+
+
+def test_other_data_cannot_continue_a_run_but_the_same_file_elsewhere_can(tiny_h5: Path, tmp_path: Path) -> None:
+    from glint_track.synth import write_synthetic
+
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    other = write_synthetic(tmp_path / "other.h5", num_samples=32, size=32, num_glints=4, seed=9)
+    result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2", "--h5", str(other)])
+    assert result.exit_code == 2 and "is not the data run" in result.output, result.output
+    moved = tmp_path / "moved.h5"
+    moved.write_bytes(tiny_h5.read_bytes())
+    result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2", "--h5", str(moved)])
+    assert result.exit_code == 0, result.output
+
+
+def test_resuming_a_finished_run_to_its_own_epochs_is_a_no_op(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2")
+    before = MlflowClient().get_run(run_id)
+    for _ in range(2):  # a requeued job runs the same command again
+        result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2"])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"run {run_id} has already finished its 2 epochs: nothing to do (pass --epochs larger than 2 to train it further)"
+    after = MlflowClient().get_run(run_id)
+    assert (after.data.params, after.data.tags) == (before.data.params, before.data.tags)
+    assert repr(sorted(after.data.metrics.items())) == repr(sorted(before.data.metrics.items()))  # NaN-safe
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+
+
+def test_resuming_a_local_file_starts_a_new_run_and_leaves_its_folder_alone(tiny_h5: Path, tmp_path: Path) -> None:
+    _, source_run = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--keep-last-n", "1", "--output-dir", "B")
+    folder = tmp_path / "B"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert "epoch_002.pth" in before
+    result = run_cli("train", "--resume", str(folder / "epoch_002.pth"), "--epochs", "4")
+    assert result.exit_code == 0, result.output
+    new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
+    assert new_run != source_run
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # nothing there changed
+    assert sorted(p.name for p in (tmp_path / "runs" / new_run).glob("epoch_*.pth")) == ["epoch_004.pth"]
+    run = MlflowClient().get_run(new_run)
+    assert run.data.tags["glint_track.resumed_from"] == str(folder / "epoch_002.pth")
+    assert sorted(history(new_run, "val_loss")) == [3, 4] and sorted(history(source_run, "val_loss")) == [1, 2]
+
+
+def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None:
+    _, source_run = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3")
+    result = run_cli("train", "--resume", f"runs:/{source_run}/checkpoints/epoch_001.pth", "--epochs", "2", "--lr", "0.0005")
+    assert result.exit_code == 0, result.output
+    new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
+    assert new_run != source_run and sorted(history(source_run, "val_loss")) == [1, 2, 3]
+    assert history(new_run, "lr") == {2: 0.0005} and MlflowClient().get_run(new_run).data.params["lr"] == "0.0005"

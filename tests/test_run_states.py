@@ -1,0 +1,133 @@
+"""Run states are honest, with real processes: SIGTERM/SIGINT end a run KILLED with its last checkpoint,
+any failure after the run exists ends it FAILED, and one process at a time may train a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, train_tiny
+from glint_track import train as train_module
+from glint_track.checkpoint import load_checkpoint
+from glint_track.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import child_env  # noqa: E402
+
+
+def start_training(cwd: Path, *args: str) -> subprocess.Popen:
+    """`python -m glint_track train …` in `cwd` (its ./mlflow.db), stderr captured."""
+    env = child_env(XDG_CACHE_HOME=str(cwd / "cache"), GLINT_TRACK_LEASE_TTL_S="8")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, epoch: int, timeout: float = 120) -> str:
+    """Wait until the process's run holds a checkpoint of `epoch` or later; returns the run ID."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for run in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+            latest = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoints" / "latest_checkpoint.pth"
+            if run.info.status == "RUNNING" and latest.is_file() and load_checkpoint(latest)["epoch"] >= epoch:
+                return run.info.run_id
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint in time")
+
+
+def steps(run_id: str, key: str = "val_loss") -> list[int]:
+    return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_finishes_the_step_keeps_the_checkpoint_and_marks_the_run_killed(
+    tiny_h5: Path, tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    proc = start_training(tmp_path, "--h5", str(tiny_h5), *TINY, "--epochs", "500")
+    run_id = wait_for_checkpoint(proc, 2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and f"--resume {run_id}" in stderr
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "KILLED"
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    done = load_checkpoint(artifacts / "checkpoints" / "latest_checkpoint.pth")["epoch"]
+    assert steps(run_id) == list(range(1, done + 1))  # every finished epoch, each once, and nothing after
+    assert (artifacts / "training.log").is_file() and "glint_track.writer" not in run.data.tags  # claim released
+    resumed = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", str(done + 1)])
+    assert resumed.exit_code == 0, resumed.output
+    assert steps(run_id) == list(range(1, done + 2)) and MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_and_no_run(tiny_h5: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1", "--output-dir", "taken"])
+    assert result.exit_code == 2 and "--output-dir taken cannot be written" in result.output, result.output
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+@pytest.mark.parametrize("where", ["describing the run", "uploading the log"])
+def test_a_failure_after_the_run_exists_marks_it_failed(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    if where == "describing the run":
+        def broken(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(train_module.RunTracker, "log_dataset", broken)
+    else:
+        real = train_module.RunTracker.log_artifact
+
+        def broken(self, path, artifact_dir=None):
+            if path.name == "training.log":
+                raise OSError(28, "No space left on device")
+            return real(self, path, artifact_dir)
+
+        monkeypatch.setattr(train_module.RunTracker, "log_artifact", broken)
+    CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"])
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over(tiny_h5: Path, tmp_path: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    first = start_training(tmp_path, "--resume", run_id, "--epochs", "500")
+    wait_for_checkpoint(first, 2)
+    second = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id, "--epochs", "500"],
+                            cwd=tmp_path, env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert f"run {run_id} is being trained by pid {first.pid} on {os.uname().nodename}" in line
+    first.send_signal(signal.SIGKILL)  # leaves the run RUNNING and its claim behind
+    first.wait()
+    killed_at = load_checkpoint(Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+                                / "checkpoints" / "latest_checkpoint.pth")["epoch"]
+    third = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", str(killed_at + 1)])
+    assert third.exit_code == 0, third.output
+    assert f"was left RUNNING by pid {first.pid}" in third.output
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and steps(run_id) == list(range(1, killed_at + 2))
+    writers = {k: v for k, v in run.data.params.items() if k.startswith("glint_track.writer.")}
+    assert len(writers) == 3 and f"pid {first.pid}" in writers["glint_track.writer.2"]  # who trained which part
+
+
+def test_two_resumes_started_together_train_once(tiny_h5: Path, tmp_path: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    procs = [start_training(tmp_path, "--resume", run_id, "--epochs", "3") for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outputs
+    assert steps(run_id) == [1, 2, 3]
+    assert len(MlflowClient().search_logged_models([MlflowClient().get_run(run_id).info.experiment_id])) == 2
