@@ -435,11 +435,11 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
     if "optimizer" in plan.changed:
         log.warning("--optimizer changed from %s to %s: it starts afresh at --lr %g", *plan.changed["optimizer"], cfg.lr)
         del restorable["optimizer"]
+    missing = restore(restorable, source.checkpoint, source.label)
     loss_changed = any(name in plan.changed for name in ("loss", *(f.name for f in fields(LossWeights))))
     if loss_changed and cfg.monitor.endswith("loss"):
         log.warning("the loss changed, so %s values before and after are not comparable: the best checkpoint starts afresh", cfg.monitor)
-        restorable["progress"] = _ProgressWithoutBest(parts["progress"])
-    missing = restore(restorable, source.checkpoint, source.label)
+        parts["progress"].best_value = parts["progress"].best_epoch = None
     optimizer = parts["optimizer"]
     for group in optimizer.param_groups:  # this process's implementation (fused on a GPU), not the saving one's
         group.update({k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in optimizer.defaults})
@@ -452,16 +452,6 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
     if plan.changed:
         log.info("resumed with settings typed on the command line: %s (they apply from epoch %d)",
                  describe_changes(plan.changed), plan.start_epoch)
-
-
-class _ProgressWithoutBest:
-    """Restores a TrainProgress but its best value: the monitored loss changed meaning."""
-
-    def __init__(self, progress: TrainProgress) -> None:
-        self.progress = progress
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.progress.load_state_dict({k: v for k, v in state.items() if k != "best"})
 
 
 class TrackedRun:

@@ -110,3 +110,12 @@ def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None
     new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
     assert new_run != source_run and sorted(history(source_run, "val_loss")) == [1, 2, 3]
     assert history(new_run, "lr") == {2: 0.0005} and MlflowClient().get_run(new_run).data.params["lr"] == "0.0005"
+
+
+def test_a_typed_loss_applies_and_its_best_checkpoint_starts_afresh(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--loss", "bce")  # val_loss ~0.1
+    result = run_cli("train", "--resume", run_id, "--epochs", "2", "--loss", "dice")  # ~0.9: worse on paper, not in fact
+    assert result.exit_code == 0, result.output
+    assert "val_loss values before and after are not comparable" in result.output
+    best, _ = latest_checkpoint(run_id, "best_model.pth")
+    assert best["epoch"] == 2 and best["train_args"]["loss"] == "dice"  # the first epoch of the new loss is its best
