@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from glint_track.background import BackgroundWriter
+from glint_track.checkpoint_schema import CorruptCheckpoint, check_container, check_fields
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path, file_digest
+from glint_track.files import atomic_path, file_digest, first_line, os_reason
 from glint_track.model import canonical_state_dict
 
 #: 2: the research script's layer names (1 had names of our own, renamed on load).
@@ -34,10 +35,6 @@ LATEST = "latest_checkpoint.pth"
 BEST = "best_model.pth"
 ARTIFACT_DIR = "checkpoints"
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
-
-
-class CorruptCheckpoint(GlintTrackError):
-    """A checkpoint whose bytes are damaged (checksum mismatch or unreadable), as opposed to a wrong one."""
 
 
 class Stateful(Protocol):
@@ -152,9 +149,8 @@ def restore(parts: dict[str, Stateful], checkpoint: dict[str, Any], source: str)
             try:
                 part.load_state_dict(checkpoint[key])
             except (RuntimeError, ValueError, KeyError) as e:
-                first = str(e).strip().splitlines()[0]
                 raise GlintTrackError(
-                    f"{source}: its {name} state does not fit this {name} ({first}); resume with the same "
+                    f"{source}: its {name} state does not fit this {name} ({first_line(e)}); resume with the same "
                     f"--base-channels, data (glint count) and --optimizer as the run that wrote it"
                 ) from e
         else:
@@ -196,6 +192,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     sidecar = checksum_path(path)
     if sidecar.is_file() and file_digest(path) not in sidecar.read_text().split():
         raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run")
+    check_container(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -203,17 +200,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: refused to load, it holds objects other than tensors and plain data, which could run code; "
             f"re-save it as a plain state dict from a trusted copy"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]}); it may be truncated, use an earlier one") from e
+    except Exception as e:  # torch's reader of bytes from anyone: any failure means an unreadable file, never a crash
+        raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({first_line(e)}); it may be truncated, use an earlier one") from e
     if isinstance(checkpoint, dict) and "model_state_dict" not in checkpoint and checkpoint and all(
         isinstance(v, torch.Tensor) for v in checkpoint.values()
     ):
         checkpoint = {"epoch": 0, "model_state_dict": checkpoint}  # a bare weights file (best_model_weights.pt)
-    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise GlintTrackError(f"{path}: not a glint-track checkpoint (no model_state_dict); pass a .pth written by glint-track or the research script")
+    check_fields(checkpoint, str(path))
     checkpoint["model_state_dict"] = canonical_state_dict(checkpoint["model_state_dict"])
     checkpoint.setdefault("epoch", 0)
-    checkpoint.setdefault("train_args", {})
+    checkpoint["train_args"] = checkpoint.get("train_args") or {}
     return checkpoint
 
 
@@ -322,9 +318,9 @@ class Checkpointer:
             for name in names:
                 if name != LATEST:
                     copy_atomic(latest, self.directory / name)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError around the OSError
             raise GlintTrackError(
-                f"writing the epoch {epoch} checkpoint to {self.directory} failed ({e.strerror or e}); free space there "
+                f"writing the epoch {epoch} checkpoint to {self.directory} failed ({os_reason(e)}); free space there "
                 f"(or pass --output-dir on another disk) and resume with --resume {self.store.run_id}: the previous "
                 f"checkpoint is intact"
             ) from e
@@ -344,10 +340,8 @@ class Checkpointer:
             with atomic_path(sidecar) as tmp:
                 tmp.write_text("\n".join(accepted) + "\n")
             delivered = [self.store.log_artifact(sidecar, ARTIFACT_DIR), self.store.log_artifact(path, ARTIFACT_DIR)]
-        except GlintTrackError:
-            raise
-        except Exception as e:
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        except Exception as e:  # the store's refusal (tracking.RunTracker._refused) or the local checksum file's
+            reason = os_reason(e)[:200]
             raise GlintTrackError(
                 f"uploading {ARTIFACT_DIR}/{name} to run {self.store.run_id} failed ({reason}); the run's previous "
                 f"{name} is intact: fix the artifact store (space, permissions) and resume with --resume {self.store.run_id}"

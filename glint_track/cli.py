@@ -298,6 +298,12 @@ def sweep_cmd(ctx: click.Context, h5: str | None, loss: str | None, lr: str | No
         ctx.exit(1)
 
 
+#: A detection threshold: a probability strictly between 0 and 1.
+PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
+#: Largest image side `pack --img-size` and `predict --input-size` accept (memory grows with its square).
+MAX_SIDE = 8192
+
+
 class _Size(click.ParamType):
     """H or HxW, e.g. 256 or 240x320."""
 
@@ -310,16 +316,16 @@ class _Size(click.ParamType):
             parts = [int(v) for v in str(value).lower().split("x")]
         except ValueError:
             parts = []
-        if len(parts) not in (1, 2) or min(parts) < 1:
-            self.fail(f"{value!r} is not a size: use H or HxW, e.g. 256 or 240x320", param, ctx)
+        if len(parts) not in (1, 2) or not 1 <= min(parts) <= max(parts) <= MAX_SIDE:
+            self.fail(f"{value!r} is not a size from 1 to {MAX_SIDE}: use H or HxW, e.g. 256 or 240x320", param, ctx)
         return (parts[0], parts[-1])
 
 
 @main.command("evaluate")
 @click.option("--model", "model_ref", required=True, help="A run ID (its best_model.pth), runs:/<id>/<path>, models:/<name>/<version>, or a checkpoint file (the research script's too).")
 @click.option("--h5", required=True, type=click.Path(dir_okay=False), help="Glint HDF5 file to evaluate on (every sample).")
-@click.option("--threshold", type=float, default=D.threshold, show_default=True, help="Peak probability from which a glint counts as detected.")
-@click.option("--match-radius", type=float, default=D.match_radius, show_default=True, help="Input pixels within which a detected glint matches its annotation.")
+@click.option("--threshold", type=PROBABILITY, default=D.threshold, show_default=True, help="Peak probability from which a glint counts as detected.")
+@click.option("--match-radius", type=click.FloatRange(0, 1e4, min_open=True), default=D.match_radius, show_default=True, help="Input pixels within which a detected glint matches its annotation.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
@@ -339,8 +345,6 @@ def evaluate_cmd(model_ref: str, h5: str, threshold: float, match_radius: float,
     from glint_track.evaluate import evaluate, log_evaluation
     from glint_track.tracking import check_tracking_server
 
-    if not 0 < threshold < 1 or match_radius <= 0:
-        raise GlintTrackError("--threshold must be inside (0, 1) and --match-radius positive")
     check_tracking_server()
     result = evaluate(model_ref, h5, threshold, match_radius, batch_size, device)
     click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.table())
@@ -353,7 +357,7 @@ def evaluate_cmd(model_ref: str, h5: str, threshold: float, match_radius: float,
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="preds.csv or preds.json: one row per image and glint.")
 @click.option("--overlay-dir", type=click.Path(file_okay=False), help="Also write each image with its numbered glints drawn.")
-@click.option("--threshold", type=float, default=D.threshold, show_default=True, help="Peak probability from which a glint is reported present.")
+@click.option("--threshold", type=PROBABILITY, default=D.threshold, show_default=True, help="Peak probability from which a glint is reported present.")
 @click.option("--input-size", type=_Size(), help="Model input H[xW] [default: the training images' size from the checkpoint].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict_cmd(model_ref: str, inputs: tuple[str, ...], out: str, overlay_dir: str | None, threshold: float,
@@ -379,8 +383,8 @@ def predict_cmd(model_ref: str, inputs: tuple[str, ...], out: str, overlay_dir: 
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete).")
 @click.option("--num-glints", type=click.IntRange(1, 64), default=8, show_default=True, help="Glint channels: labels g1..gN.")
 @click.option("--prefix", default="g", show_default=True, help="Label prefix before the 1-based glint number.")
-@click.option("--sigma-scale", type=float, default=1.2, show_default=True, help="Gaussian sigma = max(sigma-min, radius × sigma-scale).")
-@click.option("--sigma-min", type=float, default=1.5, show_default=True)
+@click.option("--sigma-scale", type=click.FloatRange(0, 100), default=1.2, show_default=True, help="Gaussian sigma = max(sigma-min, radius × sigma-scale).")
+@click.option("--sigma-min", type=click.FloatRange(0, 100, min_open=True), default=1.5, show_default=True)
 @click.option("--img-size", type=_Size(), help="Resize images to H[xW] (default: the first image's size).")
 @click.option("--hm-size", type=_Size(), help="Heat-map size h[xw] (default and only accepted value: image size / 4).")
 @click.option("--recursive/--no-recursive", default=False, show_default=True, help="Also read subfolders.")

@@ -6,10 +6,11 @@ The CLI fills a TrainConfig; every field is logged as an MLflow param and stored
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
-from glint_track.errors import GlintTrackError
+from glint_track.errors import GlintTrackError, shown
 from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -19,8 +20,9 @@ MONITOR_MODES = ("min", "max")
 
 #: Research-script flag names (SEED.md) that differ from ours, for its checkpoints' `train_args`.
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}
-#: Settings that describe this invocation, not the training, so a resume never inherits them.
-_NOT_INHERITED = {"resume"}
+#: Settings that describe this invocation, not the training: a resume never inherits them, and a new value
+#: on a continued run is not an override of the run's settings.
+INVOCATION = frozenset({"resume"})
 #: Settings that belong to the run a checkpoint came from: inherited only when continuing that run.
 _RUN_ONLY = frozenset({"experiment", "run_name", "output_dir"})
 #: What the research script did without a flag (it had no scheduler and always used Adam).
@@ -85,7 +87,15 @@ class TrainConfig(LossWeights):
             (self.h5 is not None, "no data file given: pass --h5 FILE (or --resume a run that has one)"),
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.lr > 0, f"--lr must be positive (got {self.lr})"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay must be 0 or more (got {self.weight_decay})"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), e.g. 0.9 (got {self.momentum})"),
+            (math.isfinite(self.step_gamma) and self.step_gamma > 0, f"--step-gamma must be positive (got {self.step_gamma})"),
+            (0 <= self.seed < 2**32, f"--seed must be in 0 … {2**32 - 1} (got {self.seed})"),
+            (bool(self.experiment.strip()), "--experiment must name an MLflow experiment (got an empty name)"),
+            (self.run_name is None or bool(self.run_name.strip()), "--run-name must not be empty (leave it out for a generated name)"),
+            (self.register_model is None or (self.register_model.strip() and not set("/:") & set(self.register_model)),
+             f"--register-model {self.register_model!r} is not a model name MLflow accepts (not empty, no '/' or ':')"),
             (0.0 < self.val_split < 1.0, f"--val-split must be inside (0, 1), e.g. 0.1 (got {self.val_split})"),
             (self.base_channels >= 1, f"--base-channels must be at least 1 (got {self.base_channels})"),
             (self.num_workers >= 0, f"--num-workers must be 0 or more (got {self.num_workers})"),
@@ -100,7 +110,9 @@ class TrainConfig(LossWeights):
             (self.agg_mode in AGG_MODES, f"unknown --agg-mode {self.agg_mode!r}: choose one of {', '.join(AGG_MODES)}"),
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (0.0 < self.threshold < 1.0, f"--threshold must be inside (0, 1) (got {self.threshold})"),
-            (self.match_radius > 0, f"--match-radius must be positive (got {self.match_radius})"),
+            (math.isfinite(self.match_radius) and self.match_radius > 0, f"--match-radius must be positive (got {self.match_radius})"),
+            *((math.isfinite(w) and w >= 0, f"--{name.replace('_', '-')} must be 0 or more (got {w})")
+              for name, w in asdict(self.loss_weights()).items() if isinstance(w, float)),
             (not (self.deterministic and self.compile),
              "--deterministic cannot be combined with --compile, whose kernels are chosen by timing; drop one of them"),
             (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
@@ -110,19 +122,37 @@ class TrainConfig(LossWeights):
                 raise GlintTrackError(message)
 
 
-def args_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+def args_from_checkpoint(checkpoint: dict[str, Any], label: str) -> dict[str, Any]:
     """A checkpoint's settings as TrainConfig fields: its `train_args` (ours, or the research script's
-    flags), and for a research checkpoint what that script fixed without a flag."""
-    known = {f.name for f in fields(TrainConfig)}
+    flags), and for a research checkpoint what that script fixed without a flag. A value of the wrong
+    type is refused in one line (validate() checks ranges once the settings are merged)."""
+    types = get_type_hints(TrainConfig)
     out: dict[str, Any] = {} if "format_version" in checkpoint else dict(_RESEARCH_FIXED)
     for key, value in checkpoint.get("train_args", {}).items():
         if key == "no_save_optimizer":
-            out["save_optimizer"] = not value
-            continue
+            key, value = "save_optimizer", not value if isinstance(value, bool) else value
         key = _LEGACY_NAMES.get(key, key)
-        if key in known and key not in _NOT_INHERITED:
-            out[key] = value
+        if key not in types or key in INVOCATION:
+            continue
+        if not _has_type(value, types[key]):
+            raise GlintTrackError(f"{label}: its train_args has {key} = {shown(value)}, not {_type_name(types[key])}; the checkpoint is damaged "
+                                  f"or was not written by glint-track or the research script: use another one")
+        out[key] = float(value) if types[key] in (float, float | None) and value is not None else value
     return out
+
+
+def _type_name(annotation: Any) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in (get_args(annotation) or (annotation,)))
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """`value` fits a TrainConfig field's annotation (int for a float field too; never a bool for a number)."""
+    allowed = get_args(annotation) or (annotation,)
+    if value is None:
+        return type(None) in allowed
+    if isinstance(value, bool):
+        return bool in allowed
+    return any(isinstance(value, int if t is float else t) or (t is float and isinstance(value, float)) for t in allowed if t is not type(None))
 
 
 def merge_resumed(cli: TrainConfig, inherited: dict[str, Any], explicit: frozenset[str], same_run: bool) -> TrainConfig:

@@ -22,12 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path, file_digest
-from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
+from glint_track.files import atomic_path, file_digest, first_line
+from glint_track.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 
 log = logging.getLogger(__name__)
 
-HEATMAP_DTYPES = (np.float16, np.float32)
 COMPRESSIONS = ("gzip", "lzf", "none")
 
 
@@ -49,8 +48,6 @@ class GlintData:
         """The same data with images and heat-maps on `device` (no copy when they are there already)."""
         return replace(self, images=self.images.to(device), heatmaps=self.heatmaps.to(device))
 
-
-
     @property
     def num_samples(self) -> int:
         return int(self.images.shape[0])
@@ -64,57 +61,23 @@ class GlintData:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
 
-def _fail(path: Path, problem: str, fix: str) -> GlintTrackError:
-    return GlintTrackError(f"{path}: {problem}; {fix}")
+def _attrs(f: h5py.File) -> dict[str, Any]:
+    """The file's attributes as plain values; one h5py cannot convert is left out."""
+    out = {}
+    for key in f.attrs:
+        try:
+            value = f.attrs[key]
+        except (OSError, TypeError, ValueError):
+            log.debug("attribute %r of %s cannot be read; ignored", key, f.filename)
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        out[key] = value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else value
+    return out
 
 
-def _check_layout(path: Path, f: h5py.File) -> None:
-    """Check names, ranks, dtypes and sizes from the metadata alone (nothing is read yet)."""
-    repack = "re-pack it with the labelme packer or `glint-track synth`"
-    for name in ("images", "heatmaps"):
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            raise _fail(path, f"dataset '{name}' is missing (found: {sorted(f.keys()) or 'nothing'})", repack)
-    images, heatmaps = f["images"], f["heatmaps"]
-    if images.ndim != 3:
-        raise _fail(path, f"'images' has shape {images.shape}, expected N×H×W (3 dimensions)", repack)
-    if heatmaps.ndim != 4:
-        raise _fail(path, f"'heatmaps' has shape {heatmaps.shape}, expected N×C×h×w (4 dimensions)", repack)
-    if images.dtype != np.uint8:
-        raise _fail(path, f"'images' has dtype {images.dtype}, expected uint8 (0-255 grayscale)", repack)
-    if heatmaps.dtype not in HEATMAP_DTYPES:
-        raise _fail(path, f"'heatmaps' has dtype {heatmaps.dtype}, expected float16 or float32", repack)
-    n, n_hm = images.shape[0], heatmaps.shape[0]
-    if n != n_hm:
-        raise _fail(path, f"'images' has {n} samples but 'heatmaps' has {n_hm}", "the file is inconsistent: " + repack)
-    if n == 0:
-        raise _fail(path, "the file holds no samples", "pack at least a few annotated images into it")
-    if heatmaps.shape[1] == 0:
-        raise _fail(path, "'heatmaps' has 0 glint channels", repack)
-    H, W = images.shape[1:]
-    h, w = heatmaps.shape[2:]
-    if H % OUTPUT_STRIDE or W % OUTPUT_STRIDE or (h, w) != (H // OUTPUT_STRIDE, W // OUTPUT_STRIDE):
-        raise _fail(
-            path,
-            f"heat-maps are {h}×{w} but images are {H}×{W}; the model needs heat-maps of exactly 1/{OUTPUT_STRIDE} "
-            f"the image size ({H // OUTPUT_STRIDE}×{W // OUTPUT_STRIDE}) and image sides divisible by {SIZE_MULTIPLE}",
-            f"re-pack with --hm-size {H // OUTPUT_STRIDE}x{W // OUTPUT_STRIDE}",
-        )
-    if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
-        raise _fail(path, f"image size {H}×{W} is not divisible by {SIZE_MULTIPLE}, which the UNet's 4 poolings need",
-                    f"re-pack at a size divisible by {SIZE_MULTIPLE}")
-    for name, shape in (("present", (n, heatmaps.shape[1])), ("stems", (n,)), ("points", (n, heatmaps.shape[1], 2))):
-        if name in f and tuple(f[name].shape) != shape:
-            raise _fail(path, f"'{name}' has shape {f[name].shape}, expected {shape}", repack)
-
-
-def _attr_value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def default_cache_dir() -> Path:
@@ -124,30 +87,38 @@ def default_cache_dir() -> Path:
 def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintData:
     """Validate and load a glint HDF5 file, raising GlintTrackError with the fix on any problem.
 
+    The file may come from anyone: h5check refuses, from metadata alone, what would read outside it or
+    allocate more than it holds, and every value the trainer relies on is range-checked here.
     With `cache_dir`, the decoded arrays are kept there as uncompressed .npy files named by the file's
     SHA-256 and memory-mapped: parallel runs on one file share a single copy in RAM (the page cache),
     and only the first run pays for decompression.
     """
     path = Path(path)
-    if not path.exists():
-        raise GlintTrackError(f"{path}: no such file; check --h5, or write demo data with `glint-track synth --out {path}`")
+    if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise GlintTrackError(f"{path}: {problem}; check --h5, or write demo data with `glint-track synth --out {path}`")
     if not h5py.is_hdf5(path):
-        raise _fail(path, "is not an HDF5 file", "pass a glint .h5 file written by the packer or `glint-track synth`")
+        raise fail(path, "is not an HDF5 file", "pass a glint .h5 file written by the packer or `glint-track synth`")
+    digest = file_digest(path)
     try:
         with h5py.File(path, "r") as f:
-            _check_layout(path, f)
-            stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["stems"][...]] if "stems" in f else None
-            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
-            points = f["points"][...].astype(np.float32) if "points" in f else None
+            datasets = open_datasets(path, f)
+            check_layout(path, datasets)
+            check_memory(path, datasets)
+            check_stored(path, datasets)
+            stems = [_text(s) for s in datasets["stems"][()]] if "stems" in datasets else None
+            points = _read_points(path, datasets) if "points" in datasets else None
+            expected = {name: (tuple(ds.shape), _native(ds.dtype)) for name, ds in datasets.items() if name in ("images", "heatmaps")}
+            expected |= {"present": (tuple(datasets["present"].shape), np.dtype(np.uint8))} if "present" in datasets else {}
+            arrays = _read_cache(cache_dir / digest, expected) if cache_dir else None
+            from_cache = arrays is not None
+            if arrays is None:
+                arrays = _decode(path, datasets)
+            attrs = _attrs(f)
     except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
-        raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
-    digest = file_digest(path)
-    arrays = _read_cache(cache_dir / digest) if cache_dir else None
-    from_cache = arrays is not None
-    if arrays is None:
-        arrays = _decode(path)
-        if cache_dir and _write_cache(cache_dir, digest, arrays):
-            arrays = _read_cache(cache_dir / digest)  # this process maps the shared copy too
+        raise fail(path, f"cannot be read ({first_line(e)})", "the file is truncated or damaged: copy or pack it again") from e
+    if not from_cache and cache_dir and _write_cache(cache_dir, digest, arrays):
+        arrays = _read_cache(cache_dir / digest, expected) or arrays  # this process maps the shared copy too
     with warnings.catch_warnings():  # memory-mapped arrays are read-only; training only ever reads them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
@@ -157,28 +128,71 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
     )
 
 
-def _decode(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with h5py.File(path, "r") as f:
-            arrays = {"images": f["images"][...], "heatmaps": f["heatmaps"][...]}
-            if "present" in f:
-                arrays["present"] = f["present"][...].astype(np.uint8)
-    except OSError as e:
-        raise _fail(path, f"cannot be read ({str(e).splitlines()[0]})", "the file is truncated or damaged: copy or pack it again") from e
-    heatmaps = arrays["heatmaps"]
-    if not np.isfinite(heatmaps).all():
-        bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
-        raise _fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
-    if not heatmaps.any():
-        raise _fail(path, "no glint is annotated in any sample (every heat-map is zero)",
-                    "check that the labels are named g1..gN (or pass --prefix) when packing")
+def _native(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("=")
+
+
+def _read_points(path: Path, datasets: dict[str, h5py.Dataset]) -> np.ndarray:
+    """N×C×2 glint centres: both coordinates NaN (absent) or both finite and inside the image."""
+    points = datasets["points"].astype(np.float32)[()]
+    H, W = datasets["images"].shape[1:]
+    x, y = points[..., 0], points[..., 1]
+    absent = np.isnan(x) & np.isnan(y)
+    inside = (x >= -1) & (x <= W) & (y >= -1) & (y <= H)  # NaN or ±inf are never inside
+    if not (absent | inside).all():
+        bad = int((~(absent | inside)).any(axis=1).sum())
+        raise fail(path, f"'points' holds coordinates outside the {H}×{W} image or not finite in {bad} samples",
+                   "absent glints must be NaN, present ones inside the image: " + REPACK)
+    return points
+
+
+def _decode(path: Path, datasets: dict[str, h5py.Dataset]) -> dict[str, np.ndarray]:
+    """The images, heat-maps and presence flags, read once and checked for what training relies on."""
+    heatmaps = datasets["heatmaps"]
+    arrays = {"images": datasets["images"][()], "heatmaps": heatmaps.astype(_native(heatmaps.dtype))[()]}
+    _check_heatmap_values(path, arrays["heatmaps"])
+    if "present" in datasets:
+        present = datasets["present"][()]
+        if not np.isin(present, (0, 1)).all():
+            raise fail(path, "'present' holds values other than 0 and 1", "it flags each glint as absent (0) or present (1): " + REPACK)
+        arrays["present"] = present.astype(np.uint8)
     return arrays
 
 
-def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
-    if not (folder / "images.npy").is_file():
+def _check_heatmap_values(path: Path, heatmaps: np.ndarray, block: int = 1024) -> None:
+    """Finite and in [0, 1] (they are targets for probabilities), checked a block of samples at a time
+    so no full-size temporary is made."""
+    for start in range(0, len(heatmaps), block):
+        part = heatmaps[start : start + block]
+        low, high = part.min(), part.max()  # NaN propagates into both
+        if not np.isfinite(low) or not np.isfinite(high):
+            bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
+            raise fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
+        if low < 0 or high > 1:
+            raise fail(path, f"'heatmaps' holds values outside [0, 1] (from {low:g} to {high:g} in samples {start}…)",
+                       "targets are probabilities: re-pack the file (the packer clips them to [0, 1])")
+    if not heatmaps.any():
+        raise fail(path, "no glint is annotated in any sample (every heat-map is zero)",
+                   "check that the labels are named g1..gN (or pass --prefix) when packing")
+
+
+def _read_cache(folder: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray] | None:
+    """The cached arrays, memory-mapped, if the entry is complete and matches the file's layout; a damaged
+    entry (a disk that filled up, a crash) is removed with a warning, to be rebuilt."""
+    if not folder.is_dir():
         return None
-    return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+    try:
+        arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+        layout = {name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}
+    except (OSError, ValueError, EOFError) as e:
+        problem = first_line(e)
+    else:
+        if layout == expected:
+            return arrays
+        problem = f"it holds {sorted(layout)} where the file has {sorted(expected)} of other shapes"
+    log.warning("the cached copy of the data in %s is damaged (%s); decoding the file again", folder, problem)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _write_cache(cache_dir: Path, digest: str, arrays: dict[str, np.ndarray]) -> bool:
@@ -225,10 +239,11 @@ def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.nda
     if not 0.0 < val_split < 1.0:
         raise GlintTrackError(f"--val-split {val_split} is outside (0, 1); use e.g. --val-split 0.1")
     n_val = int(round(num_samples * val_split))
-    if n_val < 1 or num_samples - n_val < 1:
+    if n_val < 1 or num_samples - n_val < MIN_BATCH:
         raise GlintTrackError(
             f"--val-split {val_split} of {num_samples} samples leaves {n_val} for validation and "
-            f"{num_samples - n_val} for training; both need at least one: use more data or another --val-split"
+            f"{num_samples - n_val} for training; validation needs at least 1 and training {MIN_BATCH} (BatchNorm "
+            f"learns from batches of two or more): use more data or another --val-split"
         )
     order = np.random.default_rng(seed).permutation(num_samples)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -251,9 +266,23 @@ def epoch_indices(indices: torch.Tensor, shuffle: bool, seed: int, epoch: int, s
     return order[rank : len(order) // world * world : world] if world > 1 else order
 
 
+#: The smallest training batch: BatchNorm cannot train on one sample (at the 1×1 bottleneck of 16² images
+#: it has a single value per channel), so a last batch of one joins the batch before it.
+MIN_BATCH = 2
+
+
+def batch_chunks(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` cut into batches of `batch_size`, a last batch smaller than MIN_BATCH merged into the one before."""
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < MIN_BATCH:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
 def _num_batches(num: int, batch_size: int, shard: tuple[int, int]) -> int:
     per_rank = num // shard[1] if shard[1] > 1 else num
-    return (per_rank + batch_size - 1) // batch_size
+    full, rest = divmod(per_rank, batch_size)
+    return full + (rest >= MIN_BATCH or (rest > 0 and full == 0))
 
 
 #: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
@@ -285,7 +314,7 @@ class ResidentBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
-        for chunk in order.split(self.batch_size):
+        for chunk in batch_chunks(order, self.batch_size):
             yield _as_inputs(self.images[chunk], self.heatmaps[chunk], chunk)
 
 
@@ -312,7 +341,7 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
-        yield from (chunk.tolist() for chunk in order.split(self.batch_size))
+        yield from (chunk.tolist() for chunk in batch_chunks(order, self.batch_size))
 
     def __len__(self) -> int:
         return _num_batches(len(self.indices), self.batch_size, self.shard)

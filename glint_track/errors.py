@@ -1,5 +1,7 @@
 """The one exception type for bad input: the CLI prints it as one line and exits with code 2."""
 
+from typing import Any
+
 import click
 
 
@@ -11,3 +13,12 @@ class GlintTrackError(click.ClickException):
     """
 
     exit_code = 2
+
+
+def shown(value: Any) -> str:
+    """A value from a file as an error message may show it: one short line (a tensor by its dtype and
+    shape, other values by their repr, cut at 60 characters), whatever the file put there."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -32,3 +32,20 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, or its type when it has no message (for one-line errors)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def os_reason(error: BaseException) -> str:
+    """Why a write failed, in the operating system's words where the error (or one it arose from) has them:
+    torch.save, for one, turns "No space left on device" into a RuntimeError about zip positions."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return first_line(error)

@@ -7,9 +7,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from glint_track.data import GlintData, load_glint_file
+from glint_track.h5check import describe_link
 
 #: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
 COLOURS = [(255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (70, 110, 255), (190, 80, 255), (255, 80, 200)]
@@ -20,12 +22,8 @@ def describe(path: str | Path) -> tuple[GlintData, dict[str, Any]]:
     data = load_glint_file(path)
     path = Path(path)
     with h5py.File(path, "r") as f:
-        datasets = {
-            name: {"shape": tuple(ds.shape), "dtype": str(ds.dtype), "chunks": ds.chunks, "compression": ds.compression}
-            for name, ds in f.items() if isinstance(ds, h5py.Dataset)
-        }
-        points = f["points"][...] if "points" in f else None
-    peaks = data.heatmaps.float().amax(dim=(2, 3)).numpy()  # N×C
+        datasets = {name: _entry(f, name) for name in f}
+    peaks = torch.cat([block.amax(dim=(2, 3)).float() for block in data.heatmaps.split(4096)]).numpy()  # N×C, no full-size copy
     present = data.present.numpy().astype(bool) if data.present is not None else peaks > 0.1
     summary = {
         "file": str(path), "size_mb": path.stat().st_size / 1e6, "samples": data.num_samples,
@@ -35,10 +33,21 @@ def describe(path: str | Path) -> tuple[GlintData, dict[str, Any]]:
                  "min": float(peaks[present].min()) if present.any() else 0.0,
                  "max_absent": float(peaks[~present].max()) if (~present).any() else 0.0},
         "no_glint_samples": int((~present.any(1)).sum()),
-        "has_points": points is not None,
+        "has_points": data.points is not None,
         "validation": "ok: the trainer accepts this file",
     }
     return data, summary
+
+
+def _entry(f: h5py.File, name: str) -> dict[str, Any] | str:
+    """What a top-level name in the file is, without following links out of it."""
+    link = f.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        return describe_link(link) + " (not followed)"
+    obj = f[name]
+    if not isinstance(obj, h5py.Dataset):
+        return "a group (not read)"
+    return {"shape": tuple(obj.shape), "dtype": str(obj.dtype), "chunks": obj.chunks, "compression": obj.compression}
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -47,6 +56,9 @@ def format_summary(s: dict[str, Any]) -> str:
         "datasets:",
     ]
     for name, d in s["datasets"].items():
+        if isinstance(d, str):
+            lines.append(f"  {name:9s} {d}")
+            continue
         lines.append(f"  {name:9s} {str(d['shape']):22s} {d['dtype']:9s} chunks {d['chunks']}, compression {d['compression'] or 'none'}")
     lines.append("attributes: " + (", ".join(f"{k}={v}" for k, v in sorted(s["attrs"].items())) or "none"))
     lines.append("glints annotated (per channel): " + ", ".join(f"g{c + 1} {n}" for c, n in enumerate(s["presence"])))
@@ -86,8 +98,7 @@ def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale:
 
 def preview(data: GlintData, out: str | Path, count: int = 16, tile: int = 256) -> Path:
     """A grid of the first `count` samples, each glint circled in its channel's colour and numbered."""
-    with h5py.File(data.path, "r") as f:
-        points = f["points"][...] if "points" in f else None
+    points = data.points.numpy() if data.points is not None else None
     count = min(count, data.num_samples)
     cols = int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / cols))

@@ -67,13 +67,8 @@ class GlintUNet(nn.Module):
     def from_checkpoint(cls, checkpoint: dict, label: str) -> GlintUNet:
         """The UNet with the glint count and width its saved weights have, in eval mode."""
         weights = checkpoint["model_state_dict"]
-        num_glints, base_channels = model_shape(weights, label)
-        model = cls(num_glints=num_glints, base_channels=base_channels)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise GlintTrackError(f"{label}: its weights do not fit a glint UNet ({first}); pass a glint-track or research-script checkpoint") from e
+        model = cls(*model_shape(weights, label))  # every shape checked: the model is as large as the file's weights
+        model.load_state_dict(weights)
         return model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,11 +83,26 @@ class GlintUNet(nn.Module):
 
 
 def model_shape(weights: dict[str, torch.Tensor], label: str) -> tuple[int, int]:
-    """(glints, base width) of a UNet state dict, or a one-line error naming what it is not."""
+    """(glints, base width) of a UNet state dict, or a one-line error naming what it is not.
+
+    Every tensor is compared with a model of that shape built on the meta device (no memory), so a
+    crafted file cannot make us build a model larger than the weights it holds."""
     head, first = weights.get("out_conv.weight"), weights.get("enc1.seq.0.weight")
-    if not isinstance(head, torch.Tensor) or not isinstance(first, torch.Tensor) or head.ndim != 4 or first.ndim != 4:
+    if not isinstance(head, torch.Tensor) or not isinstance(first, torch.Tensor) or head.ndim != 4 or first.ndim != 4 \
+            or min(head.shape[0], first.shape[0]) < 1:
         raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no out_conv/enc1 layers); pass a glint-track checkpoint")
-    return int(head.shape[0]), int(first.shape[0])
+    shape = int(head.shape[0]), int(first.shape[0])
+    with torch.device("meta"):
+        expected = {k: (tuple(v.shape), v.is_floating_point()) for k, v in GlintUNet(*shape).state_dict().items()}
+    got = {k: (tuple(v.shape), v.is_floating_point()) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if got != expected:
+        odd = sorted(set(got) ^ set(expected))
+        problem = (f"{odd[0]} is {'missing' if odd[0] not in got else 'not one of its layers'}" if odd else
+                   next(f"{k} has shape {got[k][0]}, expected {v[0]}" + ("" if got[k][1] == v[1] else " and floating point")
+                        for k, v in expected.items() if got[k] != v))
+        raise GlintTrackError(f"{label}: its weights do not fit a glint UNet of {shape[0]} glints and width {shape[1]} "
+                              f"({problem}); pass a glint-track or research-script checkpoint")
+    return shape
 
 
 #: glint-track 0.1 (checkpoint format 1) named the same layers differently; old name pattern → new.

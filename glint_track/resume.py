@@ -46,7 +46,7 @@ def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
     """Fetch the checkpoint `cli.resume` names and decide what the resumed training does."""
     source = fetch_checkpoint(cli.resume)
     checkpoint = source.checkpoint
-    inherited = args_from_checkpoint(checkpoint)
+    inherited = args_from_checkpoint(checkpoint, source.label)
     inherited["base_channels"] = model_shape(checkpoint["model_state_dict"], source.label)[1]
     if source.experiment_name is not None:  # where the continued run is, whatever its checkpoint recorded
         inherited["experiment"] = source.experiment_name

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glint_track.data import OUTPUT_STRIDE, write_glint_file
+from glint_track.data import write_glint_file
+from glint_track.model import OUTPUT_STRIDE
 from glint_track.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
 
 

@@ -38,9 +38,10 @@ from mlflow.tracking.context.registry import resolve_tags
 
 import glint_track
 from glint_track.checkpoint import EPOCH_FILE, ARTIFACT_DIR, BEST, LATEST, CorruptCheckpoint, copy_atomic, load_checkpoint
+from glint_track.config import INVOCATION
 from glint_track.data import GlintData
 from glint_track.errors import GlintTrackError
-from glint_track.files import file_digest
+from glint_track.files import file_digest, first_line, os_reason
 from glint_track.lease import RunLease
 from glint_track.spool import Spool
 
@@ -163,6 +164,8 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
     run = _get_run(source)
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    _refuse_deleted(run, experiment)
     names = {Path(f.path).name for f in MlflowClient().list_artifacts(source, ARTIFACT_DIR)}
     if LATEST not in names:
         raise GlintTrackError(
@@ -177,13 +180,25 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
         if prefer_best and best is not None:
             return ResumeSource(best, source, source)
         latest, published[LATEST] = _download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}", names)
-        experiment = MlflowClient().get_experiment(run.info.experiment_id).name
-        return ResumeSource(latest, source, source, best, run.info.status, published, experiment,
+        return ResumeSource(latest, source, source, best, run.info.status, published, experiment.name,
                             run.data.tags.get(TAG_DATASET_DIGEST))
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)
         fix = f"resume from the newest intact one: {option} {alternative}" if alternative else "no intact checkpoint is left in it"
         raise GlintTrackError(f"run {source}: {e.format_message().split('; ')[0]}; {fix}") from e
+
+
+def _refuse_deleted(run: Any, experiment: Any) -> None:
+    """A deleted run (or one in a deleted experiment) is in MLflow's trash: continuing it would write there."""
+    run_id = run.info.run_id
+    if experiment.lifecycle_stage == "deleted":  # deleting an experiment deletes its runs; restoring it restores them
+        what, undo = f"its experiment {experiment.name!r} is deleted", f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+    elif run.info.lifecycle_stage == "deleted":
+        what, undo = f"run {run_id} is deleted", f"mlflow runs restore --run-id {run_id}"
+    else:
+        return
+    raise GlintTrackError(f"run {run_id} cannot be continued: {what}; restore it (`{undo}`) or start a new run from its "
+                          f"checkpoint: --resume runs:/{run_id}/{ARTIFACT_DIR}/{LATEST}")
 
 
 def _get_run(run_id: str) -> Any:
@@ -289,7 +304,8 @@ class RunTracker:
         new = {k: v for k, v in config.items() if k not in existing}
         if new:
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in new.items()])
-        changed = {f"{TAG_OVERRIDE}{k}": f"{v} from epoch {from_epoch}" for k, v in config.items() if k in existing and existing[k] != str(v)}
+        changed = {f"{TAG_OVERRIDE}{k}": f"{v} from epoch {from_epoch}" for k, v in config.items()
+                   if k in existing and existing[k] != str(v) and k not in INVOCATION}
         if changed:
             self.set_tags(changed)
         self.log_dict(config, "train_args.json")
@@ -404,7 +420,7 @@ class RunTracker:
                 send(self, op, args, file)
             except Exception as e:
                 if self.spool is None or _reachable(tracking_uri()):
-                    raise
+                    raise self._refused(op, e) from e
                 self._last_attempt = time.monotonic()
                 self.spool.append(op, args, file)
                 log.warning(
@@ -413,6 +429,15 @@ class RunTracker:
                 )
                 return False
             return True
+
+    def _refused(self, op: str, error: Exception) -> GlintTrackError:
+        """One line for a call the tracking or artifact store refused (full, read-only, …): the store is the problem."""
+        if isinstance(error, GlintTrackError):
+            return error
+        store = f"artifact store at {self.artifact_uri}" if op in ARTIFACT_OPS else f"tracking store at {tracking_uri()}"
+        what = {"artifact": "store a file", "delete": "delete a file", "model": "log the model", "end": "end the run"}.get(op, f"log {op}")
+        return GlintTrackError(f"MLflow could not {what} for run {self.run_id} ({os_reason(error)[:200]}); "
+                               f"free space in (or fix the permissions of) the {store}; what the run holds so far is intact")
 
     def _drain(self) -> bool:
         """Send the spool if a retry is due; True when it is empty afterwards."""
@@ -429,6 +454,10 @@ class RunTracker:
             return False
         log.info("the MLflow tracking server at %s is back: sent %d spooled calls", tracking_uri(), sent)
         return True
+
+
+#: Tracking calls that write to the artifact store (the others write to the tracking store).
+ARTIFACT_OPS = ("artifact", "delete", "model")
 
 
 def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) -> None:
@@ -470,7 +499,7 @@ def sync(directory: Path) -> tuple[str, int]:
         sent = spool.replay(lambda op, args, file: send(tracker, op, args, file))
     except Exception as e:
         raise GlintTrackError(
-            f"sending {directory} to {tracking_uri()} stopped ({str(e).splitlines()[0][:200]}); what was sent is removed "
+            f"sending {directory} to {tracking_uri()} stopped ({first_line(e)[:200]}); what was sent is removed "
             f"from the spool, run `glint-track sync {directory}` again"
         ) from e
     return spool.run_id, sent

@@ -26,17 +26,20 @@ from glint_track import __version__
 from glint_track.checkpoint import (
     BEST, LATEST, Checkpointer, RNGState, TrainProgress, load_checkpoint, restore, save_and_digest, save_atomic,
 )
+from glint_track.checkpoint_schema import check_optimizer_fits
 from glint_track.config import TrainConfig
 from glint_track.background import BackgroundWriter
 from glint_track.distributed import Distributed
-from glint_track.data import Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
+from glint_track.data import MIN_BATCH, Batches, GlintData, default_cache_dir, load_glint_file, make_batches, place, split_indices
 from glint_track.errors import GlintTrackError
+from glint_track.files import os_reason
 from glint_track.losses import GlintLoss, LossWeights
 from glint_track.save_process import SaveProcess
 from glint_track.save_process import wanted as save_process_wanted
 from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
 from glint_track.metrics import METRIC_NAMES, GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import GlintUNet, count_parameters, model_shape
+from glint_track.run_log import RunLogHandler
 from glint_track.resume import ResumePlan, check_same_data, describe_changes, plan_resume
 from glint_track.stopping import StopRequest, TrainingStopped
 from glint_track.tracking import (
@@ -300,6 +303,9 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     if plan:
         check_same_data(plan, data.digest)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
+    if len(train_idx) // ddp.world_size < MIN_BATCH:
+        raise GlintTrackError(f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
+                              f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data")
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
     data, resident = place(data, device)
@@ -308,21 +314,9 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     train_batches = make_batches(data, train_idx, cfg.batch_size, True, cfg.seed, device, cfg.num_workers, resident, ddp.shard)
     val_batches = make_batches(data, val_idx, cfg.batch_size, False, cfg.seed, device, cfg.num_workers, resident)
 
-    # -- model, loss, optimisation --------------------------------------------------------------------
-    seed_everything(cfg.seed)
-    precision = Precision.resolve(cfg.precision, device, cfg.channels_last)
-    model = GlintUNet(data.num_glints, cfg.base_channels).to(device)  # its state_dict is what checkpoints hold
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
-    optimizer = build_optimizer(cfg, model, device)
-    progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
-    parts = {"model": model, "optimizer": optimizer, "scaler": precision.scaler, "rng": RNGState(), "progress": progress}
-    known = epoch_metric_names(loss_fn)
-    if cfg.monitor not in known:
-        raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
-    if plan:
-        restore_state(plan, parts, data.num_glints)
+    # -- model, loss, optimisation (restored from the checkpoint on resume) ----------------------------
+    parts, precision, loss_fn = training_parts(cfg, data.num_glints, device, plan)
+    model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
     step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.enabled else model
     step_model = torch.compile(step_model) if cfg.compile else step_model
 
@@ -410,6 +404,29 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     )
 
 
+def training_parts(
+    cfg: TrainConfig, num_glints: int, device: torch.device, plan: ResumePlan | None
+) -> tuple[dict[str, Any], Precision, GlintLoss]:
+    """The stateful parts of training (model, optimizer, grad scaler, RNG, progress; what a checkpoint holds),
+    the precision and the loss; on resume, restored from the checkpoint. Everything that can refuse a
+    setting or a checkpoint does so here, before a run exists."""
+    seed_everything(cfg.seed)
+    precision = Precision.resolve(cfg.precision, device, cfg.channels_last)
+    model = GlintUNet(num_glints, cfg.base_channels).to(device)  # its state_dict is what checkpoints hold
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
+    optimizer = build_optimizer(cfg, model, device)
+    progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
+    parts = {"model": model, "optimizer": optimizer, "scaler": precision.scaler, "rng": RNGState(), "progress": progress}
+    known = epoch_metric_names(loss_fn)
+    if cfg.monitor not in known:
+        raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
+    if plan:
+        restore_state(plan, parts, num_glints)
+    return parts, precision, loss_fn
+
+
 def check_output_dir(output_dir: str | None) -> None:
     """The local folder (or, by default, `runs/`) can be created and written, or one line says why not."""
     folder = Path(output_dir) if output_dir else Path("runs")
@@ -444,6 +461,7 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
     for group in optimizer.param_groups:  # this process's implementation (fused on a GPU), not the saving one's
         group.update({k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in optimizer.defaults})
     match_state_layout(optimizer)
+    check_optimizer_fits(optimizer, source.label)
     if "optimizer" in missing:
         log.warning(
             "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
@@ -468,8 +486,7 @@ class TrackedRun:
         cfg.experiment = tracker.experiment_name  # `mlflow run` may have chosen it
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = self.output_dir / "training.log"
-        self.file_handler = logging.FileHandler(self.log_file)
-        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.file_handler = RunLogHandler(self.log_file)
         package_log = logging.getLogger("glint_track")
         package_log.addHandler(self.file_handler)
         if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
@@ -533,8 +550,9 @@ class TrackedRun:
             return
         resume = self.plan.source
         checkpoint, done = resume.checkpoint, int(resume.checkpoint["epoch"])
-        if checkpoint.get("metrics") and done not in self.tracker.metric_steps("train_loss"):
-            self.tracker.log_metrics(checkpoint["metrics"], done)
+        metrics = {k: v for k, v in (checkpoint.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        if metrics and done not in self.tracker.metric_steps("train_loss"):
+            self.tracker.log_metrics(metrics, done)
         best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
         self.checkpointer.complete(checkpoint, best_is_this)
 
@@ -570,8 +588,8 @@ class TrackedRun:
         tracking server has not received everything. Any failure here makes the run FAILED."""
         try:
             self.writer.close()  # a run never ends with a checkpoint or metric still unsent
-        except Exception:
-            log.exception("saving the last checkpoint or metrics failed")
+        except Exception as e:
+            log.error("saving the last checkpoint or metrics failed (%s)", e.format_message() if isinstance(e, GlintTrackError) else os_reason(e))
             status = "FAILED"
         finally:
             if self.save_process is not None:
@@ -579,9 +597,10 @@ class TrackedRun:
         logging.getLogger("glint_track").removeHandler(self.file_handler)
         self.file_handler.close()
         try:
-            self.tracker.log_artifact(self.log_file)
-        except Exception:
-            log.exception("uploading the training log failed")
+            if self.log_file.exists():
+                self.tracker.log_artifact(self.log_file)
+        except Exception as e:
+            log.error("uploading the training log failed (%s)", os_reason(e))
             status = "FAILED"
         pending = self.tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
         if not pending:

@@ -38,6 +38,17 @@ def run_cli(*args: str, **kwargs: Any) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False, **kwargs)
 
 
+def fails_cleanly(args: list[str], message: str, env: dict[str, str] | None = None) -> str:
+    """Run the CLI and check the project's bad-input contract: exit 2, one `Error:` line holding
+    `message`, no traceback. Returns that line."""
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
 def train_tiny(h5: Path, *args: str) -> tuple[Result, str]:
     """Train with the tiny settings; returns the CLI result and the run ID it printed."""
     result = run_cli("train", "--h5", str(h5), *TINY, *args)

@@ -33,6 +33,7 @@ def test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so(tiny_h
     assert run.data.params["lr"] == "0.003"  # params cannot change: the tag beside it says what applies since when
     assert run.data.tags["glint_track.override.lr"] == "0.0001 from epoch 3"
     assert run.data.tags["glint_track.override.epochs"] == "3 from epoch 3"
+    assert "glint_track.override.resume" not in run.data.tags  # which run was resumed is not a changed setting
     assert "Resumed at epoch 3 with epochs 2 → 3, lr 0.003 → 0.0001." in run.data.tags["mlflow.note.content"]
     assert mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")["lr"] == 0.0001
 

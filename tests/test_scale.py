@@ -98,7 +98,7 @@ def test_a_failed_child_does_not_stop_the_others_and_the_parent_reports_it(tiny_
     children = _children(parent)
     assert children["lr=1e-3"].info.status == "FINISHED"
     assert children["lr=-1"].info.status == "FAILED"
-    assert "--lr must be positive" in children["lr=-1"].data.tags["glint_track.sweep.error"]
+    assert "--lr must be a positive number" in children["lr=-1"].data.tags["glint_track.sweep.error"]
     run = mlflow.get_run(parent)
     assert run.info.status == "FAILED" and run.data.tags["glint_track.sweep.failed"] == "1"
     assert f"glint-track sweep --resume {parent}" in result.stderr
