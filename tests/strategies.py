@@ -216,9 +216,8 @@ def shapes(draw: st.DrawFn) -> Any:
 
 IMAGE_MODES = ("L", "L", "RGB", "RGBA", "P", "1", "I;16", "I", "F", "LA")
 IMAGE_WHERE = (
-    "beside",
-    "image_path",
-    "image_data",
+    *("beside",) * 3,
+    *("image_path", "image_data") * 2,  # usable images more often than each way to fail
     "outside_relative",
     "outside_absolute",
     "symlink_out",
