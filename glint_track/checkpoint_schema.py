@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from glint_track.errors import GlintTrackError, shown
+from glint_track.files import first_line
 
 #: Fields that, when present, hold a dict (None counts as absent).
 DICT_FIELDS = ("train_args", "metrics", "best", "optimizer_state_dict", "scaler_state_dict", "rng_state", "model_info")
@@ -47,7 +48,8 @@ def check_container(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+            damaged = archive.testzip() if all(e.compress_type == zipfile.ZIP_STORED for e in entries) else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         reason = (
             "an empty file"
             if not head
@@ -58,6 +60,10 @@ def check_container(path: Path) -> None:
         raise CorruptCheckpoint(
             f"{path}: not a readable checkpoint ({reason}); it may be truncated, use an earlier one"
         ) from e
+    if damaged is not None:  # torch.save records each entry's CRC-32; torch.load does not check it
+        raise CorruptCheckpoint(
+            f"{path}: its entry {damaged!r} fails its CRC check, the file is damaged; use an earlier one"
+        )
     size = path.stat().st_size
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
@@ -170,7 +176,7 @@ def check_rng(state: dict[str, Any], label: str) -> None:
     try:
         torch.Generator().set_state(state["torch"])
         n = state["numpy"]
-        keys = n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else None
+        keys = n["keys"].numpy() if isinstance(n, dict) and isinstance(n.get("keys"), torch.Tensor) else None
         if keys is None or keys.shape != (624,) or keys.min() < 0 or keys.max() >= 2**32:
             raise ValueError("numpy keys are not 624 32-bit words")
         np.random.RandomState().set_state(
@@ -180,10 +186,8 @@ def check_rng(state: dict[str, Any], label: str) -> None:
         cuda = state.get("cuda") or []
         if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda):
             raise ValueError("CUDA states are not byte tensors")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        raise refuse(
-            label, f"its rng_state is not a random generator state ({str(e).strip() or type(e).__name__})"
-        ) from e
+    except Exception as e:  # whatever a generator says about a state it refuses (OverflowError included)
+        raise refuse(label, f"its rng_state is not a random generator state ({shown(first_line(e))})") from e
 
 
 def _check_model_info(info: dict[str, Any], label: str) -> None:

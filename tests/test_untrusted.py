@@ -163,6 +163,7 @@ def test_an_embedded_image_packs() -> None:
 CHECKPOINTS_REFUSED = {
     "empty.pth": "not a readable checkpoint (an empty file)",
     "truncated.pth": "not a readable checkpoint (no complete zip archive)",
+    "bit_flipped.pth": "fails its CRC check, the file is damaged",
     "compressed_entries.pth": "is compressed or larger than the file",
     "legacy_format.pth": "saved in torch's format from before 1.6",
     "model_state_is_a_tensor.pth": "its model_state_dict is a Tensor",

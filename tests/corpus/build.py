@@ -252,6 +252,9 @@ def build_checkpoints(out: Path) -> None:
         torch.save(good | change, out / f"{name}.pth")
     (out / "empty.pth").write_bytes(b"")
     (out / "truncated.pth").write_bytes((out / "valid.pth").read_bytes()[:2000])
+    flipped = bytearray((out / "valid.pth").read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # a bit flip inside the weights: still a zip, still unpickles
+    (out / "bit_flipped.pth").write_bytes(bytes(flipped))
     with (
         zipfile.ZipFile(out / "valid.pth") as src,
         zipfile.ZipFile(out / "compressed_entries.pth", "w", zipfile.ZIP_DEFLATED) as dst,
