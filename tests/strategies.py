@@ -55,28 +55,38 @@ VALUES = ("valid", "valid", "valid", "zeros", "nan", "inf", "negative", "above_o
 
 @st.composite
 def h5_specs(draw: st.DrawFn) -> dict[str, Any]:
-    n = draw(st.sampled_from([0, 1, 2, 5, 7]))
-    size = draw(st.sampled_from([SIZE, SIZE, 16, 24, 0]))
-    glints = draw(st.sampled_from([GLINTS, GLINTS, 1, 0]))
-    datasets = {}
-    for name in NAMES:
-        if (
-            name in ("images", "heatmaps")
-            and draw(st.integers(0, 9)) == 0
-            or name not in ("images", "heatmaps")
-            and draw(st.booleans())
-        ):
+    """A valid file's description with 0–3 faults, each in one dataset (a link or foreign storage, a dtype, a
+    shape, values, or the dataset missing) and sometimes one in its geometry; none in about a third of the
+    files, so that accepted files are trained on too."""
+    n, size, glints = (
+        draw(st.sampled_from([5, 7])),
+        draw(st.sampled_from([SIZE, 16])),
+        draw(st.sampled_from([GLINTS, 1])),
+    )
+    if draw(st.integers(0, 5)) == 0:  # a geometry fault: too few samples, a size the UNet cannot take, no glints
+        n, size, glints = draw(
+            st.sampled_from(
+                [(0, SIZE, GLINTS), (1, SIZE, GLINTS), (2, SIZE, GLINTS), (5, 24, GLINTS), (5, 0, GLINTS), (5, SIZE, 0)]
+            )
+        )
+    valid = {"storage": "data", "dtype": "right", "shape_change": None, "values": "valid", "declared": 1000}
+    datasets = {name: dict(valid) for name in NAMES if name in ("images", "heatmaps") or draw(st.booleans())}
+    choices = {
+        "storage": st.sampled_from(STORAGE),
+        "dtype": st.sampled_from(DTYPES),
+        "shape_change": st.sampled_from(["rank", "first", "last"]),
+        "values": st.sampled_from(VALUES),
+    }
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
+        name, fault = draw(st.sampled_from(NAMES)), draw(st.sampled_from(["missing", *choices]))
+        if fault == "missing":
+            datasets.pop(name, None)
             continue
-        datasets[name] = {
-            "storage": draw(st.sampled_from(STORAGE)),
-            "dtype": draw(st.sampled_from(DTYPES)),
-            "shape_change": draw(st.sampled_from([None, None, None, "rank", "first", "last"])),
-            "values": draw(st.sampled_from(VALUES)),
-            "declared": draw(st.sampled_from([10**3, 10**5, 4 * 10**6])),
-        }
+        datasets.setdefault(name, dict(valid))[fault] = draw(choices[fault])
+        datasets[name]["declared"] = draw(st.sampled_from([10**3, 10**5, 4 * 10**6]))
     text = st.text(
         st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20
-    )  # what HDF5 can store
+    )  # what HDF5 stores
     attrs = draw(
         st.dictionaries(
             text.filter(bool),
