@@ -65,39 +65,18 @@ def run_worker(target: str, examples: int, seed: int) -> dict:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    if target == "h5":
+    specs = {"h5": s.h5_specs, "labelme": s.labelme_specs, "checkpoint": s.checkpoint_specs}[target]
+    run_one = {"h5": s.check_h5, "labelme": s.check_labelme, "checkpoint": s.check_checkpoint}[target]
+    extra = ()
+    if target == "checkpoint":
+        two = write_synthetic(work / "two.h5", num_samples=8, size=s.SIZE, num_glints=s.GLINTS, seed=5)
+        extra = (load_glint_file(two),)
 
-        @run
-        @given(spec=s.h5_specs())
-        def check(spec: dict) -> None:
-            with tempfile.TemporaryDirectory(dir=work) as tmp:
-                path = Path(tmp) / "data.h5"
-                s.write_h5(spec, path)
-                outcome = s.run_target(s.h5_target, path)
-                assert outcome.peak_bytes <= 4 * s.declared_bytes(path) + 16 * MiB, outcome
-                record(outcome)
-    elif target == "labelme":
-
-        @run
-        @given(spec=s.labelme_specs())
-        def check(spec: dict) -> None:
-            with tempfile.TemporaryDirectory(dir=work) as tmp:
-                s.write_labelme(spec, Path(tmp) / "annotations")
-                outcome = s.run_target(s.labelme_target, Path(tmp) / "annotations", Path(tmp) / "out.h5", spec)
-                assert outcome.peak_bytes <= 32 * MiB, outcome
-                record(outcome)
-    else:
-        data = load_glint_file(
-            write_synthetic(work / "two.h5", num_samples=8, size=s.SIZE, num_glints=s.GLINTS, seed=5)
-        )
-
-        @run
-        @given(spec=s.checkpoint_specs())
-        def check(spec: dict) -> None:
-            with tempfile.TemporaryDirectory(dir=work) as tmp:
-                path = Path(tmp) / "crafted.pth"
-                s.write_checkpoint(spec, path)
-                record(s.run_target(s.checkpoint_target, path, data, trace_memory=False))
+    @run
+    @given(spec=specs())
+    def check(spec: dict) -> None:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            record(run_one(spec, Path(tmp), *extra))
 
     hypothesis_seed(seed)(check)()
     counts["refused"] = dict(counts["refused"])

@@ -561,3 +561,30 @@ def checkpoint_target(path: Path, data: Any) -> None:
     parts, precision, loss_fn = training_parts(plan.cfg, data.num_glints, device, plan)
     batches = make_batches(data, np.arange(4), 4, True, plan.cfg.seed, device, 0, resident=True)
     run_epoch(parts["model"], batches, loss_fn, precision, parts["optimizer"], "fuzz")
+
+
+# -- one example of each target: write it, run it, check the memory bound (tests and benchmarks/fuzz.py) --------
+
+MiB = 2**20
+
+
+def check_h5(spec: dict[str, Any], folder: Path) -> Outcome:
+    path = folder / "data.h5"
+    write_h5(spec, path)
+    outcome = run_target(h5_target, path)
+    assert outcome.peak_bytes <= 4 * declared_bytes(path) + 16 * MiB, outcome
+    return outcome
+
+
+def check_labelme(spec: dict[str, Any], folder: Path) -> Outcome:
+    write_labelme(spec, folder / "annotations")
+    outcome = run_target(labelme_target, folder / "annotations", folder / "out.h5", spec)
+    assert outcome.peak_bytes <= 32 * MiB, outcome
+    return outcome
+
+
+def check_checkpoint(spec: dict[str, Any], folder: Path, data: Any) -> Outcome:
+    write_checkpoint(spec, folder / "crafted.pth")
+    return run_target(
+        checkpoint_target, folder / "crafted.pth", data, trace_memory=False
+    )  # torch's memory is not traced
