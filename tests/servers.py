@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,10 +16,7 @@ from pathlib import Path
 import requests
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LISTENING = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")  # uvicorn, gunicorn
 
 
 class MlflowServer:
@@ -29,21 +26,32 @@ class MlflowServer:
         self.folder = folder
         self.backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
         self.app_name = app_name
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the first start binds a free port (no race with other processes) and keeps it
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.folder / "artifacts")]
         if self.app_name:
             cmd += ["--app-name", self.app_name]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.folder / "server.log", "a"),
+        log = self.folder / "server.log"
+        start = log.stat().st_size if log.exists() else 0
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "a"),
                                      start_new_session=True, env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
+            if self.port == 0:
+                bound = LISTENING.search(log.read_text(errors="replace")[start:])
+                if bound is None:
+                    time.sleep(0.3)
+                    continue
+                self.port = int(bound.group(1))
             try:
                 if requests.get(f"{self.uri}/health", timeout=1).ok:
                     return
@@ -58,17 +66,17 @@ class MlflowServer:
 
 
 class Postgres:
-    """A PostgreSQL cluster of its own (initdb, trust authentication) on a free loopback port.
+    """A PostgreSQL cluster of its own (initdb, trust authentication) reached through a Unix socket in its own
+    folder: no TCP port to pick, so none to lose to another process.
 
     `unavailable()` says why one cannot be started here (then the test is skipped with that reason)."""
 
     def __init__(self) -> None:
         found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
         self.bin = Path(found).parent if found else None
-        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="glint-pg-"))
         self.data = self.folder / "data"
-        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        self.uri = f"postgresql://postgres@/mlflow?host={self.folder}"
         self.as_user: list[str] = []
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
             self.as_user = ["runuser", "-u", "postgres", "--"]
@@ -92,9 +100,9 @@ class Postgres:
 
     def start(self) -> None:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        options = f"-k {self.folder} -c listen_addresses=''"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "postgres.log"), "-w", "start")
-        self._run(str(self.bin / "psql") if (self.bin / "psql").exists() else "psql", "-h", "127.0.0.1", "-p", str(self.port),
+        self._run(str(self.bin / "psql") if (self.bin / "psql").exists() else "psql", "-h", str(self.folder),
                   "-U", "postgres", "-c", "CREATE DATABASE mlflow")
 
     def stop(self) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -17,7 +16,7 @@ from click.testing import CliRunner
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, wait_until
 from glint_track import checkpoint as checkpoint_module
 from glint_track import tracking
 from glint_track.checkpoint import Checkpointer, load_checkpoint
@@ -44,6 +43,7 @@ def one_error_line(result) -> str:
     return errors[0]
 
 
+@pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
     """Quick mode of benchmarks/kill_anywhere.py: 10 SIGKILLs, each followed by a resume by run ID."""
     report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=200, seed=1)
@@ -51,6 +51,7 @@ def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5
     assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(not SaveProcess.available(), reason="the save process needs Linux (memfd)")
 def test_sigkill_while_the_save_process_writes_then_resume(tmp_path: Path, tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same with checkpoints serialised by the child process (the GPU default): 4 SIGKILLs."""
@@ -68,17 +69,18 @@ def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_ru
     straight = subprocess.run([*train, "--run-name", "straight"], env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     victim = subprocess.Popen([*train, "--run-name", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    run_id = None
-    while True:  # SIGKILL as soon as the run holds the epoch 2 checkpoint, while epoch 3 trains
+
+    def at_epoch_2() -> str | None:  # SIGKILL as soon as the run holds the epoch 2 checkpoint, while epoch 3 trains
         assert victim.poll() is None, "the run finished before it could be killed"
         runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'killed'", output_format="list")
         if runs and (latest := run_folder(runs[0].info.run_id) / "latest_checkpoint.pth").is_file():
             if load_checkpoint(latest)["epoch"] == 2:
-                run_id = runs[0].info.run_id
                 victim.send_signal(signal.SIGKILL)
-                victim.wait()
-                break
-        time.sleep(0.05)
+                return runs[0].info.run_id
+        return None
+
+    run_id = wait_until(at_epoch_2, 300, "the epoch 2 checkpoint")
+    victim.wait()
     resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "epochs 3→4" in resumed.stderr
@@ -284,13 +286,11 @@ def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict
     log = server.folder / "train.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-        while "epoch 2/" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
+        wait_until(lambda: "epoch 2/" in log.read_text() or proc.poll() is not None, 300, "epoch 2")
+        assert proc.poll() is None, log.read_text()
         server.stop()
         if restart_when_spooling:
-            while "is unreachable" not in log.read_text() and proc.poll() is None:
-                time.sleep(0.05)
+            wait_until(lambda: "is unreachable" in log.read_text() or proc.poll() is not None, 300, "the outage")
             server.start()
         out, _ = proc.communicate(timeout=300)
     text = log.read_text()

@@ -50,6 +50,7 @@ def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) ->
     return out
 
 
+@pytest.mark.timeout(400)
 def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, tmp_path: Path, postgres: Postgres,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     server = MlflowServer(tmp_path, backend_uri=postgres.uri)
@@ -104,6 +105,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.timeout(400)
 def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Params (save_optimizer too), metric names, checkpoints/latest_checkpoint.pth and a logged image, as a
     user sees them in the MLflow UI. GLINT_TRACK_SAVE_SCREENSHOTS=1 also refreshes docs/ui-run.png."""
@@ -139,6 +141,7 @@ def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypat
         server.stop()
 
 
+@pytest.mark.timeout(400)
 def test_basic_auth_server_wrong_password_is_one_line_and_right_one_trains(tiny_h5: Path, tmp_path: Path) -> None:
     server = MlflowServer(tmp_path, app_name="basic-auth")
     try:
