@@ -90,7 +90,11 @@ def test_training_logs_glint_metrics_and_can_monitor_f1(tiny_h5: Path) -> None:
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
     best = client.get_run(run_id).data.metrics
     assert {"best_val_f1", "best_val_loss", "best_val_loc_err_mean"} <= set(best)
-    assert 0.0 <= best["best_val_f1"] <= 1.0
+    f1 = [m.value for m in client.get_metric_history(run_id, "val_f1")]
+    precision, recall = (client.get_metric_history(run_id, k)[-1].value for k in ("val_precision", "val_recall"))
+    assert best["best_val_f1"] == max(f1)  # monitored with mode max: the best epoch is the one with the top F1
+    if precision + recall:
+        assert f1[-1] == pytest.approx(2 * precision * recall / (precision + recall), abs=1e-6)
 
 
 def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) -> None:

@@ -22,11 +22,22 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(4, 3, 8, 8, generator=g), target
 
 
-@pytest.mark.parametrize("name", ["focal", "bce", "dice"])
-def test_single_losses_are_finite_scalars(name: str) -> None:
+@pytest.mark.parametrize("name", ["focal", "bce", "dice", "peak-bce"])
+def test_single_losses_are_scalars_that_rank_a_right_map_below_a_wrong_one(name: str) -> None:
     logits, target = _batch()
     out = GlintLoss(name)(logits, target)
-    assert set(out) == {"loss"} and out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    assert set(out) == {"loss"} and out["loss"].ndim == 0
+    right, wrong = (target * 2 - 1) * 8, (1 - target * 2) * 8  # confident and right / confident and wrong
+    assert GlintLoss(name)(right, target)["loss"] < out["loss"] < GlintLoss(name)(wrong, target)["loss"]
+
+
+def test_losses_equal_their_textbook_definitions() -> None:
+    logits, target = _batch()
+    p = logits.sigmoid()
+    bce = -(target * p.log() + (1 - target) * (1 - p).log())
+    assert torch.allclose(GlintLoss("bce")(logits, target)["loss"], bce.mean(), atol=1e-5)
+    p_t = p * target + (1 - p) * (1 - target)
+    assert torch.allclose(GlintLoss("focal")(logits, target)["loss"], ((1 - p_t) ** 2 * bce).mean(), atol=1e-5)
 
 
 @pytest.mark.parametrize("div_mode", DIV_MODES)
