@@ -318,7 +318,8 @@ def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_bac
     _complete_in_server(run_id, 30)
 
 
-def test_spool_left_at_exit_is_sent_by_glint_track_sync(tiny_h5: Path, server: MlflowServer) -> None:
+@pytest.mark.parametrize("sent_by", ["sync", "resume"])
+def test_spool_left_at_exit_is_sent_by_sync_or_by_the_next_resume(tiny_h5: Path, server: MlflowServer, sent_by: str) -> None:
     result, run_id = _train_through_outage(tiny_h5, server, 6, {"GLINT_TRACK_SYNC_WAIT_S": "0"}, restart_when_spooling=False)
     from glint_track.cli import EXIT_SPOOL_PENDING
 
@@ -327,7 +328,12 @@ def test_spool_left_at_exit_is_sent_by_glint_track_sync(tiny_h5: Path, server: M
     assert f"glint-track sync {spool}" in result.stderr
     assert not CliRunner().invoke(main, ["sync", str(spool)]).exit_code == 0  # the server is still down
     server.start()
-    synced = CliRunner().invoke(main, ["sync", str(spool)])
-    assert synced.exit_code == 0 and f"to run {run_id}" in synced.output, synced.output
-    _complete_in_server(run_id, 6)
+    if sent_by == "sync":
+        synced = CliRunner().invoke(main, ["sync", str(spool)])
+        assert synced.exit_code == 0 and f"to run {run_id}" in synced.output, synced.output
+        _complete_in_server(run_id, 6)
+    else:  # README: what a process left in its spool reaches the run before the resumed epochs
+        resumed = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "8"])  # --save-freq 2
+        assert resumed.exit_code == 0, resumed.output
+        _complete_in_server(run_id, 8)
     assert "nothing left to send" in CliRunner().invoke(main, ["sync", str(spool)]).output
