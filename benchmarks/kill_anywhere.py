@@ -3,7 +3,8 @@
     python benchmarks/kill_anywhere.py [--kills 50] [--epochs 1000] [--seed 0]
 
 A reference run trains straight through. A second run is killed with SIGKILL — every other time the
-moment a checkpoint is being written or uploaded, otherwise at a random moment while it starts, steps,
+moment a checkpoint file is being written (it kills itself then: tests/killpoints), otherwise from outside
+at a random moment while it starts, steps,
 writes checkpoints, uploads them, logs metrics or deletes old epoch files (`--save-freq 1` makes every
 epoch do all of those) — and resumed by its run ID each time. Checked
 after every kill: each checkpoint in the run loads and matches its checksum, and the next process
@@ -38,7 +39,7 @@ from _common import child_env, differing_parts, make_workdir  # noqa: E402
 from glint_track.checkpoint import load_checkpoint  # noqa: E402
 
 TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
-         "--save-freq", "1", "--keep-last-n", "2", "--deterministic"]
+         "--save-freq", "1", "--keep-last-n", "2", "--deterministic"]  # --keep-last-n: KEEP_LAST_N below
 RUN_LINE = re.compile(r"run ([0-9a-f]{32}): .* epochs (\d+)→(\d+)")
 
 
@@ -50,14 +51,19 @@ class Report:
     failures: list[str] = field(default_factory=list)
 
 
-def _env(workdir: Path) -> dict[str, str]:
-    env = child_env(XDG_CACHE_HOME=str(workdir / "cache"))
+KILLPOINTS = ROOT / "tests" / "killpoints"  # its sitecustomize makes a process SIGKILL itself at a chosen point
+
+
+def _env(workdir: Path, kill_at: str | None, save_process: str) -> dict[str, str]:
+    env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), GLINT_TRACK_SAVE_PROCESS=save_process)
     env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's embedded default: ./mlflow.db in workdir
+    if kill_at:
+        env |= {"PYTHONPATH": f"{KILLPOINTS}{os.pathsep}{env['PYTHONPATH']}", "GLINT_TRACK_TEST_KILL": kill_at}
     return env
 
 
-def _start(workdir: Path, args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=workdir, env=_env(workdir),
+def _start(workdir: Path, args: list[str], log: Path, kill_at: str | None = None, save_process: str = "off") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=workdir, env=_env(workdir, kill_at, save_process),
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
@@ -66,16 +72,54 @@ def _artifact_dir(workdir: Path, run_id: str) -> Path:
     return Path(uri.removeprefix("file://")) / "checkpoints"
 
 
-def check_checkpoints(folder: Path) -> int:
-    """Every checkpoint in the run has its checksum file and matches it; returns the latest's epoch."""
+KEEP_LAST_N = 2
+
+
+def finished_epoch(log: Path) -> int:
+    """The last epoch the process said it finished (0: none)."""
+    return max((int(m.group(1)) for m in re.finditer(r" epoch (\d+)/\d+ ", log.read_text())), default=0)
+
+
+def check_run(workdir: Path, run_id: str, finished: int, previous: int) -> int:
+    """What a kill may leave, checked against the metric history; returns the latest checkpoint's epoch.
+
+    - every checkpoint has its checksum file and matches it; each epoch_NNN.pth holds epoch NNN;
+    - the latest checkpoint is never older than the one resumed from (`previous`) and at most one epoch
+      behind the last epoch the process finished (a kill loses the epoch in progress and, in that epoch's
+      first steps, the one before);
+    - each metric step is logged at most once, for epochs 1…latest, all of them but possibly the latest
+      (its metrics go up after its checkpoint; the resume logs them);
+    - its best epoch and value are the minimum of the val_loss history (with its own epoch's value);
+      best_model.pth holds that epoch (or the best before, if the kill came between the two uploads);
+    - the epoch files are the newest KEEP_LAST_N of 1…latest (the latest's copy, and the deletion of the
+      oldest, may be what the kill interrupted).
+    """
+    folder = _artifact_dir(workdir, run_id)
     for path in folder.glob("*.pth"):
         assert (folder / f"{path.name}.sha256").is_file(), f"{path.name} has no checksum file"
-        load_checkpoint(path)  # raises on a cut or damaged file
-    return int(load_checkpoint(folder / "latest_checkpoint.pth")["epoch"])
-
-
-def _writing(local: Path, uploaded: Path) -> bool:
-    return any(local.glob(".*.tmp")) or any(uploaded.glob(".*"))
+        state = load_checkpoint(path)  # raises on a cut or damaged file
+        if match := re.fullmatch(r"epoch_(\d+)\.pth", path.name):
+            assert state["epoch"] == int(match.group(1)), f"{path.name} holds epoch {state['epoch']}"
+    latest = load_checkpoint(folder / "latest_checkpoint.pth")
+    epoch = int(latest["epoch"])
+    assert max(finished - 1, previous) <= epoch <= max(finished, previous) + 1, (
+        f"latest checkpoint at epoch {epoch}; the process resumed from {previous} and had finished epoch {finished}")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    history = {}
+    for m in client.get_metric_history(run_id, "val_loss"):
+        assert m.step not in history, f"val_loss step {m.step} logged twice"
+        history[m.step] = m.value
+    assert set(range(1, epoch)) <= set(history) <= set(range(1, epoch + 1)), f"val_loss steps {sorted(history)}, latest {epoch}"
+    history.setdefault(epoch, latest["metrics"]["val_loss"])
+    best_epoch = min(history, key=lambda e: (history[e], e))
+    assert (latest["best"]["epoch"], latest["best"]["value"]) == (best_epoch, history[best_epoch]), (latest["best"], history)
+    best_file = int(load_checkpoint(folder / "best_model.pth")["epoch"])
+    best_before = min((e for e in history if e < epoch), key=lambda e: (history[e], e), default=None)
+    assert best_file == best_epoch or (best_epoch == epoch and best_file == best_before), (best_file, best_epoch)
+    files = {int(m.group(1)) for m in (re.fullmatch(r"epoch_(\d+)\.pth", p.name) for p in folder.glob("*.pth")) if m}
+    newest = set(range(max(1, epoch - KEEP_LAST_N + 1), epoch + 1))
+    assert newest - {epoch} <= files <= newest | {epoch - KEEP_LAST_N}, f"epoch files {sorted(files)}, latest {epoch}"
+    return epoch
 
 
 def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
@@ -90,7 +134,9 @@ def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
     return "training" if RUN_LINE.search(log.read_text()) else "starting up"
 
 
-def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int) -> Report:
+def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int, save_process: str = "off") -> Report:
+    """`save_process`: GLINT_TRACK_SAVE_PROCESS of every process, or "alternate": off for attempts 0-1, on
+    for 2-3, and so on (each mode then sees both kinds of kill)."""
     rng = random.Random(seed)
     report = Report()
     logs = workdir / "logs"
@@ -115,19 +161,16 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
         time.sleep(0.05)
         if run_id is None and (match := RUN_LINE.search(log.read_text())):
             run_id = match.group(1)
-    folder = _artifact_dir(workdir, run_id)
-    delay, saved, attempt = rng.uniform(0, 0.5), None, 0
+    delay, saved, attempt, aimed = rng.uniform(0, 0.5), None, 0, None
     while True:
-        # every other attempt is killed the moment a checkpoint is being written or uploaded (a temp file
-        # beside it), the others at a random moment of their life: start-up, steps, saving, uploading
-        aim_at_write = attempt % 2 == 1
-        deadline = time.perf_counter() + (startup + 3.0 if aim_at_write else delay)
+        # the odd attempts die (SIGKILL, from a thread of their own) while writing their 1st-3rd checkpoint
+        # (tests/killpoints), the even ones are killed from here at a random moment: start-up, steps, saving,
+        # uploading, logging metrics, deleting old epoch files
+        deadline = time.perf_counter() + (startup + 30.0 if aimed else delay)
         while report.kills < kills and time.perf_counter() < deadline and proc.poll() is None:
-            if aim_at_write and _writing(workdir / "runs" / run_id, folder):
-                break
-            time.sleep(0.002 if aim_at_write else 0.01)
-        killed = report.kills < kills and proc.poll() is None
-        if killed:
+            time.sleep(0.01)
+        killed = report.kills < kills and proc.poll() in (None, -signal.SIGKILL)
+        if killed and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         if saved is not None and (match := RUN_LINE.search(log.read_text())) and int(match.group(2)) != saved + 1:
@@ -140,7 +183,7 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
         phase = _phase(log, workdir, run_id)
         report.kill_phases[phase] = report.kill_phases.get(phase, 0) + 1
         try:
-            saved = check_checkpoints(_artifact_dir(workdir, run_id))
+            saved = check_run(workdir, run_id, finished_epoch(log), saved or 0)
         except Exception as e:  # noqa: BLE001 - reported, not raised, so the table shows every failure
             report.failures.append(f"kill {report.kills}: {e}")
             break
@@ -148,7 +191,9 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int)
             break  # killed after the run had finished (while the process was exiting): nothing left to resume
         attempt += 1
         log = logs / f"attempt_{attempt:03d}.log"
-        proc = _start(workdir, ["--resume", run_id], log)
+        aimed = f"write:{rng.randint(1, 3)}" if attempt % 2 and report.kills < kills else None
+        mode = ("off", "on")[attempt // 2 % 2] if save_process == "alternate" else save_process
+        proc = _start(workdir, ["--resume", run_id], log, aimed, mode)
         report.resumes += 1
         # mostly during training (every epoch writes and uploads files), sometimes during start-up
         delay = rng.uniform(startup, startup + 1.0) if rng.random() < 0.7 else rng.uniform(0.3, startup)
@@ -174,6 +219,14 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     if killed["epoch"] != epochs:
         problems.append(f"latest checkpoint at epoch {killed['epoch']}")
     problems += [f"{part} differs from the uninterrupted run" for part in differing_parts(killed, reference)]
+    try:
+        check_run(workdir, run_id, epochs, epochs)
+        best = load_checkpoint(folder / "best_model.pth")["epoch"]
+        files = sorted(p.name for p in folder.glob("epoch_*.pth"))
+        assert best == killed["best"]["epoch"], f"best_model.pth holds epoch {best}, the best is {killed['best']['epoch']}"
+        assert files == [f"epoch_{e:03d}.pth" for e in range(epochs - KEEP_LAST_N + 1, epochs + 1)], files
+    except AssertionError as e:
+        problems.append(str(e))
     return problems
 
 
@@ -183,6 +236,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--save-process", choices=["off", "on", "alternate"], default="alternate")
     args = parser.parse_args()
 
     from glint_track.synth import write_synthetic
@@ -190,7 +244,7 @@ def main() -> None:
     workdir = make_workdir(args.workdir, "glint-kill-")
     h5 = write_synthetic(workdir / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)
     t0 = time.perf_counter()
-    report = kill_and_resume(workdir, h5, args.kills, args.epochs, args.seed)
+    report = kill_and_resume(workdir, h5, args.kills, args.epochs, args.seed, args.save_process)
     print(f"\n{dt.date.today()}  torch {torch.__version__}  {os.cpu_count()} CPUs  {time.perf_counter() - t0:.0f} s  workdir {workdir}")
     print("| kills | resumes | killed while | failures |\n|---|---|---|---|")
     phases = ", ".join(f"{k}: {v}" for k, v in sorted(report.kill_phases.items()))

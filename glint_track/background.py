@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 
@@ -28,6 +28,11 @@ class BackgroundWriter:
         self._go.set()
 
     def hold(self) -> None:
+        """Called at an epoch's end, before its checkpoint is queued: waits for the jobs queued before
+        (the epoch before's checkpoint, metrics, pictures). At most one checkpoint is ever waiting, which
+        bounds memory (one CPU copy of the state) and what a kill can lose (the epoch in progress and,
+        in its first steps, the one before); the training waits only where writing is slower than an epoch."""
+        wait(self._pending)
         self._go.clear()
 
     def release(self) -> None:

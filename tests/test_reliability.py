@@ -27,7 +27,7 @@ from glint_track.synth import write_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import kill_anywhere  # noqa: E402
+from kill_anywhere import kill_and_resume  # noqa: E402
 from _common import differing_parts  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
@@ -44,21 +44,13 @@ def one_error_line(result) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_sigkill_at_random_moments_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
-    """Quick mode of benchmarks/kill_anywhere.py: 10 SIGKILLs, each followed by a resume by run ID."""
-    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=10, epochs=200, seed=1)
-    assert report.failures == [] and report.kills == 10, report
-    assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
-
-
-@pytest.mark.timeout(600)
-@pytest.mark.skipif(not SaveProcess.available(), reason="the save process needs Linux (memfd)")
-def test_sigkill_while_the_save_process_writes_then_resume(tmp_path: Path, tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same with checkpoints serialised by the child process (the GPU default): 4 SIGKILLs."""
-    monkeypatch.setenv("GLINT_TRACK_SAVE_PROCESS", "on")
-    report = kill_anywhere.kill_and_resume(tmp_path, tiny_h5, kills=4, epochs=80, seed=2)
-    assert report.failures == [] and report.kills == 4, report
-    assert report.kill_phases.get("writing a checkpoint", 0) + report.kill_phases.get("uploading a checkpoint", 0) >= 1, report
+def test_sigkill_at_random_moments_and_while_writing_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
+    """Quick mode of benchmarks/kill_anywhere.py: 8 SIGKILLs, each followed by a resume by run ID; half of
+    them while a checkpoint file is written, half of the processes serialising in the save process."""
+    save_process = "alternate" if SaveProcess.available() else "off"
+    report = kill_and_resume(tmp_path, tiny_h5, kills=8, epochs=80, seed=1, save_process=save_process)
+    assert report.failures == [] and report.kills == 8, report
+    assert report.kill_phases.get("writing a checkpoint", 0) >= 3, report
 
 
 def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tmp_path: Path) -> None:
@@ -187,6 +179,43 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
     save(5)  # the server is back: the spool goes first, then the new upload
     assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 5
     assert checkpointer.published["latest_checkpoint.pth"] == [checkpoint_module.file_digest(local / "latest_checkpoint.pth")]
+
+
+def _killed_at(point: str, args: list[str]) -> str:
+    """Train in a real process that SIGKILLs itself at `point` (tests/killpoints); returns the run ID."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests' / 'killpoints'}{os.pathsep}{ROOT}", GLINT_TRACK_TEST_KILL=point)
+    proc = subprocess.run([sys.executable, "-m", "glint_track", "train", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")[0].info.run_id
+
+
+def test_sigkill_between_the_latest_checkpoint_and_its_copies_is_completed_by_the_resume(tiny_h5: Path) -> None:
+    """Killed right after epoch 2's latest_checkpoint.pth went up, before its best/epoch copies did: the
+    resume publishes them (Checkpointer.complete), so no epoch file and no best model is ever missing."""
+    args = ["--h5", str(tiny_h5), *TINY, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3", "--monitor", "train_loss"]
+    run_id = _killed_at("publish:latest_checkpoint.pth:2", args)  # train_loss falls each epoch: each is the best
+    folder = run_folder(run_id)
+    assert load_checkpoint(folder / "latest_checkpoint.pth")["epoch"] == 2
+    assert not (folder / "epoch_002.pth").exists() and load_checkpoint(folder / "best_model.pth")["epoch"] == 1
+    result = CliRunner().invoke(main, ["train", "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    assert [load_checkpoint(folder / f"epoch_{e:03d}.pth")["epoch"] for e in (1, 2, 3)] == [1, 2, 3]
+    assert load_checkpoint(folder / "best_model.pth")["epoch"] == 3
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")] == [1, 2, 3]
+
+
+def test_sigkill_while_logging_the_model_is_finished_by_the_resume(tiny_h5: Path) -> None:
+    run_id = _killed_at("log_model", ["--h5", str(tiny_h5), *TINY, "--epochs", "2"])
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "RUNNING" and load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 2
+    result = CliRunner().invoke(main, ["train", "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    assert "stopped before its model was logged" in result.stderr
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2]
+    models = mlflow.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    assert len(ready) == 1 and mlflow.pyfunc.load_model(f"models:/{ready[0].model_id}") is not None
 
 
 @pytest.mark.parametrize("model_when_killed", ["half-logged", "logged"])

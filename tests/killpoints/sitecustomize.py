@@ -1,0 +1,91 @@
+"""SIGKILL at a chosen point of a real training process, for tests that need the kill to land exactly there.
+
+Put this folder first on PYTHONPATH and set GLINT_TRACK_TEST_KILL to one of
+  publish:<file>:<n>  after the n-th upload of checkpoints/<file> by this process (before the next file);
+  write:<n>           while the n-th checkpoint file of this process is being written (its temp file
+                      exists; by this process or by its save process);
+  log_model           halfway through uploading the files of the MLflow model.
+The process then dies as under `kill -9`: no handler, no `finally`, no atexit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after_publish(name: str, count: int) -> None:
+    from glint_track.checkpoint import Checkpointer
+
+    real, done = Checkpointer._publish, []
+
+    def publish(self, file: str, digest: str) -> None:
+        real(self, file, digest)
+        if file == name:
+            done.append(file)
+            if len(done) == count:
+                _die()
+
+    Checkpointer._publish = publish
+
+
+def _while_writing(count: int) -> None:
+    import threading
+    import time
+
+    from glint_track.checkpoint import Checkpointer
+
+    real_init, calls = Checkpointer.__init__, []
+
+    def watch(folder: Path) -> None:  # polls far faster than another process could
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(folder.glob(".*.tmp")):
+                _die()
+            time.sleep(0.0001)
+
+    def init(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        serialize = self.serializer
+
+        def serializer(state, path: Path) -> str:
+            calls.append(path)
+            if len(calls) == count:
+                threading.Thread(target=watch, args=(path.parent,), daemon=True).start()
+            return serialize(state, path)
+
+        self.serializer = serializer
+
+    Checkpointer.__init__ = init
+
+
+def _in_log_model() -> None:
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    real = LocalArtifactRepository.log_artifacts
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        if not (Path(local_dir) / "MLmodel").is_file():
+            return real(self, local_dir, artifact_path)
+        files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+        for file in files[: len(files) // 2]:
+            folder = file.parent.relative_to(local_dir).as_posix()
+            self.log_artifact(str(file), "/".join(p for p in (artifact_path, folder) if p and p != ".") or None)
+        _die()
+
+    LocalArtifactRepository.log_artifacts = log_artifacts
+
+
+_point = os.environ.get("GLINT_TRACK_TEST_KILL", "")
+if _point.startswith("publish:"):
+    _, _name, _count = _point.split(":")
+    _after_publish(_name, int(_count))
+elif _point.startswith("write:"):
+    _while_writing(int(_point.split(":")[1]))
+elif _point == "log_model":
+    _in_log_model()
