@@ -16,9 +16,10 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -44,6 +45,13 @@ from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest, first_line, os_reason
 from glint_track.lease import RunLease
 from glint_track.spool import Spool
+
+try:  # the SQL stores' errors (mlflow-skinny installs may lack SQLAlchemy)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    _SQL_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError,)
+except ImportError:
+    _SQL_ERRORS = ()
 
 log = logging.getLogger(__name__)
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
@@ -260,17 +268,18 @@ class RunTracker:
         thread of its own and logs them as `system/…` metrics of the run. `claim=False`: a run nobody resumes
         (an evaluation) needs no claim."""
         system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
-        client = MlflowClient()
-        given, new = _run_made_for_us(client), continue_run_id is None
-        project = given if given is not None and given.data.tags.get("mlflow.source.type") == "PROJECT" else None
-        if project is not None and project.info.experiment_id != DEFAULT_EXPERIMENT_ID:
-            experiment = client.get_experiment(project.info.experiment_id).name
-        elif given is not None and project is None and new:
-            continue_run_id = given.info.run_id  # ours to fill: a sweep child
-        if continue_run_id is None:
-            experiment_id = experiment_id_for(experiment, client)
-            tags = resolve_tags() | (_provenance(project) if project is not None else {})
-            continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        with _local_store_errors():
+            client = MlflowClient()  # a local store (./mlflow.db) is created or migrated here
+            given, new = _run_made_for_us(client), continue_run_id is None
+            project = given if given is not None and given.data.tags.get("mlflow.source.type") == "PROJECT" else None
+            if project is not None and project.info.experiment_id != DEFAULT_EXPERIMENT_ID:
+                experiment = client.get_experiment(project.info.experiment_id).name
+            elif given is not None and project is None and new:
+                continue_run_id = given.info.run_id  # ours to fill: a sweep child
+            if continue_run_id is None:
+                experiment_id = experiment_id_for(experiment, client)
+                tags = resolve_tags() | (_provenance(project) if project is not None else {})
+                continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         lease, stale = RunLease.acquire(client, continue_run_id) if claim else (None, None)  # before anything is written
         try:
             if not new:
@@ -533,6 +542,21 @@ def _log_model(checkpoint: Path, image_size: tuple[int, int], registered_name: s
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "h5py", "click", "tqdm", "pillow"],
         registered_model_name=registered_name,
     )
+
+
+@contextmanager
+def _local_store_errors() -> Iterator[None]:
+    """A local tracking store that cannot be written (a full disk under mlflow.db, a read-only folder) is
+    one line naming it; a remote server's errors are reported where the server is checked."""
+    try:
+        yield
+    except (MlflowException, OSError, *_SQL_ERRORS) as e:
+        if _is_remote(tracking_uri()):
+            raise
+        raise GlintTrackError(
+            f"the MLflow tracking store at {tracking_uri()} cannot be written ({os_reason(e)[:200]}); free space there "
+            f"(or fix its permissions), or set MLFLOW_TRACKING_URI to another store"
+        ) from e
 
 
 def _is_remote(uri: str) -> bool:

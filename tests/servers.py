@@ -22,8 +22,10 @@ LISTENING = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.
 class MlflowServer:
     """An `mlflow server` with proxied artifacts (`mlflow-artifacts:`) that a test can stop and start again."""
 
-    def __init__(self, folder: Path, backend_uri: str | None = None, app_name: str | None = None) -> None:
+    def __init__(self, folder: Path, backend_uri: str | None = None, app_name: str | None = None,
+                 artifacts: Path | None = None) -> None:
         self.folder = folder
+        self.artifacts = artifacts or folder / "artifacts"
         self.backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
         self.app_name = app_name
         self.port = 0  # the first start binds a free port (no race with other processes) and keeps it
@@ -35,7 +37,7 @@ class MlflowServer:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.folder / "artifacts")]
+               "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts)]
         if self.app_name:
             cmd += ["--app-name", self.app_name]
         log = self.folder / "server.log"

@@ -85,6 +85,21 @@ def test_truncated_checkpoint_is_reported(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "cut.pth")
 
 
+def test_a_sound_checkpoint_that_is_not_the_one_its_checksum_file_names_is_refused(tmp_path: Path) -> None:
+    """The checksum file is what tells a run's own file from another sound one put in its place (an older
+    version a sync left behind, a file copied over from another run): both load, only one is this run's."""
+    from glint_track.checkpoint import checksum_path, file_digest
+
+    parts = _parts()
+    save_atomic(gather(parts, {}, True), tmp_path / "latest_checkpoint.pth")
+    checksum_path(tmp_path / "latest_checkpoint.pth").write_text(file_digest(tmp_path / "latest_checkpoint.pth") + "\n")
+    assert load_checkpoint(tmp_path / "latest_checkpoint.pth")["epoch"] == parts["progress"].epoch
+    parts["progress"].update(7, {"val_loss": 0.1})
+    save_atomic(gather(parts, {}, True), tmp_path / "latest_checkpoint.pth")  # sound, but not the listed one
+    with pytest.raises(GlintTrackError, match="checksum mismatch"):
+        load_checkpoint(tmp_path / "latest_checkpoint.pth")
+
+
 def test_data_parallel_prefix_and_bare_weights_are_accepted(tmp_path: Path) -> None:
     model = GlintUNet(num_glints=2, base_channels=4)
     wrapped = collections.OrderedDict((f"module.{k}", v) for k, v in model.state_dict().items())

@@ -151,3 +151,33 @@ def test_unwritable_cache_only_warns(tiny_h5: Path, tmp_path: Path, caplog: pyte
     blocker.write_text("not a folder")
     data = load_glint_file(tiny_h5, blocker / "cache")
     assert data.num_samples == 32 and not data.from_cache and "continuing without the cache" in caplog.text
+
+
+def test_four_processes_released_together_build_the_cache_once_and_all_read_it(tmp_path: Path) -> None:
+    """A real race: four processes wait at a barrier (a file), then load the same file into one empty cache
+    at the same moment. Each gets the right arrays, one complete entry remains, no temp folder is left."""
+    import subprocess
+    import sys
+    import time
+
+    from glint_track.synth import write_synthetic
+
+    h5 = write_synthetic(tmp_path / "race.h5", num_samples=256, size=64, num_glints=4, seed=4)  # ~10 MB to write
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    code = (
+        "import sys, time, pathlib, glint_track.data as d\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        f"x = d.load_glint_file({str(h5)!r}, pathlib.Path({str(cache)!r}))\n"
+        "print(x.digest, float(x.images.double().sum()), float(x.heatmaps.double().sum()))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(8)  # every process imported torch and waits at the barrier
+    go.touch()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    plain = load_glint_file(h5)
+    expected = f"{plain.digest} {float(plain.images.double().sum())} {float(plain.heatmaps.double().sum())}"
+    assert [out.strip() for out, _ in outputs] == [expected] * 4
+    assert [p.name for p in cache.iterdir()] == [plain.digest]  # one entry, no temp folder left
+    assert load_glint_file(h5, cache).from_cache

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from conftest import TINY
 
 from glint_track.cli import main
+from servers import MlflowServer
 
 
 @pytest.fixture
@@ -75,3 +76,30 @@ def test_a_full_cache_disk_only_slows_the_run_down(tiny_h5: Path, full_disk: Pat
     assert code == 0 and "Traceback" not in output, output
     assert "could not cache the decoded data" in output
     assert _only_run_status() == "FINISHED"
+
+
+def test_a_full_tracking_database_disk_is_one_line(tiny_h5: Path, full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{full_disk / 'mlflow.db'}")
+    code, output = _train(tiny_h5)
+    assert code == 2 and "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "tracking store at sqlite:" in errors[0] and "disk is full" in errors[0], errors
+
+
+@pytest.mark.timeout(400)
+def test_a_server_whose_artifact_disk_is_full_refuses_and_the_run_fails_in_one_line(
+    tiny_h5: Path, full_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `mlflow server` storing artifacts on a full disk answers uploads with an error: that is a
+    refusal to report (exit 2, run FAILED), not an outage to wait out."""
+    server = MlflowServer(tmp_path, artifacts=full_disk / "artifacts")
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        code, output = _train(tiny_h5)
+        assert code == 2 and "Traceback" not in output, output
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "could not store a file" in errors[0] and "artifact store" in errors[0], errors
+        assert _only_run_status() == "FAILED"
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -306,20 +307,25 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     srv.stop()
 
 
-def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict[str, str], restart_when_spooling: bool) -> tuple[subprocess.CompletedProcess, str]:
-    """Train in a subprocess; stop the server once epoch 2 is logged; optionally start it again once the
-    trainer says it is spooling. Returns the finished process and the run ID."""
+def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict[str, str],
+                          restart_when_spooling: bool | float) -> tuple[subprocess.CompletedProcess, str]:
+    """Train in a subprocess; SIGKILL the server once epoch 2 is logged (uploads go up every epoch, so one is
+    in flight or next); start it again once the trainer says it is spooling (True), or after that many
+    seconds (a float). Returns the finished process and the run ID."""
     cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), *TINY, "--epochs", str(epochs), "--save-freq", "2"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-               GLINT_TRACK_SPOOL_RETRY_S="0.5", **env)
+               GLINT_TRACK_SPOOL_RETRY_S="0.5") | env
     log = server.folder / "train.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         wait_until(lambda: "epoch 2/" in log.read_text() or proc.poll() is not None, 300, "epoch 2")
         assert proc.poll() is None, log.read_text()
         server.stop()
-        if restart_when_spooling:
+        if restart_when_spooling is True:
             wait_until(lambda: "is unreachable" in log.read_text() or proc.poll() is not None, 300, "the outage")
+            server.start()
+        elif restart_when_spooling:
+            time.sleep(restart_when_spooling)
             server.start()
         out, _ = proc.communicate(timeout=300)
     text = log.read_text()
@@ -345,6 +351,17 @@ def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_bac
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is back: sent" in result.stderr
     _complete_in_server(run_id, 30)
+
+
+def test_with_mlflows_own_retries_a_server_killed_mid_upload_and_back_in_seconds_loses_nothing(
+    tiny_h5: Path, server: MlflowServer
+) -> None:
+    """MLflow's default HTTP retries (no MLFLOW_HTTP_REQUEST_MAX_RETRIES override): the calls in flight when
+    the server dies are retried by MLflow, or spooled, and the run ends complete either way."""
+    env = {"GLINT_TRACK_SYNC_WAIT_S": "120", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")}
+    result, run_id = _train_through_outage(tiny_h5, server, 12, env, restart_when_spooling=3.0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _complete_in_server(run_id, 12)
 
 
 @pytest.mark.parametrize("sent_by", ["sync", "resume"])
