@@ -140,7 +140,7 @@ def test_cache_is_shared_memory_mapped_and_reused(tiny_h5: Path, tmp_path: Path,
         f"x = d.load_glint_file({str(tiny_h5)!r}, __import__('pathlib').Path({str(cache)!r}))\n"
         "print(x.from_cache, x.digest, int(x.heatmaps.float().sum() > 0))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout.split()
     assert out == ["True", first.digest, "1"]
     plain = load_glint_file(tiny_h5)
     assert torch.equal(plain.images, first.images) and torch.equal(plain.heatmaps, first.heatmaps)

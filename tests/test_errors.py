@@ -133,9 +133,9 @@ def test_unreachable_tracking_server(tiny_h5: Path) -> None:
 
 def test_debug_shows_the_traceback_and_real_processes_exit_2(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "glint_track"]
-    plain = subprocess.run([*cmd, "train", "--h5", "missing.h5"], capture_output=True, text=True)
+    plain = subprocess.run([*cmd, "train", "--h5", "missing.h5"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "Traceback" not in plain.stderr
-    debug = subprocess.run([*cmd, "--debug", "train", "--h5", "missing.h5"], capture_output=True, text=True)
+    debug = subprocess.run([*cmd, "--debug", "train", "--h5", "missing.h5"], capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 

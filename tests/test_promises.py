@@ -92,7 +92,7 @@ def test_sweep_gives_each_parallel_child_the_next_gpu(tiny_h5: Path) -> None:
 
 
 def test_the_git_commit_of_the_glint_track_checkout_is_tagged(tiny_h5: Path) -> None:
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
     if head.returncode != 0:
         pytest.skip("glint-track does not run from a git checkout here (an installed copy has no commit to tag)")
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")

@@ -59,7 +59,7 @@ def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_ru
     args = ["--h5", str(h5), "--base-channels", "8", "--batch-size", "8", "--device", "cpu", "--deterministic", "--epochs", "4"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     train = [sys.executable, "-m", "glint_track", "train", *args]
-    straight = subprocess.run([*train, "--run-name", "straight"], env=env, capture_output=True, text=True)
+    straight = subprocess.run([*train, "--run-name", "straight"], env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     victim = subprocess.Popen([*train, "--run-name", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
@@ -74,7 +74,7 @@ def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_ru
 
     run_id = wait_until(at_epoch_2, 300, "the epoch 2 checkpoint")
     victim.wait()
-    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "epochs 3→4" in resumed.stderr
     straight_id = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'straight'", output_format="list")[0].info.run_id

@@ -106,7 +106,7 @@ def test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over(tiny_h5: Pa
     first = start_training(tmp_path, "--resume", run_id, "--epochs", "500")
     wait_for_checkpoint(first, 2)
     second = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id, "--epochs", "500"],
-                            cwd=tmp_path, env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True, text=True)
+                            cwd=tmp_path, env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr
     (line,) = second.stderr.strip().splitlines()
     assert f"run {run_id} is being trained by pid {first.pid} on {os.uname().nodename}" in line

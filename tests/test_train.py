@@ -203,5 +203,5 @@ def test_python_dash_m_entry_point() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "glint_track", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "glint_track", "--version"], capture_output=True, text=True, check=True, timeout=120)
     assert "glint-track" in out.stdout
