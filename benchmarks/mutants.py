@@ -127,9 +127,11 @@ def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[bool, float, str]:
     return out.returncode == 0, time.perf_counter() - t0, (failed[0] if failed else out.stdout.strip().splitlines()[-1])[:160]
 
 
-def _line(code: str) -> str:
-    """The edited line, for the table (the first one that is not the same on both sides)."""
-    return code.strip().splitlines()[0].strip().replace("|", "\\|")[:70]
+def _line(code: str, other: str) -> str:
+    """The edited line, for the table: the first one of `code` that `other` does not have."""
+    lines = [line.strip() for line in code.strip().splitlines()]
+    changed = [line for line in lines if line not in {o.strip() for o in other.splitlines()}] or lines
+    return changed[0].replace("|", "\\|")[:80]
 
 
 def main() -> None:
@@ -155,7 +157,7 @@ def main() -> None:
     print("| guarantee | mechanism disabled (mutant: the edit) | test that fails | result | s |\n|---|---|---|---|---|")
     for mutant, result, why, seconds in rows:
         tests = ", ".join(f"`{t.split('::')[-1]}`" for t in mutant.tests)
-        edit = f"`{_line(mutant.old)}` → `{_line(mutant.new)}`"
+        edit = f"`{_line(mutant.old, mutant.new)}` → `{_line(mutant.new, mutant.old)}`"
         print(f"| {mutant.guarantee} | `{mutant.name}`, {mutant.file}: {edit} | {tests} | {result} | {seconds:.0f} |")
     sys.exit(1 if survivors else 0)
 
