@@ -1,6 +1,6 @@
 """Property tests (Hypothesis) over crafted HDF5 files, labelme folders and checkpoints: every input ends in
 success or the one-line GlintTrackError, never another exception, and never takes memory beyond a small
-multiple of the data it really holds. GLINT_TRACK_FUZZ_EXAMPLES sets the examples per target (CI: 300);
+multiple of the data it really holds. GLINT_TRACK_FUZZ_EXAMPLES sets the examples per target (CI: 150);
 benchmarks/fuzz.py runs 10,000 per target and counts the outcomes."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from strategies import (
 from glint_track.data import load_glint_file
 from glint_track.synth import write_synthetic
 
-EXAMPLES = int(os.environ.get("GLINT_TRACK_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("GLINT_TRACK_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -2,7 +2,7 @@
 bit for bit, NCCL DDP over two GPUs, sweep --gpus, GPU system metrics, and a model that learns in 5 epochs.
 
 Skipped where no GPU exists; with GLINT_TRACK_REQUIRE_GPU=1 (the GPU machine) a missing GPU fails instead.
-Run there with: GLINT_TRACK_REQUIRE_GPU=1 pytest tests/test_gpu.py
+Run there with: GLINT_TRACK_REQUIRE_GPU=1 pytest -o addopts=-ra tests/test_gpu.py (one process: no xdist workers)
 """
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ def _child(args: list[str], kill_at: str | None = None, **env: str) -> subproces
     paths = [str(ROOT / "tests" / "killpoints")] * bool(kill_at) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
     extra = {"GLINT_TRACK_TEST_KILL": kill_at} if kill_at else {}
     full = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), **extra, **env)
-    return subprocess.run([sys.executable, "-m", "glint_track", "train", *args], env=full, capture_output=True, text=True,
-                          timeout=500)
+    return subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", *args], env=full, capture_output=True, text=True, timeout=500
+    )
 
 
 def _run(name: str) -> mlflow.entities.Run:
-    return mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_name = '{name}'", output_format="list")[0]
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"attributes.run_name = '{name}'", output_format="list"
+    )[0]
 
 
 def test_defaults_on_a_gpu_bf16_save_process_system_metrics_and_5_epochs_learn(gpu_h5: Path) -> None:
@@ -85,15 +88,19 @@ def test_deterministic_gpu_run_sigkilled_and_resumed_equals_a_straight_run(gpu_h
     run_id = _run("killed").info.run_id
     resumed = _child(["--resume", run_id])
     assert resumed.returncode == 0 and "epochs 3→4" in resumed.stderr, resumed.stderr[-3000:]
-    folders = [Path(mlflow.get_run(r).info.artifact_uri.removeprefix("file://")) / "checkpoints"
-               for r in (run_id, _run("straight").info.run_id)]
+    folders = [
+        Path(mlflow.get_run(r).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+        for r in (run_id, _run("straight").info.run_id)
+    ]
     a, b = (load_checkpoint(f / "latest_checkpoint.pth") for f in folders)
     assert differing_parts(a, b) == []  # weights and Adam moments, bit for bit
 
 
 @pytest.mark.skipif(GPUS < 2, reason="needs two GPUs")
 def test_two_gpus_nccl_ddp_is_one_run_that_resumes_on_one_gpu(gpu_h5: Path) -> None:
-    result = _child(["--h5", str(gpu_h5), *SMALL[:-2], "--gpus", "0,1", "--epochs", "2", "--run-name", "ddp"])  # execs torchrun
+    result = _child(
+        ["--h5", str(gpu_h5), *SMALL[:-2], "--gpus", "0,1", "--epochs", "2", "--run-name", "ddp"]
+    )  # execs torchrun
     assert result.returncode == 0, result.stderr[-3000:]
     assert "× 2 ranks" in result.stderr
     run = _run("ddp")
@@ -105,10 +112,27 @@ def test_two_gpus_nccl_ddp_is_one_run_that_resumes_on_one_gpu(gpu_h5: Path) -> N
 
 
 def test_sweep_puts_children_on_the_gpus_in_turn(gpu_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))  # children: -m glint_track
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    )  # children: -m glint_track
     gpus = ",".join(str(i) for i in range(min(GPUS, 2)))
-    result = run_cli("sweep", "--h5", str(gpu_h5), "--lr", "1e-3,2e-3", "--gpus", gpus, "--parallel", "2", "--epochs", "1",
-                     "--base-channels", "8", "--batch-size", "16")
+    result = run_cli(
+        "sweep",
+        "--h5",
+        str(gpu_h5),
+        "--lr",
+        "1e-3,2e-3",
+        "--gpus",
+        gpus,
+        "--parallel",
+        "2",
+        "--epochs",
+        "1",
+        "--base-channels",
+        "8",
+        "--batch-size",
+        "16",
+    )
     assert result.exit_code == 0, result.output
     for i in range(min(GPUS, 2)):
         assert f"on cuda:{i}" in result.stderr

@@ -26,19 +26,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_option_can_come_from_a_glint_track_command_option_variable(tiny_h5: Path, tmp_path: Path) -> None:
-    env = {"GLINT_TRACK_TRAIN_EPOCHS": "2", "GLINT_TRACK_TRAIN_RUN_NAME": "from-env", "GLINT_TRACK_TRAIN_NO_SAVE_OPTIMIZER": "1"}
+    env = {
+        "GLINT_TRACK_TRAIN_EPOCHS": "2",
+        "GLINT_TRACK_TRAIN_RUN_NAME": "from-env",
+        "GLINT_TRACK_TRAIN_NO_SAVE_OPTIMIZER": "1",
+    }
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY], env=env)
     assert result.exit_code == 0, result.output
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.run_name == "from-env" and run.data.params["epochs"] == "2"
-    typed = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "s.h5"), "--size", "32", "--num-samples", "3"],
-                               env={"GLINT_TRACK_SYNTH_NUM_SAMPLES": "5", "GLINT_TRACK_SYNTH_NUM_GLINTS": "2"})
+    typed = CliRunner().invoke(
+        main,
+        ["synth", "--out", str(tmp_path / "s.h5"), "--size", "32", "--num-samples", "3"],
+        env={"GLINT_TRACK_SYNTH_NUM_SAMPLES": "5", "GLINT_TRACK_SYNTH_NUM_GLINTS": "2"},
+    )
     assert typed.exit_code == 0, typed.output
     with h5py.File(tmp_path / "s.h5") as f:  # what was typed wins over the variable; the variable fills the rest
         assert f["images"].shape[0] == 3 and f["heatmaps"].shape[1] == 2
 
 
-def test_worker_processes_stream_the_same_batches_as_the_resident_loader(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_stream_the_same_batches_as_the_resident_loader(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, resident = train_tiny(tiny_h5, "--epochs", "2")
     monkeypatch.setattr(data_module, "fits_on_device", lambda *args, **kwargs: False)  # as for data larger than the GPU
     result, streamed = train_tiny(tiny_h5, "--epochs", "2", "--num-workers", "2")
@@ -60,13 +69,33 @@ def test_cache_dir_is_used_and_no_cache_writes_none(tiny_h5: Path, tmp_path: Pat
 
 
 def _sweep_children(parent: str) -> dict[str, mlflow.entities.Run]:
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list")
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list"
+    )
     return {r.data.tags["glint_track.sweep.point"]: r for r in runs}
 
 
 def test_sweep_param_axis_and_summary_csv(tiny_h5: Path) -> None:
-    result = CliRunner().invoke(main, ["sweep", "--h5", str(tiny_h5), "--param", "base_channels=4,6", "--parallel", "2",
-                                       "--epochs", "1", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--h5",
+            str(tiny_h5),
+            "--param",
+            "base_channels=4,6",
+            "--parallel",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--val-split",
+            "0.25",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     parent = next(line.split()[1].rstrip(":") for line in result.output.splitlines() if line.startswith("Sweep "))
     children = _sweep_children(parent)
@@ -82,12 +111,36 @@ def test_sweep_gives_each_parallel_child_the_next_gpu(tiny_h5: Path) -> None:
     """On a CPU machine the children fail on their cuda:N device, which shows which GPU each was given."""
     if torch.cuda.is_available():
         pytest.skip("this checks the slot assignment where no GPU exists (tests/test_gpu.py trains on real ones)")
-    result = CliRunner().invoke(main, ["sweep", "--h5", str(tiny_h5), "--lr", "1e-3,2e-3", "--gpus", "0,1", "--parallel", "2",
-                                       "--epochs", "1", "--base-channels", "4", "--batch-size", "8"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--h5",
+            str(tiny_h5),
+            "--lr",
+            "1e-3,2e-3",
+            "--gpus",
+            "0,1",
+            "--parallel",
+            "2",
+            "--epochs",
+            "1",
+            "--base-channels",
+            "4",
+            "--batch-size",
+            "8",
+        ],
+    )
     assert result.exit_code == 1
     assert "on cuda:0" in result.stderr and "on cuda:1" in result.stderr
-    errors = {c.data.tags["glint_track.sweep.error"] for c in _sweep_children(mlflow.search_runs(
-        search_all_experiments=True, filter_string="tags.glint_track.sweep.children = '2'", output_format="list")[0].info.run_id).values()}
+    errors = {
+        c.data.tags["glint_track.sweep.error"]
+        for c in _sweep_children(
+            mlflow.search_runs(
+                search_all_experiments=True, filter_string="tags.glint_track.sweep.children = '2'", output_format="list"
+            )[0].info.run_id
+        ).values()
+    }
     assert all("cuda" in e.lower() for e in errors), errors
 
 
@@ -108,7 +161,9 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines(tiny_h5: Path, tm
     cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     main_fd, child_fd = pty.openpty()
-    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size; 0×0 draws nothing
+    fcntl.ioctl(
+        child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0)
+    )  # a terminal has a size; 0×0 draws nothing
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=child_fd, cwd=tmp_path)
     os.close(child_fd)
     chunks = []
@@ -129,7 +184,9 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines(tiny_h5: Path, tm
 
 def test_a_changed_scheduler_on_resume_applies_from_the_next_epoch(tiny_h5: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.01")
-    result = run_cli("train", "--resume", run_id, "--epochs", "5", "--scheduler", "step", "--step-size", "1", "--step-gamma", "0.5")
+    result = run_cli(
+        "train", "--resume", run_id, "--epochs", "5", "--scheduler", "step", "--step-size", "1", "--step-gamma", "0.5"
+    )
     assert result.exit_code == 0, result.output
     lrs = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "lr")}
     assert lrs[1] == lrs[2] == pytest.approx(0.01)
@@ -143,10 +200,16 @@ def test_a_changed_scheduler_on_resume_applies_from_the_next_epoch(tiny_h5: Path
 def test_evaluate_a_checkpoint_file_gives_what_its_run_id_gives(tiny_h5: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "2")
     _, best = latest_checkpoint(run_id, "best_model.pth")
-    by_file = CliRunner().invoke(main, ["evaluate", "--model", str(best), "--h5", str(tiny_h5), "--json", "--device", "cpu"])
-    by_run = CliRunner().invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--device", "cpu"])
+    by_file = CliRunner().invoke(
+        main, ["evaluate", "--model", str(best), "--h5", str(tiny_h5), "--json", "--device", "cpu"]
+    )
+    by_run = CliRunner().invoke(
+        main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--device", "cpu"]
+    )
     assert by_file.exit_code == 0 and by_run.exit_code == 0, by_file.output + by_run.output
     import json
 
     file_report, run_report = json.loads(by_file.stdout), json.loads(by_run.stdout)
-    assert file_report["overall"] == run_report["overall"] and set(file_report["per_glint"]) == set(run_report["per_glint"])
+    assert file_report["overall"] == run_report["overall"] and set(file_report["per_glint"]) == set(
+        run_report["per_glint"]
+    )

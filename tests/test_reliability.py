@@ -23,7 +23,6 @@ from glint_track import tracking
 from glint_track.checkpoint import Checkpointer, load_checkpoint
 from glint_track.cli import main
 from glint_track.save_process import SaveProcess
-from glint_track.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,38 +45,28 @@ def one_error_line(result) -> str:
 
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_and_while_writing_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
-    """Quick mode of benchmarks/kill_anywhere.py: 8 SIGKILLs, each followed by a resume by run ID; half of
+    """Quick mode of benchmarks/kill_anywhere.py: 6 SIGKILLs, each followed by a resume by run ID; half of
     them while a checkpoint file is written, half of the processes serialising in the save process."""
     save_process = "alternate" if SaveProcess.available() else "off"
-    report = kill_and_resume(tmp_path, tiny_h5, kills=8, epochs=80, seed=1, save_process=save_process)
-    assert report.failures == [] and report.kills == 8, report
+    report = kill_and_resume(tmp_path, tiny_h5, kills=6, epochs=60, seed=1, save_process=save_process)
+    assert report.failures == [] and report.kills == 6, report
     assert report.kill_phases.get("writing a checkpoint", 0) >= 3, report
 
 
-def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tmp_path: Path) -> None:
-    h5 = write_synthetic(tmp_path / "d.h5", num_samples=96, size=64, num_glints=4, seed=3)  # epochs of ~1 s
-    args = ["--h5", str(h5), "--base-channels", "8", "--batch-size", "8", "--device", "cpu", "--deterministic", "--epochs", "4"]
+def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tiny_h5: Path) -> None:
+    args = ["--h5", str(tiny_h5), *TINY, "--deterministic", "--epochs", "4"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    train = [sys.executable, "-m", "glint_track", "train", *args]
-    straight = subprocess.run([*train, "--run-name", "straight"], env=env, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run([sys.executable, "-m", "glint_track", "train", *args, "--run-name", "straight"], env=env,
+                              capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
-    victim = subprocess.Popen([*train, "--run-name", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-    def at_epoch_2() -> str | None:  # SIGKILL as soon as the run holds the epoch 2 checkpoint, while epoch 3 trains
-        assert victim.poll() is None, "the run finished before it could be killed"
-        runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'killed'", output_format="list")
-        if runs and (latest := run_folder(runs[0].info.run_id) / "latest_checkpoint.pth").is_file():
-            if load_checkpoint(latest)["epoch"] == 2:
-                victim.send_signal(signal.SIGKILL)
-                return runs[0].info.run_id
-        return None
-
-    run_id = wait_until(at_epoch_2, 300, "the epoch 2 checkpoint")
-    victim.wait()
-    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True, text=True, timeout=300)
+    run_id = _killed_at("publish:latest_checkpoint.pth:2", [*args, "--run-name", "killed"])  # SIGKILL while epoch 3 trains
+    assert load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 2
+    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "epochs 3→4" in resumed.stderr
-    straight_id = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'straight'", output_format="list")[0].info.run_id
+    straight_id = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'straight'",
+                                     output_format="list")[0].info.run_id
     a, b = (load_checkpoint(run_folder(r) / "latest_checkpoint.pth") for r in (run_id, straight_id))
     assert differing_parts(a, b) == []  # weights and optimizer moments, bit for bit
     assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
@@ -347,10 +336,10 @@ def _complete_in_server(run_id: str, epochs: int) -> None:
 
 
 def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(tiny_h5: Path, server: MlflowServer) -> None:
-    result, run_id = _train_through_outage(tiny_h5, server, 30, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True)
+    result, run_id = _train_through_outage(tiny_h5, server, 12, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is back: sent" in result.stderr
-    _complete_in_server(run_id, 30)
+    _complete_in_server(run_id, 12)
 
 
 def test_with_mlflows_own_retries_a_server_killed_mid_upload_and_back_in_seconds_loses_nothing(
@@ -359,9 +348,9 @@ def test_with_mlflows_own_retries_a_server_killed_mid_upload_and_back_in_seconds
     """MLflow's default HTTP retries (no MLFLOW_HTTP_REQUEST_MAX_RETRIES override): the calls in flight when
     the server dies are retried by MLflow, or spooled, and the run ends complete either way."""
     env = {"GLINT_TRACK_SYNC_WAIT_S": "120", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")}
-    result, run_id = _train_through_outage(tiny_h5, server, 12, env, restart_when_spooling=3.0)
+    result, run_id = _train_through_outage(tiny_h5, server, 8, env, restart_when_spooling=3.0)
     assert result.returncode == 0, result.stderr[-3000:]
-    _complete_in_server(run_id, 12)
+    _complete_in_server(run_id, 8)
 
 
 @pytest.mark.parametrize("sent_by", ["sync", "resume"])
