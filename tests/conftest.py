@@ -1,6 +1,12 @@
 """Shared fixtures: tiny synthetic data, an isolated MLflow store per test, and a CLI runner."""
+# ruff: noqa: E402  (OMP_NUM_THREADS must be set before torch is imported)
 
 from __future__ import annotations
+
+import os
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # one worker per core: one compute thread each, for it and its subprocesses
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import time
 from collections.abc import Callable
