@@ -38,7 +38,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def synthetic_file(workdir: Path, prefix: str, samples: int, size: int) -> Path:
     """The benchmark's data (8 glints, seed 0), written once per workdir and size."""
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     h5 = workdir / f"{prefix}_{samples}_{size}.h5"
     if not h5.exists():

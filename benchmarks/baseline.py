@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 from _common import make_workdir  # noqa: E402
 
-from glint_track.classical import ClassicalParams, detect_glints, match_identity_free, summarise  # noqa: E402
-from glint_track.config import TrainConfig  # noqa: E402
-from glint_track.data import load_glint_file  # noqa: E402
-from glint_track.evaluate import evaluate  # noqa: E402
-from glint_track.metrics import decode  # noqa: E402
+from glint_track.data.glint_file import load_glint_file
+from glint_track.data.synth import write_synthetic
+from glint_track.glints import decode
+from glint_track.inference.classical import ClassicalParams, detect_glints, match_identity_free, summarise
+from glint_track.inference.evaluate import evaluate
 from glint_track.model import GlintUNet  # noqa: E402
-from glint_track.synth import write_synthetic  # noqa: E402
-from glint_track.tracking import fetch_checkpoint  # noqa: E402
-from glint_track.train import train  # noqa: E402
+from glint_track.tracking.fetch import fetch_checkpoint
+from glint_track.training.config import TrainConfig
+from glint_track.training.loop import train
 
 
 def identity_free(detections: list[np.ndarray], truth: torch.Tensor, radius: float) -> dict[str, float]:

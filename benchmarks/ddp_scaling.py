@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
 EPOCH = re.compile(r"^(\S+ \S+) INFO epoch (\d+)/\d+ .* val_loss (\S+) .* ([\d.]+) img/s")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,9 +22,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from glint_track.checkpoint import load_checkpoint  # noqa: E402
-from glint_track.data import load_glint_file, split_indices  # noqa: E402
-from glint_track.metrics import GlintMetrics, Glints, decode, ground_truth  # noqa: E402
+from glint_track.checkpoint.format import load_checkpoint
+from glint_track.data.batches import split_indices
+from glint_track.data.glint_file import load_glint_file
+from glint_track.glints import GlintMetrics, Glints, decode, ground_truth
 from glint_track.model import OUTPUT_STRIDE, GlintUNet  # noqa: E402
 
 

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors  # noqa: E402
-from glint_track.checkpoint import load_checkpoint  # noqa: E402
+
+from glint_track.checkpoint.format import load_checkpoint
 
 EPOCH = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")
 

@@ -45,8 +45,8 @@ def run_worker(target: str, examples: int, seed: int) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hypothesis_seed
 
-    from glint_track.data import load_glint_file
-    from glint_track.synth import write_synthetic
+    from glint_track.data.glint_file import load_glint_file
+    from glint_track.data.synth import write_synthetic
 
     torch.set_num_threads(1)
     counts: dict = {"examples": 0, "accepted": 0, "refused": collections.Counter(), "peak_mib": 0.0}

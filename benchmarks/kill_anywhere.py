@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from _common import child_env, differing_parts, make_workdir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from _common import child_env, differing_parts, make_workdir  # noqa: E402
-from glint_track.checkpoint import load_checkpoint  # noqa: E402
+from glint_track.checkpoint.format import load_checkpoint
 
 TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
          "--save-freq", "1", "--keep-last-n", "2", "--deterministic"]  # --keep-last-n: KEEP_LAST_N below
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--save-process", choices=["off", "on", "alternate"], default="alternate")
     args = parser.parse_args()
 
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     workdir = make_workdir(args.workdir, "glint-kill-")
     h5 = write_synthetic(workdir / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)

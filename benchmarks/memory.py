@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
 
-
 def rollup(pid: int) -> tuple[int, int]:
     """(RSS, PSS) in kB of one process and its children (DataLoader workers: none here)."""
     fields = {}

@@ -247,7 +247,7 @@ def main() -> None:
         shutil.rmtree(tree, ignore_errors=True)
     print(f"\n{dt.date.today()}  {os.cpu_count()} CPUs  {len(rows)} mutants, {len(rows) - survivors} killed")
     print("| guarantee | mechanism disabled (mutant: the edit) | test that fails | result | s |\n|---|---|---|---|---|")
-    for mutant, result, why, seconds in rows:
+    for mutant, result, _why, seconds in rows:
         tests = ", ".join(f"`{t.split('::')[-1]}`" for t in mutant.tests)
         edit = f"`{_line(mutant.old, mutant.new)}` → `{_line(mutant.new, mutant.old)}`"
         print(f"| {mutant.guarantee} | `{mutant.name}`, {mutant.file}: {edit} | {tests} | {result} | {seconds:.0f} |")

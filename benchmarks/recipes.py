@@ -20,9 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-
 from _common import child_env, make_workdir, synthetic_file  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 #: name → the flags that recipe adds to `glint-track train` (the default adds none)
 RECIPES = {

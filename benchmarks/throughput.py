@@ -41,11 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from _common import child_env, make_workdir, synthetic_file  # noqa: E402
 
-from glint_track.config import TrainConfig  # noqa: E402
-from glint_track.data import load_glint_file, split_indices  # noqa: E402
-from glint_track.losses import focal_loss  # noqa: E402
+from glint_track.data.batches import split_indices
+from glint_track.data.glint_file import load_glint_file
 from glint_track.model import GlintUNet  # noqa: E402
-from glint_track.train import train  # noqa: E402
+from glint_track.training.config import TrainConfig
+from glint_track.training.loop import train
+from glint_track.training.losses import focal_loss
 
 
 def sync() -> None:
@@ -156,23 +157,24 @@ def untracked(h5: Path, epochs: int, workdir: Path, tracking: bool = False, chec
     """Exactly (b)'s code path with parts of the saving replaced by no-ops, to see what each costs:
     `tracking` keeps the MLflow run; `checkpoints` is off, "snapshot" (state copied to the CPU, never
     written) or "local" (written to the output folder, not uploaded)."""
-    import glint_track.train as train_module
+    from glint_track.tracking.run import RunTracker
+    from glint_track.training.checkpointer import Checkpointer
 
     if not tracking:
-        train_module.RunTracker.start = classmethod(lambda cls, *a, **k: _NoTracker())
+        RunTracker.start = classmethod(lambda cls, *a, **k: _NoTracker())
     if checkpoints == "off":
-        train_module.Checkpointer.save = lambda self, *a, **k: None
+        Checkpointer.save = lambda self, *a, **k: None
         if tracking:  # no checkpoint to turn into a model
-            train_module.RunTracker.log_model = lambda self, *a, **k: None
+            RunTracker.log_model = lambda self, *a, **k: None
     elif checkpoints == "snapshot":
-        train_module.Checkpointer._write = lambda self, *a, **k: None
+        Checkpointer._write = lambda self, *a, **k: None
     name = "untracked" if not tracking and checkpoints == "off" else f"ablation-{'mlflow' if tracking else 'nomlflow'}-{checkpoints}"
     return glint_train(h5, epochs, workdir, name, **settings)
 
 
 def no_hold(run):
     """(b) as it was before the writer was held back at epoch boundaries."""
-    from glint_track.background import BackgroundWriter
+    from glint_track.training.background import BackgroundWriter
 
     BackgroundWriter.hold = lambda self: None
     return run()
@@ -197,7 +199,7 @@ def compute_bound(h5: Path, epochs: int, batch: int) -> dict:
     reset_mem()
     ends, t_start = [], time.perf_counter()
     n = len(train_idx)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         perm = torch.randperm(n, device=device)
         for i in range(0, n, batch):
             idx = perm[i:i + batch]

@@ -6,29 +6,32 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import click
 from click.core import ParameterSource
 
 from glint_track import __version__
-from glint_track.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from glint_track.errors import GlintTrackError
-from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES
+from glint_track.training.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
+from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES
 
 D = TrainConfig()  # defaults live in TrainConfig only
 
 
 class _Group(click.Group):
-    """Shows a traceback for our one-line errors only under --debug."""
+    """The library's errors as Click's one-line errors (exit code 2); a traceback only under --debug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except GlintTrackError:
+        except GlintTrackError as e:
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise
+            error = click.ClickException(e.message)
+            error.exit_code = e.exit_code
+            raise error from e
 
 
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": "GLINT_TRACK", "help_option_names": ["-h", "--help"]})
@@ -179,9 +182,10 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 )
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
-    from glint_track.resume import AlreadyFinished
-    from glint_track.stopping import TrainingStopped
-    from glint_track.train import POOR_ADVICE, POOR_F1, train  # heavy imports (torch, mlflow) only when training
+    from glint_track.training.loop import train
+    from glint_track.training.resume import AlreadyFinished
+    from glint_track.training.run import POOR_ADVICE, POOR_F1
+    from glint_track.training.stopping import TrainingStopped
 
     for name in ("resume", "output_dir", "cache_dir"):  # `mlflow run` passes empty strings for "not set"
         options[name] = options[name] or None
@@ -190,7 +194,7 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     )
     gpus = options.pop("gpus")
     if gpus and len(gpus) > 1 and "WORLD_SIZE" not in os.environ:
-        from glint_track.distributed import launch_torchrun
+        from glint_track.training.distributed import launch_torchrun
 
         launch_torchrun(gpus, _argv_without_gpus(sys.argv[1:]))  # does not return
     if gpus:
@@ -247,7 +251,7 @@ def sync_cmd(spool: str) -> None:
     """
     from pathlib import Path
 
-    from glint_track.tracking import sync
+    from glint_track.tracking.sync import sync
 
     run_id, sent = sync(Path(spool))
     click.echo(f"sent {sent} calls to run {run_id}" if sent else f"nothing left to send for run {run_id}")
@@ -279,7 +283,7 @@ def sweep_cmd(ctx: click.Context, h5: str | None, loss: str | None, lr: str | No
       glint-track sweep --h5 data.h5 --param base_channels=16,32 --gpus 0,1 --parallel 2 --no-save-optimizer
       glint-track sweep --resume 7d2e0c9b1a8f4e3d9c6b5a4f3e2d1c0b
     """
-    from glint_track.sweep import SweepSpec, parse_axes, run_sweep, table
+    from glint_track.training.sweep import SweepSpec, parse_axes, run_sweep, table
 
     spec = None
     if not resume:
@@ -342,8 +346,8 @@ def evaluate_cmd(model_ref: str, h5: str, threshold: float, match_radius: float,
     """
     import json
 
-    from glint_track.evaluate import evaluate, log_evaluation
-    from glint_track.tracking import check_tracking_server
+    from glint_track.inference.evaluate import evaluate, log_evaluation
+    from glint_track.tracking.server import check_tracking_server
 
     check_tracking_server()
     result = evaluate(model_ref, h5, threshold, match_radius, batch_size, device)
@@ -371,7 +375,7 @@ def predict_cmd(model_ref: str, inputs: tuple[str, ...], out: str, overlay_dir: 
     """
     from pathlib import Path
 
-    from glint_track.predict import predict
+    from glint_track.inference.predict import predict
 
     rows = predict(model_ref, list(inputs), Path(out), Path(overlay_dir) if overlay_dir else None, threshold, input_size, device)
     images = len({r["image"] for r in rows})
@@ -397,7 +401,7 @@ def pack_cmd(in_dir: str, out: str, num_glints: int, prefix: str, sigma_scale: f
     Example:
       glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
     """
-    from glint_track.pack import pack_labelme
+    from glint_track.data.pack import pack_labelme
 
     summary = pack_labelme(in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression)
     skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
@@ -415,7 +419,8 @@ def inspect_cmd(file: str, preview: str | None, count: int) -> None:
     Example:
       glint-track inspect train_256.h5 --preview train_256.png
     """
-    from glint_track.inspection import describe, format_summary, preview as draw_preview
+    from glint_track.data.inspect import describe, format_summary
+    from glint_track.data.inspect import preview as draw_preview
 
     data, summary = describe(file)
     click.echo(format_summary(summary))
@@ -438,7 +443,7 @@ def synth_cmd(out: str, num_samples: int, size: int, difficulty: float, num_glin
     Example:
       glint-track synth --out demo.h5 && glint-track train --h5 demo.h5
     """
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     if size % 16:
         raise GlintTrackError(f"--size {size} is not a multiple of 16, which the UNet needs; use e.g. {size // 16 * 16 or 16}")

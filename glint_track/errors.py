@@ -1,18 +1,23 @@
-"""The one exception type for bad input: the CLI prints it as one line and exits with code 2."""
+"""The one exception type for bad input; the CLI prints it as one line and exits with its exit code."""
 
 from typing import Any
 
-import click
+#: Exit status for input the user can fix, the same as Click's usage errors: scripts can tell "you asked for
+#: something impossible" from a crash (exit 1).
+EXIT_BAD_INPUT = 2
 
 
-class GlintTrackError(click.ClickException):
-    """A problem with the user's input, with the fix in the message.
+class GlintTrackError(Exception):
+    """A problem with the user's input (a file, a setting, a run ID), with the fix in the message."""
 
-    Exit code 2 matches Click's usage errors, so scripts can tell "you asked for something
-    impossible" from a crash (exit 1).
-    """
+    exit_code = EXIT_BAD_INPUT
 
-    exit_code = 2
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def format_message(self) -> str:
+        return self.message
 
 
 def shown(value: Any) -> str:

@@ -7,9 +7,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from glint_track.inspection import COLOURS
-from glint_track.metrics import Glints
+from glint_track.glints import Glints
 
+#: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
+COLOURS = [(255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (70, 110, 255), (190, 80, 255), (255, 80, 200)]
 FOUND, MISSED, SWAPPED, SPURIOUS = (60, 220, 60), (255, 60, 60), (255, 160, 0), (240, 230, 40)
 
 
@@ -97,3 +98,20 @@ def threshold_curves(thresholds: list[float], precision: list[float], recall: li
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     return image
+
+
+
+
+def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale: float = 1.0) -> Image.Image:
+    """An RGB copy of a grayscale image, scaled, with each (channel, x, y) circled in its colour and numbered."""
+    H, W = gray.shape
+    img = Image.fromarray(gray).convert("RGB")
+    if scale != 1.0:
+        img = img.resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(img)
+    for c, x, y in glints:
+        cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, max(4.0, 2 * scale)
+        colour = COLOURS[c % len(COLOURS)]
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
+        draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
+    return img

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from glint_track.cli import main
-from glint_track.synth import write_synthetic
+from glint_track.data.synth import write_synthetic
 
 # Small enough for a 2-core CPU: 32×32 images, a 4-wide UNet, a few dozen samples.
 TINY = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import requests
 
-
 LISTENING = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")  # uvicorn, gunicorn
 
 

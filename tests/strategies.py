@@ -240,7 +240,7 @@ IMAGE_WHERE = (
 @st.composite
 def labelme_specs(draw: st.DrawFn) -> dict[str, Any]:
     files = []
-    for i in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.integers(1, 3))):
         files.append(
             {
                 "json": draw(st.sampled_from(["labelme"] * 6 + ["junk", "null", "deep", "not_utf8"])),
@@ -392,8 +392,9 @@ def checkpoint_specs(draw: st.DrawFn) -> dict[str, Any]:
 @functools.cache
 def _base_checkpoint(optimizer: bool) -> dict[str, Any]:
     """A real checkpoint of a 1-wide UNet for GLINTS glints (as training writes it)."""
-    from glint_track.checkpoint import RNGState, TrainProgress, gather
+    from glint_track.checkpoint.format import gather
     from glint_track.model import GlintUNet
+    from glint_track.training.checkpointer import RNGState, TrainProgress
 
     torch.manual_seed(0)
     model = GlintUNet(GLINTS, 1)
@@ -509,10 +510,10 @@ def run_target(target: Any, *args: Any, trace_memory: bool = True) -> Outcome:
 
 def h5_target(path: Path) -> None:
     """`glint-track inspect --preview` and the first training step on the file."""
-    from glint_track.data import make_batches, split_indices
-    from glint_track.inspection import describe, format_summary, preview
-    from glint_track.losses import GlintLoss
+    from glint_track.data.batches import make_batches, split_indices
+    from glint_track.data.inspect import describe, format_summary, preview
     from glint_track.model import GlintUNet
+    from glint_track.training.losses import GlintLoss
 
     data, summary = describe(path)
     format_summary(summary)
@@ -522,13 +523,13 @@ def h5_target(path: Path) -> None:
         "accepted heat-maps outside [0, 1]"
     )
     train_idx, _ = split_indices(data.num_samples, 0.25, 0)
-    images, targets, _ = next(iter(make_batches(data, train_idx, 4, True, 0, torch.device("cpu"), 0, resident=True)))
+    images, targets, _ = next(iter(make_batches(data, train_idx, 4, shuffle=True, seed=0, device=torch.device("cpu"), num_workers=0, resident=True)))
     GlintLoss("peak-bce")(GlintUNet(data.num_glints, 1)(images), targets)["loss"].backward()
 
 
 def labelme_target(folder: Path, out: Path, spec: dict[str, Any]) -> None:
     """`glint-track pack`, then what it wrote: nothing from outside the folder, finite targets, points in the image."""
-    from glint_track.pack import pack_labelme
+    from glint_track.data.pack import pack_labelme
 
     try:
         summary = pack_labelme(folder, out, num_glints=spec["num_glints"], img_size=spec["img_size"])
@@ -549,18 +550,20 @@ def labelme_target(folder: Path, out: Path, spec: dict[str, Any]) -> None:
 
 def checkpoint_target(path: Path, data: Any) -> None:
     """`glint-track train --resume FILE` up to where its run would start, then one training step."""
-    from glint_track.config import TrainConfig
-    from glint_track.data import make_batches
-    from glint_track.resume import plan_resume
-    from glint_track.train import resolve_device, run_epoch, training_parts
+    from glint_track.data.batches import make_batches
+    from glint_track.engine import resolve_device
+    from glint_track.training.config import TrainConfig
+    from glint_track.training.epoch import train_epoch
+    from glint_track.training.parts import training_parts
+    from glint_track.training.resume import plan_resume
 
     cli = TrainConfig(h5=str(data.path), resume=str(path), device="cpu", epochs=10**7, batch_size=4, precision="fp32")
     plan = plan_resume(cli, frozenset({"h5", "resume", "device", "epochs", "batch_size", "precision"}))
     plan.cfg.validate()
     device = resolve_device(plan.cfg.device)
     parts, precision, loss_fn = training_parts(plan.cfg, data.num_glints, device, plan)
-    batches = make_batches(data, np.arange(4), 4, True, plan.cfg.seed, device, 0, resident=True)
-    run_epoch(parts["model"], batches, loss_fn, precision, parts["optimizer"], "fuzz")
+    batches = make_batches(data, np.arange(4), 4, shuffle=True, seed=plan.cfg.seed, device=device, num_workers=0, resident=True)
+    train_epoch(parts["model"], batches, loss_fn, precision, parts["optimizer"], desc="fuzz")
 
 
 # -- one example of each target: write it, run it, check the memory bound (tests and benchmarks/fuzz.py) --------

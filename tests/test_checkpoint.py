@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from glint_track.checkpoint import RNGState, TrainProgress, gather, load_checkpoint, restore, save_atomic, snapshot
-from glint_track.train import match_state_layout
+from glint_track.checkpoint.format import gather, load_checkpoint, restore, save_atomic
 from glint_track.errors import GlintTrackError
 from glint_track.model import GlintUNet
+from glint_track.training.checkpointer import RNGState, TrainProgress, snapshot
+from glint_track.training.parts import match_state_layout
 
 
 def _parts() -> dict:
@@ -88,7 +89,7 @@ def test_truncated_checkpoint_is_reported(tmp_path: Path) -> None:
 def test_a_sound_checkpoint_that_is_not_the_one_its_checksum_file_names_is_refused(tmp_path: Path) -> None:
     """The checksum file is what tells a run's own file from another sound one put in its place (an older
     version a sync left behind, a file copied over from another run): both load, only one is this run's."""
-    from glint_track.checkpoint import checksum_path, file_digest
+    from glint_track.checkpoint.format import checksum_path, file_digest
 
     parts = _parts()
     save_atomic(gather(parts, {}, True), tmp_path / "latest_checkpoint.pth")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from glint_track.classical import detect_glints, match_identity_free, summarise
+from glint_track.inference.classical import detect_glints, match_identity_free, summarise
 
 
 def test_detects_small_spots_and_ignores_broad_light() -> None:

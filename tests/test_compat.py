@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import latest_checkpoint, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from torch import nn
 
-from conftest import latest_checkpoint, run_cli
-from glint_track.checkpoint import load_checkpoint
-from glint_track.data import load_glint_file
+from glint_track.checkpoint.format import load_checkpoint
+from glint_track.data.glint_file import load_glint_file
 from glint_track.model import GlintUNet, count_parameters
 
 

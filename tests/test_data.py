@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from glint_track.data import load_glint_file, make_batches, split_indices
+from glint_track.data.batches import make_batches, split_indices
+from glint_track.data.glint_file import load_glint_file
+from glint_track.data.heatmaps import glints_of, render_heatmaps
 from glint_track.errors import GlintTrackError
-from glint_track.heatmaps import glints_of, render_heatmaps
 
 
 def write_h5(path: Path, n: int = 6, size: int = 32, channels: int = 3, hm: int | None = None, **overrides) -> Path:
@@ -135,7 +136,7 @@ def test_cache_is_shared_memory_mapped_and_reused(tiny_h5: Path, tmp_path: Path,
     assert str(cache / first.digest / "images.npy") in maps and str(cache / first.digest / "heatmaps.npy") in maps
     # a second process maps the same files and never decodes the HDF5 arrays
     code = (
-        "import sys, glint_track.data as d\n"
+        "import sys, glint_track.data.glint_file as d\n"
         "d._decode = lambda p: sys.exit('decoded again')\n"
         f"x = d.load_glint_file({str(tiny_h5)!r}, __import__('pathlib').Path({str(cache)!r}))\n"
         "print(x.from_cache, x.digest, int(x.heatmaps.float().sum() > 0))"
@@ -160,12 +161,12 @@ def test_four_processes_released_together_build_the_cache_once_and_all_read_it(t
     import sys
     import time
 
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     h5 = write_synthetic(tmp_path / "race.h5", num_samples=256, size=64, num_glints=4, seed=4)  # ~10 MB to write
     cache, go = tmp_path / "cache", tmp_path / "go"
     code = (
-        "import sys, time, pathlib, glint_track.data as d\n"
+        "import sys, time, pathlib, glint_track.data.glint_file as d\n"
         f"go = pathlib.Path({str(go)!r})\n"
         "while not go.exists(): time.sleep(0.001)\n"
         f"x = d.load_glint_file({str(h5)!r}, pathlib.Path({str(cache)!r}))\n"

@@ -7,15 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlflow
 import pytest
 from click.testing import CliRunner
 from conftest import TINY
+from servers import MlflowServer
 
 from glint_track.cli import main
-from servers import MlflowServer
 
 
 @pytest.fixture

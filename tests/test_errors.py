@@ -11,10 +11,10 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import TINY, fails_cleanly, latest_checkpoint, train_tiny
+
 from glint_track.cli import main
-from glint_track.synth import write_synthetic
+from glint_track.data.synth import write_synthetic
 
 
 @pytest.mark.parametrize(

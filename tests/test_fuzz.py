@@ -22,8 +22,8 @@ from strategies import (
     labelme_specs,
 )
 
-from glint_track.data import load_glint_file
-from glint_track.synth import write_synthetic
+from glint_track.data.glint_file import load_glint_file
+from glint_track.data.synth import write_synthetic
 
 EXAMPLES = int(os.environ.get("GLINT_TRACK_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

@@ -16,11 +16,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
-from glint_track.checkpoint import load_checkpoint
-from glint_track.synth import write_synthetic
+from glint_track.checkpoint.format import load_checkpoint
+from glint_track.data.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

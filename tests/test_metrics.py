@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny
 from mlflow.tracking import MlflowClient
 
-from conftest import train_tiny
-from glint_track.heatmaps import render_heatmaps
-from glint_track.metrics import GlintMetrics, Glints, decode, ground_truth
+from glint_track.data.heatmaps import render_heatmaps
+from glint_track.glints import GlintMetrics, Glints, decode, ground_truth
 
 
 def maps_for(points: list[tuple[float, float] | None], size: int = 64) -> torch.Tensor:
@@ -103,7 +103,7 @@ def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) ->
     from click.testing import CliRunner
 
     from glint_track.cli import main
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
     runner = CliRunner()
@@ -136,7 +136,7 @@ def test_predict_maps_coordinates_back_to_each_image_and_draws_overlays(tiny_h5:
     from PIL import Image
 
     from glint_track.cli import main
-    from glint_track.data import load_glint_file
+    from glint_track.data.glint_file import load_glint_file
 
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
     frames = tmp_path / "frames"

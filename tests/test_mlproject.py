@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
-
 from conftest import latest_checkpoint
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +53,8 @@ def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5:
     import json
 
     from conftest import train_tiny
-    from glint_track.data import load_glint_file
+
+    from glint_track.data.glint_file import load_glint_file
 
     _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--register-model", "glints")
     versions = MlflowClient().search_model_versions("name='glints'")

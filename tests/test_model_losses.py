@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glint_track.losses import DIV_MODES, GlintLoss, LossWeights, divergence_penalty
 from glint_track.model import GlintUNet, count_parameters
+from glint_track.training.losses import DIV_MODES, GlintLoss, LossWeights, divergence_penalty
 
 
 def test_default_unet_matches_the_research_model() -> None:

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from glint_track.cli import main
 
 

@@ -16,11 +16,11 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY, latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, latest_checkpoint, run_cli, train_tiny
-from glint_track import data as data_module
 from glint_track.cli import main
+from glint_track.data import batches as batches_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_worker_processes_stream_the_same_batches_as_the_resident_loader(
     tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, resident = train_tiny(tiny_h5, "--epochs", "2")
-    monkeypatch.setattr(data_module, "fits_on_device", lambda *args, **kwargs: False)  # as for data larger than the GPU
+    monkeypatch.setattr(batches_module, "fits_on_device", lambda *args, **kwargs: False)  # as for data larger than the GPU
     result, streamed = train_tiny(tiny_h5, "--epochs", "2", "--num-workers", "2")
     assert "streamed by 2 workers" in result.output
     a, b = (latest_checkpoint(r)[0] for r in (resident, streamed))

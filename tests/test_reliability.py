@@ -14,21 +14,23 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY, wait_until
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, wait_until
-from glint_track import checkpoint as checkpoint_module
-from glint_track import tracking
-from glint_track.checkpoint import Checkpointer, load_checkpoint
+from glint_track.checkpoint.format import load_checkpoint
+from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.cli import main
-from glint_track.save_process import SaveProcess
+from glint_track.files import file_digest
+from glint_track.tracking import run as tracking
+from glint_track.training.checkpointer import Checkpointer, TrainProgress
+from glint_track.training.save_process import SaveProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kill_anywhere import kill_and_resume  # noqa: E402
 from _common import differing_parts  # noqa: E402
+from kill_anywhere import kill_and_resume  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
 
@@ -98,7 +100,7 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
     local.mkdir()
     checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
     model = torch.nn.Linear(2, 2)
-    parts = {"model": model, "progress": checkpoint_module.TrainProgress("val_loss", "min")}
+    parts = {"model": model, "progress": TrainProgress("val_loss", "min")}
     parts["progress"].update(1, {"val_loss": 1.0})
     checkpointer.save(parts, {}, 1, is_best=False)
     store.fail_on = "latest_checkpoint.pth"  # the new checksum file goes up, the checkpoint does not
@@ -112,7 +114,7 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
     checkpointer.save(parts, {}, 2, is_best=False)
     assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 2
     (tmp_path / "run" / "latest_checkpoint.pth").write_bytes((local / "latest_checkpoint.pth").read_bytes()[:-100])
-    with pytest.raises(checkpoint_module.CorruptCheckpoint):
+    with pytest.raises(CorruptCheckpoint):
         load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")
 
 
@@ -146,7 +148,7 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
     store = SpoolingStore()
     checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
     model = torch.nn.Linear(2, 2)
-    parts = {"model": model, "progress": checkpoint_module.TrainProgress("val_loss", "min")}
+    parts = {"model": model, "progress": TrainProgress("val_loss", "min")}
 
     def save(epoch: int) -> None:
         with torch.no_grad():
@@ -168,7 +170,7 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
     store.down = False
     save(5)  # the server is back: the spool goes first, then the new upload
     assert load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")["epoch"] == 5
-    assert checkpointer.published["latest_checkpoint.pth"] == [checkpoint_module.file_digest(local / "latest_checkpoint.pth")]
+    assert checkpointer.published["latest_checkpoint.pth"] == [file_digest(local / "latest_checkpoint.pth")]
 
 
 def _killed_at(point: str, args: list[str]) -> str:
@@ -212,7 +214,7 @@ def test_sigkill_while_logging_the_model_is_finished_by_the_resume(tiny_h5: Path
 def test_run_killed_after_its_last_epoch_is_finished_by_resume(
     tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, model_when_killed: str
 ) -> None:
-    real_log_model = tracking._log_model
+    real_log_model = tracking.log_pyfunc_model
 
     def killed(*args: object) -> None:  # dies while logging the model (left PENDING), or just after
         if model_when_killed == "logged":
@@ -223,7 +225,7 @@ def test_run_killed_after_its_last_epoch_is_finished_by_resume(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(tracking, "_log_model", killed)
+        m.setattr(tracking, "log_pyfunc_model", killed)
         CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"])
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.status == "KILLED" and load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 2
@@ -251,7 +253,7 @@ def test_disk_full_while_writing_a_checkpoint_stops_with_the_previous_one_intact
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
     message = one_error_line(result)
     assert "writing the epoch 2 checkpoint" in message and "No space left on device" in message and "previous checkpoint is intact" in message

@@ -9,9 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 
-from conftest import latest_checkpoint, run_cli, train_tiny
 from glint_track.cli import main
 
 
@@ -63,7 +63,7 @@ def test_what_cannot_apply_is_refused_in_one_line_before_anything_is_written(tin
 
 
 def test_other_data_cannot_continue_a_run_but_the_same_file_elsewhere_can(tiny_h5: Path, tmp_path: Path) -> None:
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
     other = write_synthetic(tmp_path / "other.h5", num_samples=32, size=32, num_glints=4, seed=9)

@@ -13,12 +13,12 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import TINY, train_tiny
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, train_tiny
-from glint_track import train as train_module
-from glint_track.checkpoint import load_checkpoint
+from glint_track.checkpoint.format import load_checkpoint
 from glint_track.cli import main
+from glint_track.tracking.run import RunTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -86,16 +86,16 @@ def test_a_failure_after_the_run_exists_marks_it_failed(tiny_h5: Path, monkeypat
         def broken(*args, **kwargs):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(train_module.RunTracker, "log_dataset", broken)
+        monkeypatch.setattr(RunTracker, "log_dataset", broken)
     else:
-        real = train_module.RunTracker.log_artifact
+        real = RunTracker.log_artifact
 
         def broken(self, path, artifact_dir=None):
             if path.name == "training.log":
                 raise OSError(28, "No space left on device")
             return real(self, path, artifact_dir)
 
-        monkeypatch.setattr(train_module.RunTracker, "log_artifact", broken)
+        monkeypatch.setattr(RunTracker, "log_artifact", broken)
     CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"])
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED"

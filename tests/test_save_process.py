@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 
-from conftest import latest_checkpoint, run_cli, train_tiny
-from glint_track.checkpoint import RNGState, TrainProgress, gather, load_checkpoint, save_and_digest, snapshot
+from glint_track.checkpoint.format import gather, load_checkpoint, save_and_digest
 from glint_track.files import file_digest
 from glint_track.model import GlintUNet
-from glint_track.save_process import SaveProcess
+from glint_track.training.checkpointer import RNGState, TrainProgress, snapshot
+from glint_track.training.save_process import SaveProcess
 
 pytestmark = pytest.mark.skipif(not SaveProcess.available(), reason="the save process needs Linux (memfd)")
 
@@ -103,7 +104,7 @@ def test_the_child_dies_with_a_killed_trainer(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
         from test_save_process import _state
-        from glint_track.save_process import SaveProcess
+        from glint_track.training.save_process import SaveProcess
         writer = SaveProcess()
         writer(_state(), Path({str(tmp_path / 'c.pth')!r}))
         print(writer._proc.pid, flush=True)

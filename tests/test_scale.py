@@ -9,11 +9,11 @@ from pathlib import Path
 import mlflow
 import torch
 from click.testing import CliRunner
+from conftest import TINY, latest_checkpoint
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, latest_checkpoint
 from glint_track.cli import main
-from glint_track.data import epoch_indices
+from glint_track.data.batches import epoch_indices
 
 
 def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:

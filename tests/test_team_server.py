@@ -12,12 +12,12 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
-
 from conftest import TINY, train_tiny
-from glint_track.cli import main
+from mlflow.tracking import MlflowClient
 from servers import MlflowServer, Postgres
 from test_mlproject import mlflow_run
+
+from glint_track.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

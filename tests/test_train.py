@@ -7,14 +7,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from click.testing import CliRunner
+from conftest import TINY, latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 
-from click.testing import CliRunner
-
-from conftest import TINY, latest_checkpoint, run_cli, train_tiny
-from glint_track import train as train_module
 from glint_track.cli import main
-from glint_track.data import load_glint_file
+from glint_track.data.glint_file import load_glint_file
+from glint_track.training import loop as loop_module
 
 
 def artifact_names(run_id: str, path: str | None = None) -> set[str]:
@@ -68,7 +67,7 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
 def test_the_default_recipe_learns_to_find_glints(tmp_path: Path) -> None:
     """README's promise, on the CPU in under a minute: no tuning flag, a small data set (128 images of 64²),
     the defaults' 15 epochs reach val F1 ≥ 0.9 with glints placed to within 1.5 px, and the last line says so."""
-    from glint_track.synth import write_synthetic
+    from glint_track.data.synth import write_synthetic
 
     h5 = write_synthetic(tmp_path / "small.h5", num_samples=128, size=64, num_glints=4, seed=5)
     result = run_cli("train", "--h5", str(h5), "--device", "cpu")
@@ -170,14 +169,14 @@ def test_hybrid_loss_trains_and_logs_each_term(tiny_h5: Path) -> None:
 def test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint(
     tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, exception: type[BaseException], status: str
 ) -> None:
-    real_run_epoch = train_module.run_epoch
+    real_train_epoch = loop_module.train_epoch
 
-    def run_epoch(*args, **kwargs):  # (model, batches, loss_fn, precision, optimizer, desc[, glints])
-        if args[5].startswith("epoch 2"):
+    def train_epoch(*args, **kwargs):
+        if kwargs["desc"].startswith("epoch 2"):
             raise exception("stop")
-        return real_run_epoch(*args, **kwargs)
+        return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    monkeypatch.setattr(loop_module, "train_epoch", train_epoch)
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
     assert result.exit_code != 0
     assert isinstance(result.exception, exception) or "Aborted" in result.output  # Click turns Ctrl-C into "Aborted!"

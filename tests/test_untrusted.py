@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from conftest import TINY, fails_cleanly
 
 from glint_track.cli import main
-from glint_track.data import load_glint_file
+from glint_track.data.glint_file import load_glint_file
+from glint_track.data.synth import write_synthetic
 from glint_track.errors import GlintTrackError
-from glint_track.synth import write_synthetic
 
 CORPUS = Path(__file__).parent / "corpus"
 

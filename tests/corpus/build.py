@@ -203,7 +203,8 @@ def build_labelme(out: Path) -> None:
 
 def _checkpoint() -> dict:
     """A real glint-track checkpoint of a 1-wide, 2-glint UNet with Adam state (a few tens of kB)."""
-    from glint_track.checkpoint import RNGState, TrainProgress, gather
+    from glint_track.training.checkpointer import RNGState, TrainProgress
+    from glint_track.checkpoint.format import gather
     from glint_track.model import GlintUNet
 
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ def _die() -> None:
 
 
 def _after_publish(name: str, count: int) -> None:
-    from glint_track.checkpoint import Checkpointer
+    from glint_track.training.checkpointer import Checkpointer
 
     real, done = Checkpointer._publish, []
 
@@ -38,7 +38,7 @@ def _while_writing(count: int) -> None:
     import threading
     import time
 
-    from glint_track.checkpoint import Checkpointer
+    from glint_track.training.checkpointer import Checkpointer
 
     real_init, calls = Checkpointer.__init__, []
 

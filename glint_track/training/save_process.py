@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from glint_track.checkpoint import save_and_digest, tree_map
+from glint_track.checkpoint.format import save_and_digest, tree_map
 from glint_track.errors import GlintTrackError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class SaveProcess:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         root = str(Path(__file__).resolve().parents[1])  # this very package, whatever the working directory holds
-        serve_call = f"import sys; sys.path.insert(0, {root!r}); from glint_track.save_process import serve; serve(*map(int, sys.argv[1:]))"
+        serve_call = f"import sys; sys.path.insert(0, {root!r}); from glint_track.training.save_process import serve; serve(*map(int, sys.argv[1:]))"
         cmd = [sys.executable, "-c", serve_call, str(request_r), str(reply_w), str(buffer_fd), str(size), str(os.getpid())]
         try:
             self._proc = subprocess.Popen(cmd, pass_fds=(request_r, reply_w, buffer_fd), close_fds=True)

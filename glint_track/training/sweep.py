@@ -28,10 +28,10 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from glint_track.checkpoint import ARTIFACT_DIR, LATEST
-from glint_track.data import default_cache_dir, load_glint_file
+from glint_track.checkpoint.format import ARTIFACT_DIR, LATEST
+from glint_track.data.glint_file import default_cache_dir, load_glint_file
 from glint_track.errors import GlintTrackError
-from glint_track.tracking import check_tracking_server, experiment_id_for, tracking_uri
+from glint_track.tracking.server import check_tracking_server, experiment_id_for, list_artifact_names, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,14 @@ def _reopen(client: MlflowClient, parent: str) -> tuple[str, SweepSpec, dict[str
     return parent, spec, known
 
 
-def _child_command(client: MlflowClient, spec: SweepSpec, child: Child, gpu: int | None) -> list[str]:
+def _child_command(spec: SweepSpec, child: Child, gpu: int | None) -> list[str]:
     args = [sys.executable, "-m", "glint_track", "train", "--h5", spec.h5]
     for name, value in child.point.items():
         args += [f"--{name.replace('_', '-')}", value]
     args += spec.train_args + ["--monitor", spec.monitor, "--monitor-mode", spec.monitor_mode]
     if gpu is not None:
         args += ["--device", f"cuda:{gpu}"]
-    names = {Path(f.path).name for f in client.list_artifacts(child.run_id, ARTIFACT_DIR)}
+    names = list_artifact_names(child.run_id, ARTIFACT_DIR)
     if LATEST in names:  # an interrupted child continues from its own checkpoint
         args += ["--resume", child.run_id]
     return args
@@ -183,7 +183,7 @@ def _run_children(client: MlflowClient, spec: SweepSpec, todo: list[Child], para
                 child = waiting.pop(0)
                 gpu = gpus[slot % len(gpus)] if gpus else None
                 child.log_file = folder / f"{child.run_id}.log"
-                cmd = _child_command(client, spec, child, gpu)
+                cmd = _child_command(spec, child, gpu)
                 env = dict(os.environ, MLFLOW_RUN_ID=child.run_id)
                 log.info("%s: starting run %s%s", child.label, child.run_id, f" on cuda:{gpu}" if gpu is not None else "")
                 with open(child.log_file, "w") as child_log:  # the child keeps its own copy of the descriptor

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from glint_track.serving import GlintPyfunc
+from glint_track.inference.serving import GlintPyfunc
 
 set_model(GlintPyfunc())

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from glint_track.data.pack import IMAGE_SUFFIXES
+from glint_track.engine import resolve_device
 from glint_track.errors import GlintTrackError
-from glint_track.inspection import draw_glints
-from glint_track.metrics import DEFAULT_THRESHOLD, decode
+from glint_track.figures import draw_glints
+from glint_track.glints import DEFAULT_THRESHOLD, decode
 from glint_track.model import GlintUNet
-from glint_track.pack import IMAGE_SUFFIXES
-from glint_track.tracking import fetch_checkpoint
-from glint_track.train import resolve_device
+from glint_track.tracking.fetch import fetch_checkpoint
 
 
 def image_files(inputs: list[str]) -> list[Path]:

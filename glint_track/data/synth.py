@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glint_track.data import write_glint_file
+from glint_track.data.glint_file import write_glint_file
+from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
 from glint_track.model import OUTPUT_STRIDE
-from glint_track.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
 
 
 def _blob(img: np.ndarray, x: float, y: float, sx: float, sy: float, value: float, angle: float = 0.0) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from glint_track.config import TrainConfig, args_from_checkpoint, merge_resumed
 from glint_track.errors import GlintTrackError
 from glint_track.model import model_shape
-from glint_track.tracking import ResumeSource, fetch_checkpoint
+from glint_track.tracking.fetch import ResumeSource, fetch_checkpoint
+from glint_track.training.config import TrainConfig, args_from_checkpoint, merge_resumed
 
 #: Settings that fix which images a run validates on: changing them mid-run would make its curves compare
 #: different images, so a continued run refuses them (a new run from the checkpoint takes them).

@@ -16,7 +16,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path

@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -62,6 +63,11 @@ class Distributed:
         if self.enabled:
             dist.all_reduce(tensor)
         return tensor
+
+    @property
+    def agree(self) -> Callable[[bool], bool] | None:
+        """What combines a stop flag over the ranks (`any`), or None in a plain run: nothing to agree on."""
+        return self.any if self.enabled else None
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any (a stop request reaching the ranks at different steps)."""

@@ -10,11 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from glint_track.data import GlintData, load_glint_file
-from glint_track.h5check import describe_link
-
-#: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
-COLOURS = [(255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (70, 110, 255), (190, 80, 255), (255, 80, 200)]
+from glint_track.data.glint_file import GlintData, load_glint_file
+from glint_track.data.h5check import describe_link
+from glint_track.figures import draw_glints
 
 
 def describe(path: str | Path) -> tuple[GlintData, dict[str, Any]]:
@@ -79,21 +77,6 @@ def glint_positions(data: GlintData, i: int, points: np.ndarray | None) -> list[
             y, x = np.unravel_index(hm.argmax(), hm.shape)
             out.append((c, (x + 0.5) * 4 - 0.5, (y + 0.5) * 4 - 0.5))
     return out
-
-
-def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale: float = 1.0) -> Image.Image:
-    """An RGB copy of a grayscale image, scaled, with each (channel, x, y) circled in its colour and numbered."""
-    H, W = gray.shape
-    img = Image.fromarray(gray).convert("RGB")
-    if scale != 1.0:
-        img = img.resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(img)
-    for c, x, y in glints:
-        cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, max(4.0, 2 * scale)
-        colour = COLOURS[c % len(COLOURS)]
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
-        draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
-    return img
 
 
 def preview(data: GlintData, out: str | Path, count: int = 16, tile: int = 256) -> Path:

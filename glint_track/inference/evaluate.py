@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from glint_track.data import GlintData, default_cache_dir, load_glint_file, make_batches, place
+from glint_track.data.batches import make_batches, place
+from glint_track.data.glint_file import GlintData, default_cache_dir, load_glint_file
+from glint_track.engine import Precision, infer, resolve_device
 from glint_track.errors import GlintTrackError
-from glint_track.metrics import METRIC_NAMES, GlintMetrics, decode, ground_truth
+from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, METRIC_NAMES, GlintMetrics, decode, ground_truth
 from glint_track.model import GlintUNet
-from glint_track.tracking import RunTracker, fetch_checkpoint
-from glint_track.train import Precision, infer, resolve_device
+from glint_track.tracking.fetch import fetch_checkpoint
+from glint_track.tracking.run import RunTracker
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Evaluation:
 
 
 def evaluate(
-    model_ref: str, h5: str, threshold: float = 0.3, match_radius: float = 3.0, batch_size: int = 64,
+    model_ref: str, h5: str, threshold: float = DEFAULT_THRESHOLD, match_radius: float = DEFAULT_MATCH_RADIUS, batch_size: int = 64,
     device_name: str = "auto", cache: bool = True,
 ) -> Evaluation:
     source = fetch_checkpoint(model_ref, prefer_best=True, option="--model")
@@ -55,8 +57,9 @@ def evaluate(
     precision = Precision.resolve("auto", device, channels_last=False)
     truth = ground_truth(on_device.points, on_device.present, on_device.heatmaps).to(on_device.images.device)
     metrics = GlintMetrics(data.num_glints, match_radius)
-    batches = make_batches(on_device, np.arange(data.num_samples), batch_size, False, 0, device, 2, resident)
-    for logits, index in infer(model, batches, precision):
+    batches = make_batches(on_device, np.arange(data.num_samples), batch_size, shuffle=False, seed=0, device=device,
+                           num_workers=2, resident=resident)
+    for logits, _, index in infer(model, batches, precision):
         metrics.update(decode(logits, threshold), truth.take(index))
     return Evaluation(model_ref, str(h5), data.num_samples, metrics.compute(), metrics.per_glint(), source.run_id, data)
 

@@ -14,16 +14,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
+from glint_track.data.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path, file_digest, first_line
-from glint_track.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 
 log = logging.getLogger(__name__)
 
@@ -234,168 +233,3 @@ def write_glint_file(
         raise GlintTrackError(f"{out}: could not be written ({e}); nothing was changed there: free some space or choose another path") from e
 
 
-def split_indices(num_samples: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/val split from the seed: the same on every start and every resume."""
-    if not 0.0 < val_split < 1.0:
-        raise GlintTrackError(f"--val-split {val_split} is outside (0, 1); use e.g. --val-split 0.1")
-    n_val = int(round(num_samples * val_split))
-    if n_val < 1 or num_samples - n_val < MIN_BATCH:
-        raise GlintTrackError(
-            f"--val-split {val_split} of {num_samples} samples leaves {n_val} for validation and "
-            f"{num_samples - n_val} for training; validation needs at least 1 and training {MIN_BATCH} (BatchNorm "
-            f"learns from batches of two or more): use more data or another --val-split"
-        )
-    order = np.random.default_rng(seed).permutation(num_samples)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def epoch_order(num: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
-    """Positions 0…num-1 in this epoch's order: a permutation drawn from (seed, epoch) alone, so a
-    resumed run sees exactly the batches it would have seen, whichever loader serves them."""
-    if not shuffle:
-        return torch.arange(num)
-    return torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def epoch_indices(indices: torch.Tensor, shuffle: bool, seed: int, epoch: int, shard: tuple[int, int]) -> torch.Tensor:
-    """The samples this process trains on this epoch, in order. With `shard` = (rank, world size) of a
-    DDP run, each rank takes every world-th sample of the same order, all ranks the same number (they
-    step in lockstep); the few left over by the division change from epoch to epoch."""
-    order = indices[epoch_order(len(indices), shuffle, seed, epoch).to(indices.device)]
-    rank, world = shard
-    return order[rank : len(order) // world * world : world] if world > 1 else order
-
-
-#: The smallest training batch: BatchNorm cannot train on one sample (at the 1×1 bottleneck of 16² images
-#: it has a single value per channel), so a last batch of one joins the batch before it.
-MIN_BATCH = 2
-
-
-def batch_chunks(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """`order` cut into batches of `batch_size`, a last batch smaller than MIN_BATCH merged into the one before."""
-    chunks = list(order.split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) < MIN_BATCH:
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
-
-
-def _num_batches(num: int, batch_size: int, shard: tuple[int, int]) -> int:
-    per_rank = num // shard[1] if shard[1] > 1 else num
-    full, rest = divmod(per_rank, batch_size)
-    return full + (rest >= MIN_BATCH or (rest > 0 and full == 0))
-
-
-#: (images N×1×H×W float, target heat-maps N×C×h×w float, sample indices N)
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _as_inputs(images: torch.Tensor, heatmaps: torch.Tensor, index: torch.Tensor) -> Batch:
-    """uint8 N×H×W → float N×1×H×W in [0, 1]; heat-maps → float32; plus the samples' indices."""
-    return images.unsqueeze(1).float().div_(255.0), heatmaps.float(), index
-
-
-class ResidentBatches:
-    """Batches gathered by index from data already on the training device (uint8 images, float16/32
-    heat-maps, moved there once by `GlintData.to`), so no step waits for the host or a worker.
-    On the CPU nothing is copied: a memory-mapped cache stays shared between processes."""
-
-    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]) -> None:
-        self.images, self.heatmaps = data.images, data.heatmaps
-        self.device = data.images.device
-        self.indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        self.batch_size, self.shuffle, self.seed, self.shard = batch_size, shuffle, seed, shard
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return _num_batches(len(self.indices), self.batch_size, self.shard)
-
-    def __iter__(self) -> Iterator[Batch]:
-        order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
-        for chunk in batch_chunks(order, self.batch_size):
-            yield _as_inputs(self.images[chunk], self.heatmaps[chunk], chunk)
-
-
-class _BatchDataset(Dataset):
-    """Indexing with a list of sample indices gathers the whole batch at once (in a worker)."""
-
-    def __init__(self, data: GlintData) -> None:
-        self.images = data.images
-        self.heatmaps = data.heatmaps
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, idx: list[int]) -> Batch:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return _as_inputs(self.images[index], self.heatmaps[index], index)
-
-
-class _EpochBatchSampler(Sampler[list[int]]):
-    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]) -> None:
-        self.indices = torch.as_tensor(indices, dtype=torch.long)
-        self.batch_size, self.shuffle, self.seed, self.shard = batch_size, shuffle, seed, shard
-        self.epoch = 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = epoch_indices(self.indices, self.shuffle, self.seed, self.epoch, self.shard)
-        yield from (chunk.tolist() for chunk in batch_chunks(order, self.batch_size))
-
-    def __len__(self) -> int:
-        return _num_batches(len(self.indices), self.batch_size, self.shard)
-
-
-class HostBatches:
-    """Fallback when the data does not fit on the GPU: worker processes gather batches into pinned
-    memory and each is copied to the device asynchronously."""
-
-    def __init__(
-        self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-        num_workers: int, shard: tuple[int, int],
-    ) -> None:
-        self.sampler = _EpochBatchSampler(indices, batch_size, shuffle, seed, shard)
-        self.device = device
-        self.loader = DataLoader(
-            _BatchDataset(data), sampler=self.sampler, batch_size=None, num_workers=num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
-
-
-Batches = ResidentBatches | HostBatches
-
-
-def fits_on_device(data: GlintData, device: torch.device, fraction: float = 0.5) -> bool:
-    """True on the CPU (the data is in RAM already) and on a GPU whose free memory holds the data
-    `1/fraction` times over, leaving the rest for activations."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return data.images.nbytes + data.heatmaps.nbytes <= fraction * free
-
-
-def place(data: GlintData, device: torch.device) -> tuple[GlintData, bool]:
-    """The data moved to `device` when it fits there (once, for every split), and whether it did."""
-    resident = fits_on_device(data, device)
-    return (data.to(device) if resident else data), resident
-
-
-def make_batches(
-    data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-    num_workers: int, resident: bool, shard: tuple[int, int] = (0, 1),
-) -> Batches:
-    """Batches of `indices`; with `shard` = (rank, world size), only this DDP rank's share of each epoch."""
-    if resident:  # `data` already on `device` (GlintData.to)
-        return ResidentBatches(data, indices, batch_size, shuffle, seed, shard)
-    return HostBatches(data, indices, batch_size, shuffle, seed, device, num_workers, shard)

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
-from glint_track.checkpoint import load_checkpoint
-from glint_track.metrics import decode
+from glint_track.checkpoint.format import load_checkpoint
+from glint_track.glints import DEFAULT_THRESHOLD, decode
 from glint_track.model import GlintUNet
 
 
@@ -23,10 +23,10 @@ class GlintPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         checkpoint = load_checkpoint(context.artifacts["checkpoint"])
         self.model = GlintUNet.from_checkpoint(checkpoint, "model checkpoint")
-        self.threshold = float((context.model_config or {}).get("threshold", 0.3))
+        self.threshold = float((context.model_config or {}).get("threshold", DEFAULT_THRESHOLD))
 
     # No type hints here: MLflow reads them as an input schema and warns that `Any` is none; the model's
-    # signature (tracking._log_model) is the schema.
+    # signature (tracking/logged_model.py) is the schema.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         images = np.asarray(model_input)
         if images.ndim == 2:

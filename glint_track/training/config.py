@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from glint_track.data.glint_file import default_cache_dir
 from glint_track.errors import GlintTrackError, shown
-from glint_track.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights
+from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD
+from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("none", "cosine", "step")
 MONITOR_MODES = ("min", "max")
+#: Where a run's local folder goes without --output-dir: runs/<run id>.
+RUNS_DIR = Path("runs")
 
 #: Research-script flag names (SEED.md) that differ from ours, for its checkpoints' `train_args`.
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}
@@ -34,7 +39,7 @@ class TrainConfig(LossWeights):
     """Training settings; the loss knobs (alpha … agg_wd) come from LossWeights."""
 
     h5: str | None = None
-    output_dir: str | None = None  # local copy of checkpoints and log; default runs/<run name>
+    output_dir: str | None = None  # local copy of checkpoints and log; default runs/<run id>
     experiment: str = "glint-track"
     run_name: str | None = None
     resume: str | None = None  # run ID, runs:/ URI or checkpoint path
@@ -69,8 +74,8 @@ class TrainConfig(LossWeights):
     monitor: str = "val_loss"
     monitor_mode: str = "min"
     # glint metrics
-    threshold: float = 0.3  # a channel's peak probability at or above this is a detected glint
-    match_radius: float = 3.0  # input pixels between a detected glint and its annotation to count as found
+    threshold: float = DEFAULT_THRESHOLD  # a channel's peak probability at or above this is a detected glint
+    match_radius: float = DEFAULT_MATCH_RADIUS  # input pixels between a detected glint and its annotation to count as found
     register_model: str | None = None  # also register the logged model in the Model Registry under this name
     image_every: int = 0  # log a picture of validation predictions every N epochs; 0: at each new best
     system_metrics: bool = True  # CPU, memory, disk, network and GPU use as MLflow system metrics (needs psutil)
@@ -80,6 +85,16 @@ class TrainConfig(LossWeights):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def run_folder(self, run_id: str) -> Path:
+        """The run's local folder: --output-dir, else runs/<run id>."""
+        return Path(self.output_dir) if self.output_dir else RUNS_DIR / run_id
+
+    def cache_folder(self) -> Path | None:
+        """Where decoded arrays are cached; None with --no-cache."""
+        if not self.cache:
+            return None
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
     def validate(self) -> None:
         """Reject impossible values with the fix, whatever their source (CLI, env var or checkpoint)."""

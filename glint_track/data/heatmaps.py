@@ -7,7 +7,7 @@ clipped to [0, 1]. Used by `pack` and `synth`, so both write the targets the old
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -119,7 +119,13 @@ def _check_allocated(path: Path, name: str, dataset: h5py.Dataset) -> None:
 
 def check_layout(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
     """Names, ranks, dtypes and sizes, from the metadata alone."""
-    images, heatmaps = datasets["images"], datasets["heatmaps"]
+    _check_required(path, datasets["images"], datasets["heatmaps"])
+    _check_sizes(path, datasets["images"].shape, datasets["heatmaps"].shape)
+    _check_optional(path, datasets)
+
+
+def _check_required(path: Path, images: h5py.Dataset, heatmaps: h5py.Dataset) -> None:
+    """Ranks, dtypes and sample counts of the two datasets every file has."""
     if images.ndim != 3:
         raise fail(path, f"'images' has shape {images.shape}, expected N×H×W (3 dimensions)", REPACK)
     if heatmaps.ndim != 4:
@@ -136,8 +142,12 @@ def check_layout(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
     channels = heatmaps.shape[1]
     if channels == 0:
         raise fail(path, "'heatmaps' has 0 glint channels", REPACK)
-    H, W = images.shape[1:]
-    h, w = heatmaps.shape[2:]
+
+
+def _check_sizes(path: Path, image_shape: tuple[int, ...], heatmap_shape: tuple[int, ...]) -> None:
+    """Image sizes the UNet takes, and heat-maps of exactly 1/OUTPUT_STRIDE of them."""
+    H, W = image_shape[1:]
+    h, w = heatmap_shape[2:]
     if min(H, W) < SIZE_MULTIPLE or H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
         raise fail(
             path,
@@ -151,6 +161,11 @@ def check_layout(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
             f"1/{OUTPUT_STRIDE} the image size ({H // OUTPUT_STRIDE}×{W // OUTPUT_STRIDE})",
             f"re-pack with --hm-size {H // OUTPUT_STRIDE}x{W // OUTPUT_STRIDE}",
         )
+
+
+def _check_optional(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
+    """Shapes and dtypes of `present`, `points` and `stems`, where the file has them."""
+    n, channels = datasets["heatmaps"].shape[:2]
     expected = {"present": (n, channels), "stems": (n,), "points": (n, channels, 2)}
     for name, shape in expected.items():
         if name in datasets and tuple(datasets[name].shape) != shape:

@@ -11,7 +11,8 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,21 @@
+"""The MLflow tags glint-track writes on a run, each named once."""
+
+TAG_RESUMED_FROM = "glint_track.resumed_from"
+
+
+TAG_DATASET_DIGEST = "glint_track.dataset.digest"
+
+
+TAG_OVERRIDE = "glint_track.override."  # + setting: its value on a continued run where it differs from the param
+
+
+TAG_HISTORY = "glint_track.history"  # one line per resume that changed settings
+
+
+TAG_SUMMARY = "glint_track.summary"  # the glint result
+
+
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+
+
+TAG_CONTINUED_IN = "glint_track.continued_in"  # on a run `mlflow run` made that another run trained in

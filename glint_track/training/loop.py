@@ -1,0 +1,211 @@
+"""The training loop, top to bottom: settings → data → model → MLflow run → epochs → logged model.
+
+Read `train()` from start to end to see everything a run does; each step it takes lives in a module of
+its own (training.parts, training.epoch, training.run, data.batches, tracking).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from glint_track.data.batches import MIN_BATCH, Batches, make_batches, place, split_indices
+from glint_track.data.glint_file import GlintData, load_glint_file
+from glint_track.engine import Precision, resolve_device
+from glint_track.errors import GlintTrackError
+from glint_track.glints import GlintMetrics, Glints, ground_truth
+from glint_track.model import count_parameters
+from glint_track.tracking.server import check_tracking_server, tracking_uri
+from glint_track.tracking.sync import send_spool_if_pending
+from glint_track.training.config import TrainConfig
+from glint_track.training.distributed import Distributed
+from glint_track.training.epoch import train_epoch, validate
+from glint_track.training.parts import check_output_dir, set_deterministic, set_hyperparameters, training_parts
+from glint_track.training.resume import ResumePlan, check_same_data, plan_resume
+from glint_track.training.run import Preview, TrackedRun
+from glint_track.training.stopping import StopRequest, TrainingStopped
+
+log = logging.getLogger(__name__)
+
+#: Under DDP, ranks agree on a stop request every this many steps (a collective; every step would stall GPUs).
+STOP_CHECK_EVERY = 16
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    epochs: int
+    best_value: float | None
+    best_epoch: int | None
+    monitor: str
+    output_dir: Path
+    glints: dict[str, float] | None  # the logged model's validation glint metrics (f1, loc_err_mean, …)
+    spool: Path | None = None  # tracking calls the server has not received yet (see `glint-track sync`)
+
+
+@dataclass
+class TrainingData:
+    """The data as training uses it: split, on the device when it fits, batched, with its ground truth."""
+
+    data: GlintData
+    resident: bool  # on the device (else streamed by loader workers)
+    truth: Glints  # of every sample, indexed by the batches
+    train_batches: Batches
+    val_batches: Batches
+    train_count: int
+    val_idx: list[int]
+
+
+def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult | None:
+    """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint.
+    Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None)."""
+    check_tracking_server()
+    cfg, plan = settings(cli_cfg, explicit)
+    device = resolve_device(cfg.device)
+    ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun
+    device = ddp.device(device)
+    if not ddp.is_main:
+        logging.getLogger("glint_track").setLevel(logging.WARNING)  # rank 0 reports for all
+    td = training_data(cfg, plan, ddp, device)
+    parts, precision, loss_fn = training_parts(cfg, td.data.num_glints, device, plan)  # restored on resume
+    model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.enabled else model
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    if ddp.is_main:
+        check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a FAILED run
+    stop = StopRequest()
+    stop.install()  # SIGTERM / SIGINT from here on: finish the step in flight, keep the last checkpoint, KILLED
+    was_deterministic = set_deterministic(cfg.deterministic)
+    run: TrackedRun | None = None
+    status, glints = "FAILED", None
+    try:
+        run = TrackedRun.open(cfg, plan, td.data, ddp, device) if ddp.is_main else None  # a failure here marks it FAILED
+        log_start(run, cfg, plan, td, ddp, device, model, precision)
+        if run is not None:
+            run.complete_resumed(progress)  # what a process killed while saving left undone
+        between_steps = BetweenSteps(run, ddp, stop)
+        preview = Preview(model, td.data, td.truth, td.val_idx, precision, device, cfg.threshold, cfg.match_radius)
+        for epoch in range(plan.start_epoch if plan else 1, cfg.epochs + 1):
+            stop.check(ddp.agree)
+            lr = set_hyperparameters(optimizer, cfg, epoch)
+            td.train_batches.set_epoch(epoch)
+            t0 = time.perf_counter()
+            train_terms = train_epoch(step_model, td.train_batches, loss_fn, precision, optimizer,
+                                      desc=f"epoch {epoch} train", after_step=between_steps, reduce=ddp.sum)
+            images_per_s = td.train_count / (time.perf_counter() - t0)
+            between_steps.epoch_trained()
+            val_terms = validate(step_model, td.val_batches, loss_fn, precision, GlintMetrics(td.data.num_glints, cfg.match_radius),
+                                 td.truth, cfg.threshold, desc=f"epoch {epoch} val")
+            metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
+            metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": images_per_s}
+            is_best = progress.update(epoch, metrics)
+            if run is not None:
+                run.save_epoch(parts, epoch, metrics, is_best, preview)
+            log_epoch(epoch, cfg.epochs, metrics, is_best)
+        stop.check(ddp.agree)  # a stop asked for during the last epoch: its model is logged on resume
+        if run is not None:
+            glints = run.log_best_model(model, td.val_batches, loss_fn, precision, preview, plan is not None and plan.finishing)
+        status = "FINISHED"
+    except (TrainingStopped, KeyboardInterrupt):
+        status = "KILLED"
+        if run is not None:
+            log.warning("stopped: run %s marked KILLED with the checkpoint of its last finished epoch; resume with --resume %s",
+                        run.tracker.run_id, run.tracker.run_id)
+        raise
+    finally:
+        stop.restore()
+        set_deterministic(was_deterministic)
+        ddp.close()
+        spool = run.close(status) if run is not None else None
+    if run is None:
+        return None
+    return TrainResult(run.tracker.run_id, run.tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value,
+                       progress.best_epoch, cfg.monitor, run.output_dir, glints, spool)
+
+
+def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfig, ResumePlan | None]:
+    """The command line's settings, or on --resume the checkpoint's overlaid by what was typed (refusing
+    what cannot apply; AlreadyFinished when nothing is left to do)."""
+    plan = None
+    if cli_cfg.resume:
+        if os.environ.get("RANK", "0") == "0":  # what a killed process left in its spool reaches the run first
+            send_spool_if_pending(cli_cfg.run_folder(cli_cfg.resume) / "spool")
+        plan = plan_resume(cli_cfg, explicit)
+    cfg = plan.cfg if plan else cli_cfg
+    cfg.validate()
+    return cfg, plan
+
+
+def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, device: torch.device) -> TrainingData:
+    """The data file, checked before anything is started (and, on resume, that it is the run's), split and
+    batched; kept on the device when it fits."""
+    data = load_glint_file(cfg.h5, cfg.cache_folder())
+    if plan:
+        check_same_data(plan, data.digest)
+    train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
+    if len(train_idx) // ddp.world_size < MIN_BATCH:
+        raise GlintTrackError(f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
+                              f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data")
+    if device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
+    data, resident = place(data, device)
+    truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
+    loading = {"seed": cfg.seed, "device": device, "num_workers": cfg.num_workers, "resident": resident}
+    train_batches = make_batches(data, train_idx, cfg.batch_size, shuffle=True, shard=ddp.shard, **loading)
+    val_batches = make_batches(data, val_idx, cfg.batch_size, shuffle=False, **loading)
+    return TrainingData(data, resident, truth, train_batches, val_batches, len(train_idx), val_idx.tolist())
+
+
+class BetweenSteps:
+    """What runs between training steps: releasing the checkpoint writer once the GPU has work queued,
+    giving up a run another process took over, and the stop check (under DDP every rank agrees, at the
+    same step)."""
+
+    def __init__(self, run: TrackedRun | None, ddp: Distributed, stop: StopRequest) -> None:
+        self.run, self.ddp, self.stop = run, ddp, stop
+
+    def __call__(self, step: int) -> None:
+        run = self.run
+        if step == 1 and run is not None:
+            run.writer.release()  # the last epoch's files are written once the GPU has work queued
+        if run is not None and run.lease is not None and run.lease.lost:
+            raise GlintTrackError(f"run {run.tracker.run_id} was taken over by another process; this one stopped")
+        if not self.ddp.enabled or step % STOP_CHECK_EVERY == 0:
+            self.stop.check(self.ddp.agree)
+
+    def epoch_trained(self) -> None:
+        if self.run is not None:
+            self.run.writer.release()  # an epoch of fewer than two steps
+
+
+def log_start(run: TrackedRun | None, cfg: TrainConfig, plan: ResumePlan | None, td: TrainingData, ddp: Distributed,
+              device: torch.device, model: torch.nn.Module, precision: Precision) -> None:
+    """One line on what is trained, where and from which epoch."""
+    data = td.data
+    log.info(
+        "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s%s (data %s), epochs %d→%d",
+        run.tracker.run_id if run else "-", td.train_count, len(td.val_idx), "×".join(map(str, data.image_size)),
+        data.num_glints, f"{count_parameters(model):,}", cfg.loss, precision.name, device,
+        f" × {ddp.world_size} ranks" if ddp.enabled else "",
+        ("on the device" if td.resident else f"streamed by {cfg.num_workers} workers") + (", from the cache" if data.from_cache else ""),
+        plan.start_epoch if plan else 1, cfg.epochs,
+    )
+    if plan and plan.finishing:
+        log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now",
+                 plan.source.run_id, cfg.epochs)
+
+
+def log_epoch(epoch: int, epochs: int, metrics: dict[str, float], is_best: bool) -> None:
+    log.info(
+        "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
+        epoch, epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
+        metrics["lr"], metrics["images_per_s"], metrics["epoch_time_s"], "  (best)" if is_best else "",
+    )

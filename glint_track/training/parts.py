@@ -1,0 +1,167 @@
+"""The stateful parts of a training (model, optimizer, scaler, RNG, progress), built from the settings and,
+on resume, restored from a checkpoint; the learning-rate schedule and the reproducibility switches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glint_track.checkpoint.format import restore
+from glint_track.checkpoint.schema import check_optimizer_fits
+from glint_track.engine import Precision
+from glint_track.errors import GlintTrackError
+from glint_track.glints import METRIC_NAMES
+from glint_track.model import GlintUNet, model_shape
+from glint_track.training.checkpointer import RNGState, TrainProgress
+from glint_track.training.config import RUNS_DIR, TrainConfig
+from glint_track.training.losses import GlintLoss, LossWeights
+from glint_track.training.resume import ResumePlan, describe_changes
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fused = True if device.type == "cuda" else None  # one kernel for all weights on a GPU
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of `epoch` (1-based): a function of the settings alone, with no state of its own,
+    so a resume that changes --lr, --epochs or --scheduler applies from its first epoch."""
+    if cfg.scheduler == "cosine":  # from --lr down towards 0 over --epochs
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+    if cfg.scheduler == "step":
+        return cfg.lr * cfg.step_gamma ** ((epoch - 1) // cfg.step_size)
+    return cfg.lr
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
+    """This epoch's learning rate, weight decay and momentum into every parameter group; returns the lr."""
+    lr = lr_at(cfg, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+    return lr
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-weight optimizer state tensor its weight's memory layout.
+
+    A checkpoint written from a contiguous model (the research script's, or one trained with
+    --no-channels-last) restores contiguous moments; fused GPU optimizers refuse moments whose strides
+    differ from a channels_last weight's.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def epoch_metric_names(loss_fn: GlintLoss) -> list[str]:
+    """Every metric logged per epoch (what --monitor may name)."""
+    terms = loss_fn.term_names()
+    losses = [f"{split}_{t}" for split in ("train", "val") for t in terms]
+    return losses + [f"val_{m}" for m in METRIC_NAMES] + ["lr", "epoch_time_s", "images_per_s"]
+
+
+def set_deterministic(enabled: bool) -> bool:
+    """Deterministic kernels only (PyTorch raises for an op that has none) and no cuDNN autotuning, so
+    the same inputs give the same bits on a GPU too. Returns the previous setting, to restore it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read when it starts
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled)
+    return previous
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_parts(
+    cfg: TrainConfig, num_glints: int, device: torch.device, plan: ResumePlan | None
+) -> tuple[dict[str, Any], Precision, GlintLoss]:
+    """The stateful parts of training (model, optimizer, grad scaler, RNG, progress; what a checkpoint holds),
+    the precision and the loss; on resume, restored from the checkpoint. Everything that can refuse a
+    setting or a checkpoint does so here, before a run exists."""
+    seed_everything(cfg.seed)
+    precision = Precision.resolve(cfg.precision, device, cfg.channels_last)
+    model = GlintUNet(num_glints, cfg.base_channels).to(device)  # its state_dict is what checkpoints hold
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
+    optimizer = build_optimizer(cfg, model, device)
+    progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
+    parts = {"model": model, "optimizer": optimizer, "scaler": precision.scaler, "rng": RNGState(), "progress": progress}
+    known = epoch_metric_names(loss_fn)
+    if cfg.monitor not in known:
+        raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
+    if plan:
+        restore_state(plan, parts, num_glints)
+    return parts, precision, loss_fn
+
+
+def check_output_dir(output_dir: str | None) -> None:
+    """The local folder (or, by default, `runs/`) can be created and written, or one line says why not."""
+    folder = Path(output_dir) if output_dir else RUNS_DIR
+    option = f"--output-dir {folder}" if output_dir else f"the default output folder {folder.resolve()}/<run id>"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
+            pass
+    except OSError as e:
+        raise GlintTrackError(f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder") from e
+
+
+def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> None:
+    """Load the checkpoint into the training parts; what was typed on resume wins over what it holds."""
+    cfg, source = plan.cfg, plan.source
+    glints = model_shape(source.checkpoint["model_state_dict"], source.label)[0]
+    if glints != num_glints:
+        raise GlintTrackError(
+            f"{source.label}: the checkpoint's model predicts {glints} glints but {cfg.h5} has {num_glints} glint "
+            f"channels; resume with the data it was trained on, or start a new run"
+        )
+    restorable = dict(parts)
+    if "optimizer" in plan.changed:
+        log.warning("--optimizer changed from %s to %s: it starts afresh at --lr %g", *plan.changed["optimizer"], cfg.lr)
+        del restorable["optimizer"]
+    missing = restore(restorable, source.checkpoint, source.label)
+    loss_changed = any(name in plan.changed for name in ("loss", *(f.name for f in fields(LossWeights))))
+    if loss_changed and cfg.monitor.endswith("loss"):
+        log.warning("the loss changed, so %s values before and after are not comparable: the best checkpoint starts afresh", cfg.monitor)
+        parts["progress"].best_value = parts["progress"].best_epoch = None
+    optimizer = parts["optimizer"]
+    for group in optimizer.param_groups:  # this process's implementation (fused on a GPU), not the saving one's
+        group.update({k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in optimizer.defaults})
+    match_state_layout(optimizer)
+    check_optimizer_fits(optimizer, source.label)
+    if "optimizer" in missing:
+        log.warning(
+            "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
+            "a fresh %s optimizer starts at --lr %g", source.label, cfg.optimizer, cfg.lr,
+        )
+    if plan.changed:
+        log.info("resumed with settings typed on the command line: %s (they apply from epoch %d)",
+                 describe_changes(plan.changed), plan.start_epoch)
