@@ -5,8 +5,8 @@ Inference (evaluate, predict) uses this module, never the training loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +28,10 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise GlintTrackError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise GlintTrackError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+            raise GlintTrackError(
+                f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0 … "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
     return device
 
 
@@ -97,7 +100,9 @@ def threshold_sweep(
         preds.append(decode(logits))  # positions and scores; each threshold below picks the present ones
         truths.append(truth.take(index))
     xy, score = torch.cat([p.xy for p in preds]), torch.cat([p.score for p in preds])
-    gt = Glints(torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths]))
+    gt = Glints(
+        torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths])
+    )
     curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
     for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
         metrics = GlintMetrics(num_glints, match_radius)

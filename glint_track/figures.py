@@ -10,11 +10,22 @@ from PIL import Image, ImageDraw
 from glint_track.glints import Glints
 
 #: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
-COLOURS = [(255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (70, 110, 255), (190, 80, 255), (255, 80, 200)]
+COLOURS = [
+    (255, 64, 64),
+    (255, 160, 0),
+    (240, 230, 40),
+    (60, 220, 60),
+    (0, 200, 255),
+    (70, 110, 255),
+    (190, 80, 255),
+    (255, 80, 200),
+]
 FOUND, MISSED, SWAPPED, SPURIOUS = (60, 220, 60), (255, 60, 60), (255, 160, 0), (240, 230, 40)
 
 
-def validation_grid(images: torch.Tensor, pred: Glints, truth: Glints, match_radius: float, tile: int = 256) -> Image.Image:
+def validation_grid(
+    images: torch.Tensor, pred: Glints, truth: Glints, match_radius: float, tile: int = 256
+) -> Image.Image:
     """Each image with its annotated glints (thin white rings) and predictions, numbered and coloured:
     green found, orange swapped (nearer another glint's annotation), yellow spurious, red missed
     (drawn at the annotation)."""
@@ -29,7 +40,9 @@ def validation_grid(images: torch.Tensor, pred: Glints, truth: Glints, match_rad
     t_xy, t_on = truth.xy.cpu(), truth.present.cpu()
     for i in range(n):
         gray = (images[i].reshape(H, W).clamp(0, 1) * 255).byte().numpy()
-        img = Image.fromarray(gray).convert("RGB").resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
+        img = (
+            Image.fromarray(gray).convert("RGB").resize((round(W * scale), round(H * scale)), Image.Resampling.NEAREST)
+        )
         draw = ImageDraw.Draw(img)
         r = max(4.0, 2 * scale)
         for c in range(p_xy.shape[1]):
@@ -38,7 +51,11 @@ def validation_grid(images: torch.Tensor, pred: Glints, truth: Glints, match_rad
                 draw.ellipse([tx - r - 2, ty - r - 2, tx + r + 2, ty + r + 2], outline=(255, 255, 255), width=1)
             own = float(torch.linalg.vector_norm(p_xy[i, c] - t_xy[i, c])) if t_on[i, c] else float("inf")
             if p_on[i, c]:
-                others = [float(torch.linalg.vector_norm(p_xy[i, c] - t_xy[i, k])) for k in range(p_xy.shape[1]) if k != c and t_on[i, k]]
+                others = [
+                    float(torch.linalg.vector_norm(p_xy[i, c] - t_xy[i, k]))
+                    for k in range(p_xy.shape[1])
+                    if k != c and t_on[i, k]
+                ]
                 if own <= match_radius:
                     colour = FOUND
                 elif others and min(others) <= match_radius and min(others) < own:
@@ -55,7 +72,9 @@ def validation_grid(images: torch.Tensor, pred: Glints, truth: Glints, match_rad
             draw.text((x + r + 1, y - r - 1), str(c + 1), fill=colour)
         grid.paste(img, ((i % cols) * tile, (i // cols) * tile))
     legend = ImageDraw.Draw(grid)
-    for k, (label, colour) in enumerate((("found", FOUND), ("swapped", SWAPPED), ("spurious", SPURIOUS), ("missed", MISSED))):
+    for k, (label, colour) in enumerate(
+        (("found", FOUND), ("swapped", SWAPPED), ("spurious", SPURIOUS), ("missed", MISSED))
+    ):
         legend.text((6 + 90 * k, rows * tile + 3), label, fill=colour)
     return grid
 
@@ -78,7 +97,9 @@ def heatmap_panel(images: torch.Tensor, logits: torch.Tensor, tile: int = 128) -
     return panel
 
 
-def threshold_curves(thresholds: list[float], precision: list[float], recall: list[float], f1: list[float]) -> Image.Image:
+def threshold_curves(
+    thresholds: list[float], precision: list[float], recall: list[float], f1: list[float]
+) -> Image.Image:
     """Precision, recall and F1 against the detection threshold, as a small line chart."""
     import matplotlib
 
@@ -98,8 +119,6 @@ def threshold_curves(thresholds: list[float], precision: list[float], recall: li
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     return image
-
-
 
 
 def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale: float = 1.0) -> Image.Image:

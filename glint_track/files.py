@@ -1,13 +1,17 @@
-"""Writing files so that a reader only ever sees the old version or the complete new one."""
+"""Files: writing them so that a reader only ever sees the old version or the complete new one, their digests,
+and which ones are images."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
+
+#: Image files pack and predict read (a labelme imagePath without a suffix tries them in this order).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @contextmanager

@@ -50,7 +50,9 @@ def decode(maps: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, logits: boo
     centre = log_window[..., 1, 1]
     dx = _vertex(log_window[..., 1, 0], centre, log_window[..., 1, 2])
     dy = _vertex(log_window[..., 0, 1], centre, log_window[..., 2, 1])
-    neighbours = torch.stack([log_window[..., 1, 0], log_window[..., 1, 2], log_window[..., 0, 1], log_window[..., 2, 1]], -1)
+    neighbours = torch.stack(
+        [log_window[..., 1, 0], log_window[..., 1, 2], log_window[..., 0, 1], log_window[..., 2, 1]], -1
+    )
     flat_top = neighbours.amax(-1) > centre - FLAT_TOP
     offsets = torch.arange(-2.0, 3.0, device=p.device)
     mass = window.sum((-1, -2)).clamp_min(1e-8)
@@ -114,8 +116,11 @@ class GlintMetrics:
         own = dist.masked_fill(~truth.present, float("inf"))
         swap = pred.present & (nearest_other <= self.match_radius) & (nearest_other < own)
         counts = {
-            "tp": hit.sum(0), "fp": (pred.present & ~hit).sum(0), "fn": (truth.present & ~hit).sum(0),
-            "swaps": swap.sum(0), "predicted": pred.present.sum(0),
+            "tp": hit.sum(0),
+            "fp": (pred.present & ~hit).sum(0),
+            "fn": (truth.present & ~hit).sum(0),
+            "swaps": swap.sum(0),
+            "predicted": pred.present.sum(0),
         }
         for name, value in counts.items():
             current = getattr(self, name)
@@ -124,11 +129,16 @@ class GlintMetrics:
 
     def compute(self) -> dict[str, float]:
         """Overall precision, recall, f1, loc_err_mean, loc_err_median (px), swap_rate."""
-        return self._summary(*(getattr(self, k).sum() for k in ("tp", "fp", "fn", "swaps", "predicted")), self._errors())
+        return self._summary(
+            *(getattr(self, k).sum() for k in ("tp", "fp", "fn", "swaps", "predicted")), self._errors()
+        )
 
     def per_glint(self) -> list[dict[str, float]]:
         errors = self._errors(flat=False)
-        return [self._summary(self.tp[c], self.fp[c], self.fn[c], self.swaps[c], self.predicted[c], errors[:, c]) for c in range(self.num_glints)]
+        return [
+            self._summary(self.tp[c], self.fp[c], self.fn[c], self.swaps[c], self.predicted[c], errors[:, c])
+            for c in range(self.num_glints)
+        ]
 
     def _errors(self, flat: bool = True) -> torch.Tensor:
         errors = torch.cat(self.errors)

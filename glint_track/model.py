@@ -88,20 +88,35 @@ def model_shape(weights: dict[str, torch.Tensor], label: str) -> tuple[int, int]
     Every tensor is compared with a model of that shape built on the meta device (no memory), so a
     crafted file cannot make us build a model larger than the weights it holds."""
     head, first = weights.get("out_conv.weight"), weights.get("enc1.seq.0.weight")
-    if not isinstance(head, torch.Tensor) or not isinstance(first, torch.Tensor) or head.ndim != 4 or first.ndim != 4 \
-            or min(head.shape[0], first.shape[0]) < 1:
-        raise GlintTrackError(f"{label}: its weights are not a glint UNet's (no out_conv/enc1 layers); pass a glint-track checkpoint")
+    if (
+        not isinstance(head, torch.Tensor)
+        or not isinstance(first, torch.Tensor)
+        or head.ndim != 4
+        or first.ndim != 4
+        or min(head.shape[0], first.shape[0]) < 1
+    ):
+        raise GlintTrackError(
+            f"{label}: its weights are not a glint UNet's (no out_conv/enc1 layers); pass a glint-track checkpoint"
+        )
     shape = int(head.shape[0]), int(first.shape[0])
     with torch.device("meta"):
         expected = {k: (tuple(v.shape), v.is_floating_point()) for k, v in GlintUNet(*shape).state_dict().items()}
     got = {k: (tuple(v.shape), v.is_floating_point()) for k, v in weights.items() if isinstance(v, torch.Tensor)}
     if got != expected:
         odd = sorted(set(got) ^ set(expected))
-        problem = (f"{odd[0]} is {'missing' if odd[0] not in got else 'not one of its layers'}" if odd else
-                   next(f"{k} has shape {got[k][0]}, expected {v[0]}" + ("" if got[k][1] == v[1] else " and floating point")
-                        for k, v in expected.items() if got[k] != v))
-        raise GlintTrackError(f"{label}: its weights do not fit a glint UNet of {shape[0]} glints and width {shape[1]} "
-                              f"({problem}); pass a glint-track or research-script checkpoint")
+        problem = (
+            f"{odd[0]} is {'missing' if odd[0] not in got else 'not one of its layers'}"
+            if odd
+            else next(
+                f"{k} has shape {got[k][0]}, expected {v[0]}" + ("" if got[k][1] == v[1] else " and floating point")
+                for k, v in expected.items()
+                if got[k] != v
+            )
+        )
+        raise GlintTrackError(
+            f"{label}: its weights do not fit a glint UNet of {shape[0]} glints and width {shape[1]} "
+            f"({problem}); pass a glint-track or research-script checkpoint"
+        )
     return shape
 
 
@@ -120,7 +135,7 @@ def canonical_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """Weights under this model's names, from any layout we have written or the research script wrote:
     without the `module.` prefix of (Distributed)DataParallel, and with format-1 names renamed."""
     if weights and all(k.startswith("module.") for k in weights):
-        weights = {k[len("module."):]: v for k, v in weights.items()}
+        weights = {k[len("module.") :]: v for k, v in weights.items()}
     if "head.weight" in weights:
         renamed = {}
         for key, value in weights.items():

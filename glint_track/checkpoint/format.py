@@ -15,9 +15,9 @@ import pickle
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from collections.abc import Callable
 
 import torch
 
@@ -52,12 +52,18 @@ OPTIMIZER_PARTS = ("optimizer", "scaler")
 
 
 def gather(
-    parts: dict[str, Stateful], train_args: dict[str, Any], save_optimizer: bool, model_info: dict[str, Any] | None = None
+    parts: dict[str, Stateful],
+    train_args: dict[str, Any],
+    save_optimizer: bool,
+    model_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One checkpoint dict from the parts' state_dict()s; `model_info` (glints, width, input size) lets
     evaluate/predict rebuild and feed the model without the training file."""
     state: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "train_args": train_args, "save_optimizer": save_optimizer, "model_info": model_info or {},
+        "format_version": FORMAT_VERSION,
+        "train_args": train_args,
+        "save_optimizer": save_optimizer,
+        "model_info": model_info or {},
     }
     for name, part in parts.items():
         if name == "progress":
@@ -118,10 +124,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     file's and the one it replaces, see Checkpointer._publish)."""
     path = Path(path)
     if not path.is_file():
-        raise GlintTrackError(f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume")
+        raise GlintTrackError(
+            f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume"
+        )
     sidecar = checksum_path(path)
     if sidecar.is_file() and file_digest(path) not in sidecar.read_text().split():
-        raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run")
+        raise CorruptCheckpoint(
+            f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run"
+        )
     check_container(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -131,9 +141,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"re-save it as a plain state dict from a trusted copy"
         ) from e
     except Exception as e:  # torch's reader of bytes from anyone: any failure means an unreadable file, never a crash
-        raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({first_line(e)}); it may be truncated, use an earlier one") from e
-    if isinstance(checkpoint, dict) and "model_state_dict" not in checkpoint and checkpoint and all(
-        isinstance(v, torch.Tensor) for v in checkpoint.values()
+        raise CorruptCheckpoint(
+            f"{path}: not a readable checkpoint ({first_line(e)}); it may be truncated, use an earlier one"
+        ) from e
+    if (
+        isinstance(checkpoint, dict)
+        and "model_state_dict" not in checkpoint
+        and checkpoint
+        and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
     ):
         checkpoint = {"epoch": 0, "model_state_dict": checkpoint}  # a bare weights file (best_model_weights.pt)
     check_fields(checkpoint, str(path))
@@ -156,5 +171,3 @@ def tree_map(fn: Callable[[Any], Any], obj: Any, leaf: type = torch.Tensor) -> A
     if isinstance(obj, (list, tuple)):
         return type(obj)(tree_map(fn, v, leaf) for v in obj)
     return obj
-
-

@@ -74,7 +74,9 @@ class ResidentBatches:
     heat-maps, moved there once by `GlintData.to`), so no step waits for the host or a worker.
     On the CPU nothing is copied: a memory-mapped cache stays shared between processes."""
 
-    def __init__(self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]) -> None:
+    def __init__(
+        self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int]
+    ) -> None:
         self.images, self.heatmaps = data.images, data.heatmaps
         self.device = data.images.device
         self.indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
@@ -127,14 +129,25 @@ class HostBatches:
     memory and each is copied to the device asynchronously."""
 
     def __init__(
-        self, data: GlintData, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-        num_workers: int, shard: tuple[int, int],
+        self,
+        data: GlintData,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        num_workers: int,
+        shard: tuple[int, int],
     ) -> None:
         self.sampler = _EpochBatchSampler(indices, batch_size, shuffle, seed, shard)
         self.device = device
         self.loader = DataLoader(
-            _BatchDataset(data), sampler=self.sampler, batch_size=None, num_workers=num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+            _BatchDataset(data),
+            sampler=self.sampler,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -164,8 +177,16 @@ def place(data: GlintData, device: torch.device) -> tuple[GlintData, bool]:
 
 
 def make_batches(
-    data: GlintData, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
-    num_workers: int, resident: bool, shard: tuple[int, int] = (0, 1),
+    data: GlintData,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    device: torch.device,
+    num_workers: int,
+    resident: bool,
+    shard: tuple[int, int] = (0, 1),
 ) -> Batches:
     """Batches of `indices`; with `shard` = (rank, world size), only this DDP rank's share of each epoch."""
     if resident:  # `data` already on `device` (GlintData.to)

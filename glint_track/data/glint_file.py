@@ -71,7 +71,13 @@ def _attrs(f: h5py.File) -> dict[str, Any]:
             continue
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        out[key] = value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else value
+        out[key] = (
+            value.item()
+            if isinstance(value, np.generic)
+            else value.tolist()
+            if isinstance(value, np.ndarray)
+            else value
+        )
     return out
 
 
@@ -95,7 +101,9 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
     path = Path(path)
     if not path.is_file():
         problem = "is a folder, not a file" if path.is_dir() else "no such file"
-        raise GlintTrackError(f"{path}: {problem}; check --h5, or write demo data with `glint-track synth --out {path}`")
+        raise GlintTrackError(
+            f"{path}: {problem}; check --h5, or write demo data with `glint-track synth --out {path}`"
+        )
     if not h5py.is_hdf5(path):
         raise fail(path, "is not an HDF5 file", "pass a glint .h5 file written by the packer or `glint-track synth`")
     digest = file_digest(path)
@@ -107,23 +115,38 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
             check_stored(path, datasets)
             stems = [_text(s) for s in datasets["stems"][()]] if "stems" in datasets else None
             points = _read_points(path, datasets) if "points" in datasets else None
-            expected = {name: (tuple(ds.shape), _native(ds.dtype)) for name, ds in datasets.items() if name in ("images", "heatmaps")}
-            expected |= {"present": (tuple(datasets["present"].shape), np.dtype(np.uint8))} if "present" in datasets else {}
+            expected = {
+                name: (tuple(ds.shape), _native(ds.dtype))
+                for name, ds in datasets.items()
+                if name in ("images", "heatmaps")
+            }
+            expected |= (
+                {"present": (tuple(datasets["present"].shape), np.dtype(np.uint8))} if "present" in datasets else {}
+            )
             arrays = _read_cache(cache_dir / digest, expected) if cache_dir else None
             from_cache = arrays is not None
             if arrays is None:
                 arrays = _decode(path, datasets)
             attrs = _attrs(f)
     except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
-        raise fail(path, f"cannot be read ({first_line(e)})", "the file is truncated or damaged: copy or pack it again") from e
+        raise fail(
+            path, f"cannot be read ({first_line(e)})", "the file is truncated or damaged: copy or pack it again"
+        ) from e
     if not from_cache and cache_dir and _write_cache(cache_dir, digest, arrays):
         arrays = _read_cache(cache_dir / digest, expected) or arrays  # this process maps the shared copy too
     with warnings.catch_warnings():  # memory-mapped arrays are read-only; training only ever reads them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
     return GlintData(
-        path=path, images=tensors["images"], heatmaps=tensors["heatmaps"], present=tensors.get("present"),
-        points=torch.from_numpy(points) if points is not None else None, stems=stems, attrs=attrs, digest=digest, from_cache=from_cache,
+        path=path,
+        images=tensors["images"],
+        heatmaps=tensors["heatmaps"],
+        present=tensors.get("present"),
+        points=torch.from_numpy(points) if points is not None else None,
+        stems=stems,
+        attrs=attrs,
+        digest=digest,
+        from_cache=from_cache,
     )
 
 
@@ -140,8 +163,11 @@ def _read_points(path: Path, datasets: dict[str, h5py.Dataset]) -> np.ndarray:
     inside = (x >= -1) & (x <= W) & (y >= -1) & (y <= H)  # NaN or ±inf are never inside
     if not (absent | inside).all():
         bad = int((~(absent | inside)).any(axis=1).sum())
-        raise fail(path, f"'points' holds coordinates outside the {H}×{W} image or not finite in {bad} samples",
-                   "absent glints must be NaN, present ones inside the image: " + REPACK)
+        raise fail(
+            path,
+            f"'points' holds coordinates outside the {H}×{W} image or not finite in {bad} samples",
+            "absent glints must be NaN, present ones inside the image: " + REPACK,
+        )
     return points
 
 
@@ -153,7 +179,11 @@ def _decode(path: Path, datasets: dict[str, h5py.Dataset]) -> dict[str, np.ndarr
     if "present" in datasets:
         present = datasets["present"][()]
         if not np.isin(present, (0, 1)).all():
-            raise fail(path, "'present' holds values other than 0 and 1", "it flags each glint as absent (0) or present (1): " + REPACK)
+            raise fail(
+                path,
+                "'present' holds values other than 0 and 1",
+                "it flags each glint as absent (0) or present (1): " + REPACK,
+            )
         arrays["present"] = present.astype(np.uint8)
     return arrays
 
@@ -166,13 +196,23 @@ def _check_heatmap_values(path: Path, heatmaps: np.ndarray, block: int = 1024) -
         low, high = part.min(), part.max()  # NaN propagates into both
         if not np.isfinite(low) or not np.isfinite(high):
             bad = int((~np.isfinite(heatmaps)).any(axis=(1, 2, 3)).sum())
-            raise fail(path, f"'heatmaps' holds NaN or infinite values in {bad} samples", "re-pack the file; targets must be finite, in [0, 1]")
+            raise fail(
+                path,
+                f"'heatmaps' holds NaN or infinite values in {bad} samples",
+                "re-pack the file; targets must be finite, in [0, 1]",
+            )
         if low < 0 or high > 1:
-            raise fail(path, f"'heatmaps' holds values outside [0, 1] (from {low:g} to {high:g} in samples {start}…)",
-                       "targets are probabilities: re-pack the file (the packer clips them to [0, 1])")
+            raise fail(
+                path,
+                f"'heatmaps' holds values outside [0, 1] (from {low:g} to {high:g} in samples {start}…)",
+                "targets are probabilities: re-pack the file (the packer clips them to [0, 1])",
+            )
     if not heatmaps.any():
-        raise fail(path, "no glint is annotated in any sample (every heat-map is zero)",
-                   "check that the labels are named g1..gN (or pass --prefix) when packing")
+        raise fail(
+            path,
+            "no glint is annotated in any sample (every heat-map is zero)",
+            "check that the labels are named g1..gN (or pass --prefix) when packing",
+        )
 
 
 def _read_cache(folder: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray] | None:
@@ -215,8 +255,14 @@ def _write_cache(cache_dir: Path, digest: str, arrays: dict[str, np.ndarray]) ->
 
 
 def write_glint_file(
-    out: Path, images: np.ndarray, heatmaps: np.ndarray, points: np.ndarray, radii: np.ndarray,
-    stems: list[str], attrs: dict, compression: str = "gzip",
+    out: Path,
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    points: np.ndarray,
+    radii: np.ndarray,
+    stems: list[str],
+    attrs: dict,
+    compression: str = "gzip",
 ) -> None:
     """Write the SEED layout (plus `points`, `radii`) to a temp file beside `out`, then rename it into place."""
     if compression not in COMPRESSIONS:
@@ -230,6 +276,6 @@ def write_glint_file(
             f.create_dataset("stems", data=stems, dtype=h5py.string_dtype())
             f.attrs.update(attrs)
     except OSError as e:
-        raise GlintTrackError(f"{out}: could not be written ({e}); nothing was changed there: free some space or choose another path") from e
-
-
+        raise GlintTrackError(
+            f"{out}: could not be written ({e}); nothing was changed there: free some space or choose another path"
+        ) from e

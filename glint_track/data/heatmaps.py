@@ -26,8 +26,12 @@ def glints_of(points: np.ndarray, radii: np.ndarray) -> list[Glint]:
 
 
 def render_heatmaps(
-    glints: Iterable[Glint], num_channels: int, image_hw: tuple[int, int], heatmap_hw: tuple[int, int],
-    sigma_scale: float = SIGMA_SCALE, sigma_min: float = SIGMA_MIN,
+    glints: Iterable[Glint],
+    num_channels: int,
+    image_hw: tuple[int, int],
+    heatmap_hw: tuple[int, int],
+    sigma_scale: float = SIGMA_SCALE,
+    sigma_min: float = SIGMA_MIN,
 ) -> np.ndarray:
     """C×h×w float32 heat-maps for the given glints."""
     H, W = image_hw

@@ -21,15 +21,24 @@ def describe(path: str | Path) -> tuple[GlintData, dict[str, Any]]:
     path = Path(path)
     with h5py.File(path, "r") as f:
         datasets = {name: _entry(f, name) for name in f}
-    peaks = torch.cat([block.amax(dim=(2, 3)).float() for block in data.heatmaps.split(4096)]).numpy()  # N×C, no full-size copy
+    peaks = torch.cat(
+        [block.amax(dim=(2, 3)).float() for block in data.heatmaps.split(4096)]
+    ).numpy()  # N×C, no full-size copy
     present = data.present.numpy().astype(bool) if data.present is not None else peaks > 0.1
     summary = {
-        "file": str(path), "size_mb": path.stat().st_size / 1e6, "samples": data.num_samples,
-        "image_size": data.image_size, "glints": data.num_glints, "datasets": datasets, "attrs": data.attrs,
+        "file": str(path),
+        "size_mb": path.stat().st_size / 1e6,
+        "samples": data.num_samples,
+        "image_size": data.image_size,
+        "glints": data.num_glints,
+        "datasets": datasets,
+        "attrs": data.attrs,
         "presence": present.sum(0).tolist(),
-        "peak": {"mean": float(peaks[present].mean()) if present.any() else 0.0,
-                 "min": float(peaks[present].min()) if present.any() else 0.0,
-                 "max_absent": float(peaks[~present].max()) if (~present).any() else 0.0},
+        "peak": {
+            "mean": float(peaks[present].mean()) if present.any() else 0.0,
+            "min": float(peaks[present].min()) if present.any() else 0.0,
+            "max_absent": float(peaks[~present].max()) if (~present).any() else 0.0,
+        },
         "no_glint_samples": int((~present.any(1)).sum()),
         "has_points": data.points is not None,
         "validation": "ok: the trainer accepts this file",
@@ -50,18 +59,25 @@ def _entry(f: h5py.File, name: str) -> dict[str, Any] | str:
 
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
-        f"{s['file']}: {s['samples']} samples, images {s['image_size'][0]}×{s['image_size'][1]}, {s['glints']} glints, {s['size_mb']:.1f} MB on disk",
+        f"{s['file']}: {s['samples']} samples, images {s['image_size'][0]}×{s['image_size'][1]}, {s['glints']} "
+        f"glints, {s['size_mb']:.1f} MB on disk",
         "datasets:",
     ]
     for name, d in s["datasets"].items():
         if isinstance(d, str):
             lines.append(f"  {name:9s} {d}")
             continue
-        lines.append(f"  {name:9s} {str(d['shape']):22s} {d['dtype']:9s} chunks {d['chunks']}, compression {d['compression'] or 'none'}")
+        lines.append(
+            f"  {name:9s} {str(d['shape']):22s} {d['dtype']:9s} chunks {d['chunks']}, compression "
+            f"{d['compression'] or 'none'}"
+        )
     lines.append("attributes: " + (", ".join(f"{k}={v}" for k, v in sorted(s["attrs"].items())) or "none"))
     lines.append("glints annotated (per channel): " + ", ".join(f"g{c + 1} {n}" for c, n in enumerate(s["presence"])))
     p = s["peak"]
-    lines.append(f"heat-map peaks of annotated glints: mean {p['mean']:.3f}, min {p['min']:.3f}; highest where absent {p['max_absent']:.3f}")
+    lines.append(
+        f"heat-map peaks of annotated glints: mean {p['mean']:.3f}, min {p['min']:.3f}; highest where absent "
+        f"{p['max_absent']:.3f}"
+    )
     lines.append(f"samples with no glint: {s['no_glint_samples']}")
     lines.append(f"validation: {s['validation']}")
     return "\n".join(lines)

@@ -31,12 +31,11 @@ from tqdm import tqdm
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE, Glint, render_heatmaps
 from glint_track.errors import GlintTrackError, shown
-from glint_track.files import first_line
+from glint_track.files import IMAGE_SUFFIXES, first_line
 from glint_track.model import OUTPUT_STRIDE
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Larger images are refused before decoding (a few bytes of PNG can declare gigapixels): 8192² at most.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
@@ -88,9 +87,15 @@ def _image_source(json_path: Path, record: dict[str, Any], root: Path) -> Path |
         candidate = (json_path.parent / image_path).resolve()
         if not candidate.is_relative_to(root):
             if not isinstance(data, str):
-                raise Unusable(f"its imagePath {shown(image_path)} is outside the input folder {root}, which is not read; "
-                               f"move the image into the folder")
-            log.warning("%s: imagePath %s is outside the input folder, not read; using the embedded imageData", json_path, shown(image_path))
+                raise Unusable(
+                    f"its imagePath {shown(image_path)} is outside the input folder {root}, which is not read; "
+                    f"move the image into the folder"
+                )
+            log.warning(
+                "%s: imagePath %s is outside the input folder, not read; using the embedded imageData",
+                json_path,
+                shown(image_path),
+            )
         elif candidate.is_file():
             return candidate
     if isinstance(data, str) and data:
@@ -102,7 +107,9 @@ def _image_source(json_path: Path, record: dict[str, Any], root: Path) -> Path |
         candidate = json_path.with_suffix(suffix).resolve()
         if candidate.is_file() and candidate.is_relative_to(root):
             return candidate
-    raise Unusable(f"no image found (imagePath {shown(image_path)} missing, no imageData, no {json_path.stem}.png/.jpg beside it)")
+    raise Unusable(
+        f"no image found (imagePath {shown(image_path)} missing, no imageData, no {json_path.stem}.png/.jpg beside it)"
+    )
 
 
 def _open_gray(source: Path | bytes) -> np.ndarray:
@@ -116,7 +123,9 @@ def _open_gray(source: Path | bytes) -> np.ndarray:
         raise Unusable(f"its image has more than the {MAX_IMAGE_PIXELS:,} pixels accepted ({first_line(e)})") from e
     with img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise Unusable(f"its image has more than the {MAX_IMAGE_PIXELS:,} pixels accepted ({img.width}×{img.height})")
+            raise Unusable(
+                f"its image has more than the {MAX_IMAGE_PIXELS:,} pixels accepted ({img.width}×{img.height})"
+            )
         if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
             values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0).clip(0, None)
             top = float(values.max()) if values.size else 0.0
@@ -132,7 +141,9 @@ def _resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((W, H), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def _read_glint(shape: Any, label: re.Pattern, num_glints: int, size0: tuple[int, int]) -> tuple[int, float, float, float] | str:
+def _read_glint(
+    shape: Any, label: re.Pattern, num_glints: int, size0: tuple[int, int]
+) -> tuple[int, float, float, float] | str:
     """(channel, x, y, radius) of one labelme shape in the source image's pixels, or why it is not a usable glint."""
     if not isinstance(shape, dict):
         return f"shape {shown(shape)} is not an object"
@@ -216,12 +227,16 @@ def pack_labelme(
     root = in_dir.resolve()
     size = img_size or _first_image_size(json_paths, root)
     if size is None:
-        raise GlintTrackError(f"{in_dir}: no labelme .json file with a readable image{' (add --recursive for subfolders)' if not recursive else ''}")
+        raise GlintTrackError(
+            f"{in_dir}: no labelme .json file with a readable "
+            f"image{' (add --recursive for subfolders)' if not recursive else ''}"
+        )
     hm = hm_size or (size[0] // OUTPUT_STRIDE, size[1] // OUTPUT_STRIDE)
     if (size[0] % 16 or size[1] % 16) or hm != (size[0] // OUTPUT_STRIDE, size[1] // OUTPUT_STRIDE):
         raise GlintTrackError(
             f"image size {size[0]}x{size[1]} with heat-maps {hm[0]}x{hm[1]}: the trainer needs sides divisible by 16 "
-            f"and heat-maps of 1/4 the image; pass e.g. --img-size {max(16, size[0] // 16 * 16)}x{max(16, size[1] // 16 * 16)}"
+            "and heat-maps of 1/4 the image; pass e.g. --img-size "
+            f"{max(16, size[0] // 16 * 16)}x{max(16, size[1] // 16 * 16)}"
         )
     label = re.compile(re.escape(prefix) + r"(\d+)")
     summary = PackSummary(out=None)
@@ -238,7 +253,9 @@ def pack_labelme(
             log.warning("%s: %s", path, w)
         samples.append(sample)
     if not samples:
-        raise GlintTrackError(f"{in_dir}: none of {len(json_paths)} labelme files could be packed (see warnings); nothing was written")
+        raise GlintTrackError(
+            f"{in_dir}: none of {len(json_paths)} labelme files could be packed (see warnings); nothing was written"
+        )
 
     n = len(samples)
     images = np.stack([s.image for s in samples])
@@ -250,8 +267,17 @@ def pack_labelme(
         for c, x, y, r in reversed(s.glints):  # reversed: the first annotation of a channel wins
             points[i, c], radii[i, c] = (x, y), r
     summary.glints = int((~np.isnan(points[..., 0])).sum())
-    attrs = dict(num_classes=num_glints, sigma_scale=sigma_scale, sigma_min=sigma_min, img_h=size[0], img_w=size[1],
-                 hm_h=hm[0], hm_w=hm[1], prefix=prefix, source=f"glint-track pack {in_dir}")
+    attrs = dict(
+        num_classes=num_glints,
+        sigma_scale=sigma_scale,
+        sigma_min=sigma_min,
+        img_h=size[0],
+        img_w=size[1],
+        hm_h=hm[0],
+        hm_w=hm[1],
+        prefix=prefix,
+        source=f"glint-track pack {in_dir}",
+    )
     write_glint_file(out, images, heatmaps, points, radii, [s.stem for s in samples], attrs, compression)
     summary.out, summary.packed = out, n
     return summary

@@ -46,8 +46,8 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     k /= k.sum()
     H, W = img.shape
     p = np.pad(img, r, mode="edge")
-    rows = sum(w * p[:, j:j + W] for j, w in enumerate(k))
-    return sum(w * rows[j:j + H] for j, w in enumerate(k))
+    rows = sum(w * p[:, j : j + W] for j, w in enumerate(k))
+    return sum(w * rows[j : j + H] for j, w in enumerate(k))
 
 
 def synth_sample(
@@ -101,14 +101,7 @@ def synth_sample(
     for lid in (upper_lid, lower_lid):
         img -= 0.08 * np.exp(-0.5 * ((yy - lid) / (1.5 * s)) ** 2) * (t > 0)
 
-    # eyelashes along the upper lid: thin dark strokes
-    for _ in range(int(rng.integers(15, 40))):
-        x0 = ex + rng.uniform(-0.9, 0.9) * half_w
-        y0 = ey - (ey - upper) * max(0.0, 1 - ((x0 - ex) / half_w) ** 2)
-        length, angle = size * rng.uniform(0.04, 0.1), -np.pi / 2 + rng.normal(0, 0.4) + (x0 - ex) / half_w * 0.5
-        for f in np.linspace(0, 1, 5):
-            _blob(img, x0 + f * length * np.cos(angle), y0 + f * length * np.sin(angle) + f * f * length * 0.3,
-                  0.5 * s + 0.3, 0.5 * s + 0.3, rng.uniform(0.05, 0.15))
+    _eyelashes(img, rng, ex, ey, upper, half_w, size)
 
     # glints: the LED ring reflected by the cornea, identities in ring order (g1 at the top, clockwise)
     cornea_r = iris_r * 1.05
@@ -131,16 +124,52 @@ def synth_sample(
         if not np.isnan(x):
             _blob(img, x, y, 0.6 * r, 0.6 * r, rng.uniform(0.93, 1.0))
 
-    # distractors: specular reflections from glasses, unlabelled
-    for _ in range(rng.poisson(0.4 + 2.0 * d)):
-        _blob(img, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.8, 4) * s, rng.uniform(0.8, 2) * s,
-              rng.uniform(0.8, 1.0), rng.uniform(0, np.pi))
+    _glasses_reflections(img, rng, size, d)
+    return _sensor(img, rng, size, d), points, radii
 
-    # optics and sensor: defocus, exposure, shot and read noise
+
+def _eyelashes(
+    img: np.ndarray, rng: np.random.Generator, ex: float, ey: float, upper: float, half_w: float, size: int
+) -> None:
+    """Thin dark strokes along the upper lid."""
+    s = size / 128.0
+    for _ in range(int(rng.integers(15, 40))):
+        x0 = ex + rng.uniform(-0.9, 0.9) * half_w
+        y0 = ey - (ey - upper) * max(0.0, 1 - ((x0 - ex) / half_w) ** 2)
+        length, angle = size * rng.uniform(0.04, 0.1), -np.pi / 2 + rng.normal(0, 0.4) + (x0 - ex) / half_w * 0.5
+        for f in np.linspace(0, 1, 5):
+            _blob(
+                img,
+                x0 + f * length * np.cos(angle),
+                y0 + f * length * np.sin(angle) + f * f * length * 0.3,
+                0.5 * s + 0.3,
+                0.5 * s + 0.3,
+                rng.uniform(0.05, 0.15),
+            )
+
+
+def _glasses_reflections(img: np.ndarray, rng: np.random.Generator, size: int, d: float) -> None:
+    """Specular reflections from glasses: bright, unlabelled distractors, more of them when harder."""
+    s = size / 128.0
+    for _ in range(rng.poisson(0.4 + 2.0 * d)):
+        _blob(
+            img,
+            rng.uniform(0, size),
+            rng.uniform(0, size),
+            rng.uniform(0.8, 4) * s,
+            rng.uniform(0.8, 2) * s,
+            rng.uniform(0.8, 1.0),
+            rng.uniform(0, np.pi),
+        )
+
+
+def _sensor(img: np.ndarray, rng: np.random.Generator, size: int, d: float) -> np.ndarray:
+    """Defocus, exposure, shot and read noise; the uint8 image."""
+    s = size / 128.0
     img = _blur(img, rng.uniform(0, 0.3 + 1.2 * d) * s)
     img = np.clip(img * rng.uniform(0.8, 1.2), 0, 1) ** rng.uniform(0.85, 1.15)
     noise = rng.normal(0, 1, img.shape) * np.sqrt(0.0004 + (0.001 + 0.004 * d) * img)
-    return (np.clip(img + noise, 0, 1) * 255).astype(np.uint8), points, radii
+    return (np.clip(img + noise, 0, 1) * 255).astype(np.uint8)
 
 
 def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float) -> tuple[np.ndarray, ...]:
@@ -151,8 +180,13 @@ def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float) ->
 
 
 def write_synthetic(
-    out: str | Path, num_samples: int = 512, size: int = 128, num_glints: int = 8, seed: int = 0,
-    labelme_dir: str | Path | None = None, difficulty: float = 0.5,
+    out: str | Path,
+    num_samples: int = 512,
+    size: int = 128,
+    num_glints: int = 8,
+    seed: int = 0,
+    labelme_dir: str | Path | None = None,
+    difficulty: float = 0.5,
 ) -> Path:
     """Write a demo file in the SEED layout (plus `points`, `radii`); appears atomically at `out`.
     With `labelme_dir`, also write each image as PNG with its labelme JSON (what `pack` reads).
@@ -173,8 +207,19 @@ def write_synthetic(
         for i, stem in enumerate(stems):
             write_labelme(Path(labelme_dir), stem, images[i], points[i], radii[i])
     hm = size // OUTPUT_STRIDE
-    attrs = dict(num_classes=num_glints, sigma_scale=SIGMA_SCALE, sigma_min=SIGMA_MIN, img_h=size, img_w=size,
-                 hm_h=hm, hm_w=hm, prefix="g", source="glint-track synth", seed=seed, difficulty=difficulty)
+    attrs = dict(
+        num_classes=num_glints,
+        sigma_scale=SIGMA_SCALE,
+        sigma_min=SIGMA_MIN,
+        img_h=size,
+        img_w=size,
+        hm_h=hm,
+        hm_w=hm,
+        prefix="g",
+        source="glint-track synth",
+        seed=seed,
+        difficulty=difficulty,
+    )
     write_glint_file(out, images, heatmaps.astype(np.float16), points, radii, stems, attrs)
     return out
 
@@ -184,10 +229,23 @@ def write_labelme(folder: Path, stem: str, image: np.ndarray, points: np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(folder / f"{stem}.png")
     shapes = [
-        {"label": f"g{c + 1}", "points": [[float(x), float(y)], [float(x + r), float(y)]], "shape_type": "circle",
-         "group_id": None, "flags": {}}
-        for c, ((x, y), r) in enumerate(zip(points, radii)) if not np.isnan(x)
+        {
+            "label": f"g{c + 1}",
+            "points": [[float(x), float(y)], [float(x + r), float(y)]],
+            "shape_type": "circle",
+            "group_id": None,
+            "flags": {},
+        }
+        for c, ((x, y), r) in enumerate(zip(points, radii))
+        if not np.isnan(x)
     ]
-    record = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": f"{stem}.png", "imageData": None,
-              "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1])}
+    record = {
+        "version": "5.4.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": f"{stem}.png",
+        "imageData": None,
+        "imageHeight": int(image.shape[0]),
+        "imageWidth": int(image.shape[1]),
+    }
     (folder / f"{stem}.json").write_text(json.dumps(record, indent=1))

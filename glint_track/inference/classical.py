@@ -63,7 +63,8 @@ def summarise(tp: int, fp: int, fn: int, errors: list[float]) -> dict[str, float
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
-        "precision": precision, "recall": recall,
+        "precision": precision,
+        "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "loc_err_mean": float(np.mean(errors)) if errors else float("nan"),
         "loc_err_median": float(np.median(errors)) if errors else float("nan"),

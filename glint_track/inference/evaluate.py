@@ -29,36 +29,61 @@ class Evaluation:
     data: GlintData  # the file evaluated on, so --log records it without reading it again
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "h5": self.h5, "samples": self.samples, "overall": self.overall,
-                "per_glint": {f"g{c + 1}": m for c, m in enumerate(self.per_glint)}}
+        return {
+            "model": self.model,
+            "h5": self.h5,
+            "samples": self.samples,
+            "overall": self.overall,
+            "per_glint": {f"g{c + 1}": m for c, m in enumerate(self.per_glint)},
+        }
 
     def table(self) -> str:
-        head = f"{'glint':6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'err mean':>10s}{'err median':>12s}{'swaps':>7s}"
+        head = (
+            f"{'glint':6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'err mean':>10s}{'err median':>12s}{'swaps':>7s}"
+        )
         rows = [(f"g{c + 1}", m) for c, m in enumerate(self.per_glint)] + [("all", self.overall)]
         lines = [f"{self.model} on {self.h5} ({self.samples} images)", head]
         for name, m in rows:
-            lines.append(f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{m['loc_err_mean']:8.2f}px"
-                         f"{m['loc_err_median']:10.2f}px{m['swap_rate']:7.3f}")
+            lines.append(
+                f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{m['loc_err_mean']:8.2f}px"
+                f"{m['loc_err_median']:10.2f}px{m['swap_rate']:7.3f}"
+            )
         return "\n".join(lines)
 
 
 def evaluate(
-    model_ref: str, h5: str, threshold: float = DEFAULT_THRESHOLD, match_radius: float = DEFAULT_MATCH_RADIUS, batch_size: int = 64,
-    device_name: str = "auto", cache: bool = True,
+    model_ref: str,
+    h5: str,
+    threshold: float = DEFAULT_THRESHOLD,
+    match_radius: float = DEFAULT_MATCH_RADIUS,
+    batch_size: int = 64,
+    device_name: str = "auto",
+    cache: bool = True,
 ) -> Evaluation:
     source = fetch_checkpoint(model_ref, prefer_best=True, option="--model")
     model = GlintUNet.from_checkpoint(source.checkpoint, model_ref)
     data: GlintData = load_glint_file(h5, default_cache_dir() if cache else None)
     if data.num_glints != model.num_glints:
-        raise GlintTrackError(f"{model_ref} predicts {model.num_glints} glints but {h5} has {data.num_glints}; evaluate on data with the same glints")
+        raise GlintTrackError(
+            f"{model_ref} predicts {model.num_glints} glints but {h5} has {data.num_glints}; evaluate on data with "
+            "the same glints"
+        )
     device = resolve_device(device_name)
     on_device, resident = place(data, device)
     model = model.to(device)
     precision = Precision.resolve("auto", device, channels_last=False)
     truth = ground_truth(on_device.points, on_device.present, on_device.heatmaps).to(on_device.images.device)
     metrics = GlintMetrics(data.num_glints, match_radius)
-    batches = make_batches(on_device, np.arange(data.num_samples), batch_size, shuffle=False, seed=0, device=device,
-                           num_workers=2, resident=resident)
+    batches = make_batches(
+        on_device,
+        np.arange(data.num_samples),
+        batch_size,
+        shuffle=False,
+        seed=0,
+        device=device,
+        num_workers=2,
+        resident=resident,
+    )
     for logits, _, index in infer(model, batches, precision):
         metrics.update(decode(logits, threshold), truth.take(index))
     return Evaluation(model_ref, str(h5), data.num_samples, metrics.compute(), metrics.per_glint(), source.run_id, data)
@@ -73,7 +98,15 @@ def log_evaluation(result: Evaluation, experiment: str, threshold: float, match_
         if result.source_run_id:
             tags["glint_track.evaluated_run"] = result.source_run_id
         tracker.set_tags(tags)
-        tracker.log_config({"h5": result.h5, "model": result.model, "threshold": threshold, "match_radius": match_radius, "samples": result.samples})
+        tracker.log_config(
+            {
+                "h5": result.h5,
+                "model": result.model,
+                "threshold": threshold,
+                "match_radius": match_radius,
+                "samples": result.samples,
+            }
+        )
         tracker.log_dataset(result.data)
         metrics = {f"eval_{k}": v for k, v in result.overall.items()}
         metrics |= {f"eval_g{c + 1}_{k}": m[k] for c, m in enumerate(result.per_glint) for k in METRIC_NAMES}

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from glint_track.data.pack import IMAGE_SUFFIXES
 from glint_track.engine import resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
+from glint_track.files import IMAGE_SUFFIXES
 from glint_track.glints import DEFAULT_THRESHOLD, decode
 from glint_track.model import GlintUNet
 from glint_track.tracking.fetch import fetch_checkpoint
@@ -35,8 +35,13 @@ def image_files(inputs: list[str]) -> list[Path]:
 
 
 def predict(
-    model_ref: str, inputs: list[str], out: Path, overlay_dir: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
-    input_size: tuple[int, int] | None = None, device_name: str = "auto",
+    model_ref: str,
+    inputs: list[str],
+    out: Path,
+    overlay_dir: Path | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    input_size: tuple[int, int] | None = None,
+    device_name: str = "auto",
 ) -> list[dict]:
     """One row per image and glint: image, glint (g1…), x, y (original image pixels), score, present."""
     if out.suffix.lower() not in (".csv", ".json"):
@@ -63,13 +68,23 @@ def predict(
             gx, gy = glints.xy[0, c].tolist()
             xo, yo = (gx + 0.5) * sx - 0.5, (gy + 0.5) * sy - 0.5  # back to the original image's pixels
             present = bool(glints.present[0, c])
-            rows.append({"image": str(path), "glint": f"g{c + 1}", "x": round(xo, 3), "y": round(yo, 3),
-                         "score": round(float(glints.score[0, c]), 4), "present": present})
+            rows.append(
+                {
+                    "image": str(path),
+                    "glint": f"g{c + 1}",
+                    "x": round(xo, 3),
+                    "y": round(yo, 3),
+                    "score": round(float(glints.score[0, c]), 4),
+                    "present": present,
+                }
+            )
             if present:
                 found.append((c, xo, yo))
         if overlay_dir is not None:
             overlay_dir.mkdir(parents=True, exist_ok=True)
-            draw_glints(np.asarray(gray), found, scale=max(1.0, 256 / max(H0, W0))).save(overlay_dir / f"{path.stem}.png")
+            draw_glints(np.asarray(gray), found, scale=max(1.0, 256 / max(H0, W0))).save(
+                overlay_dir / f"{path.stem}.png"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         out.write_text(json.dumps(rows, indent=1))

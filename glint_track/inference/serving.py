@@ -37,11 +37,13 @@ class GlintPyfunc(PythonModel):
             glints = decode(self.model(x), threshold)
         n, c = glints.score.shape
         xy = glints.xy.numpy()
-        return pd.DataFrame({
-            "image": np.repeat(np.arange(n), c),
-            "glint": [f"g{k + 1}" for k in range(c)] * n,
-            "x": xy[..., 0].reshape(-1).astype(np.float64),
-            "y": xy[..., 1].reshape(-1).astype(np.float64),
-            "score": glints.score.numpy().reshape(-1).astype(np.float64),
-            "present": glints.present.numpy().reshape(-1),
-        })
+        return pd.DataFrame(
+            {
+                "image": np.repeat(np.arange(n), c),
+                "glint": [f"g{k + 1}" for k in range(c)] * n,
+                "x": xy[..., 0].reshape(-1).astype(np.float64),
+                "y": xy[..., 1].reshape(-1).astype(np.float64),
+                "score": glints.score.numpy().reshape(-1).astype(np.float64),
+                "present": glints.present.numpy().reshape(-1),
+            }
+        )

@@ -73,22 +73,29 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             try:
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
             except MlflowException as e:
-                raise GlintTrackError(f"{source}: no such model at {tracking_uri()}; check the name and version in the MLflow UI") from e
+                raise GlintTrackError(
+                    f"{source}: no such model at {tracking_uri()}; check the name and version in the MLflow UI"
+                ) from e
             found = sorted(local.rglob("*.pth"))
             if not found:
-                raise GlintTrackError(f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file")
+                raise GlintTrackError(
+                    f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file"
+                )
             return ResumeSource(load_checkpoint(found[0]), None, source)
     if source.startswith("runs:/"):  # one checkpoint of a run: a new run starts from it (see resume.py)
-        run_id, _, artifact_path = source[len("runs:/"):].partition("/")
+        run_id, _, artifact_path = source[len("runs:/") :].partition("/")
         get_run(run_id)
         try:
             checkpoint, _ = _download_checkpoint(run_id, artifact_path or f"{ARTIFACT_DIR}/{LATEST}")
         except (MlflowException, OSError) as e:
-            raise GlintTrackError(f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI") from e
+            raise GlintTrackError(
+                f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI"
+            ) from e
         return ResumeSource(checkpoint, None, source)
     if not _RUN_ID.match(source):
         raise GlintTrackError(
-            f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex digits); "
+            f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex "
+            "digits); "
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
     run = get_run(source)
@@ -108,11 +115,23 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
         if prefer_best and best is not None:
             return ResumeSource(best, source, source)
         latest, published[LATEST] = _download_checkpoint(source, f"{ARTIFACT_DIR}/{LATEST}", names)
-        return ResumeSource(latest, source, source, best, run.info.status, published, experiment.name,
-                            run.data.tags.get(TAG_DATASET_DIGEST))
+        return ResumeSource(
+            latest,
+            source,
+            source,
+            best,
+            run.info.status,
+            published,
+            experiment.name,
+            run.data.tags.get(TAG_DATASET_DIGEST),
+        )
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)
-        fix = f"resume from the newest intact one: {option} {alternative}" if alternative else "no intact checkpoint is left in it"
+        fix = (
+            f"resume from the newest intact one: {option} {alternative}"
+            if alternative
+            else "no intact checkpoint is left in it"
+        )
         raise GlintTrackError(f"run {source}: {e.format_message().split('; ')[0]}; {fix}") from e
 
 
@@ -120,10 +139,15 @@ def _refuse_deleted(run: Any, experiment: Any) -> None:
     """A deleted run (or one in a deleted experiment) is in MLflow's trash: continuing it would write there."""
     run_id = run.info.run_id
     if experiment.lifecycle_stage == "deleted":  # deleting an experiment deletes its runs; restoring it restores them
-        what, undo = f"its experiment {experiment.name!r} is deleted", f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+        what, undo = (
+            f"its experiment {experiment.name!r} is deleted",
+            f"mlflow experiments restore --experiment-id {experiment.experiment_id}",
+        )
     elif run.info.lifecycle_stage == "deleted":
         what, undo = f"run {run_id} is deleted", f"mlflow runs restore --run-id {run_id}"
     else:
         return
-    raise GlintTrackError(f"run {run_id} cannot be continued: {what}; restore it (`{undo}`) or start a new run from its "
-                          f"checkpoint: --resume runs:/{run_id}/{ARTIFACT_DIR}/{LATEST}")
+    raise GlintTrackError(
+        f"run {run_id} cannot be continued: {what}; restore it (`{undo}`) or start a new run from its "
+        f"checkpoint: --resume runs:/{run_id}/{ARTIFACT_DIR}/{LATEST}"
+    )

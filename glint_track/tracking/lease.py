@@ -91,7 +91,11 @@ class RunLease:
                 f"(kill {previous.pid} on {previous.host}); a claim left by a killed process expires {ttl_s():.0f} s "
                 f"after its last heartbeat"
             )
-        claims = [int(k[len(PARAM_PREFIX):]) for k in run.data.params if k.startswith(PARAM_PREFIX) and k[len(PARAM_PREFIX):].isdigit()]
+        claims = [
+            int(k[len(PARAM_PREFIX) :])
+            for k in run.data.params
+            if k.startswith(PARAM_PREFIX) and k[len(PARAM_PREFIX) :].isdigit()
+        ]
         holder = Holder(socket.gethostname(), os.getpid(), max(claims, default=0) + 1, time.time())
         try:
             client.log_param(run_id, f"{PARAM_PREFIX}{holder.claim}", f"{holder.host} pid {holder.pid}")
@@ -100,7 +104,8 @@ class RunLease:
                 raise
             raise GlintTrackError(
                 f"run {run_id} was claimed at the same moment by another process "
-                f"({client.get_run(run_id).data.params.get(f'{PARAM_PREFIX}{holder.claim}')}); only one process may train a run"
+                f"({client.get_run(run_id).data.params.get(f'{PARAM_PREFIX}{holder.claim}')}); only one process may "
+                "train a run"
             ) from e
         client.set_tag(run_id, TAG, json.dumps(asdict(holder)))
         return cls(client, run_id, holder), previous
@@ -111,7 +116,9 @@ class RunLease:
                 current = Holder.parse(self.client.get_run(self.run_id).data.tags.get(TAG))
                 if current is not None and current.claim != self.holder.claim:
                     self.lost = True
-                    log.error("run %s was taken over by %s; this process stops writing to it", self.run_id, current.describe())
+                    log.error(
+                        "run %s was taken over by %s; this process stops writing to it", self.run_id, current.describe()
+                    )
                     return
                 self.holder.heartbeat = time.time()
                 self.client.set_tag(self.run_id, TAG, json.dumps(asdict(self.holder)))

@@ -20,8 +20,16 @@ def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_n
     h, w = image_size
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w))]),
-        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "glint"), ColSpec("double", "x"),
-                        ColSpec("double", "y"), ColSpec("double", "score"), ColSpec("boolean", "present")]),
+        outputs=Schema(
+            [
+                ColSpec("long", "image"),
+                ColSpec("string", "glint"),
+                ColSpec("double", "x"),
+                ColSpec("double", "y"),
+                ColSpec("double", "score"),
+                ColSpec("boolean", "present"),
+            ]
+        ),
         params=ParamSchema([ParamSpec("threshold", "double", DEFAULT_THRESHOLD)]),
     )
     package = Path(__file__).parents[1]
@@ -32,6 +40,14 @@ def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_n
         code_paths=[str(package)],
         signature=signature,
         input_example=np.zeros((2, h, w), np.uint8),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "h5py", "click", "tqdm", "pillow"],
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            "numpy",
+            "pandas",
+            "h5py",
+            "click",
+            "tqdm",
+            "pillow",
+        ],
         registered_model_name=registered_name,
     )

@@ -12,9 +12,9 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Collection
 
 import mlflow
 import numpy as np
@@ -35,6 +35,7 @@ from glint_track.files import os_reason
 from glint_track.model import OUTPUT_STRIDE
 from glint_track.tracking.lease import RunLease
 from glint_track.tracking.logged_model import log_pyfunc_model
+from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
 from glint_track.tracking.server import (
     DEFAULT_EXPERIMENT_ID,
     experiment_id_for,
@@ -46,7 +47,7 @@ from glint_track.tracking.server import (
     tracking_uri,
 )
 from glint_track.tracking.spool import Spool
-from glint_track.tracking.tags import TAG_CONTINUED_IN, TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY
+from glint_track.tracking.tags import TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY
 
 log = logging.getLogger(__name__)
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
@@ -56,11 +57,16 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
+
 def git_commit() -> str | None:
     """The commit of the glint-track source in use, when it runs from a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(glint_track.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(glint_track.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -93,7 +99,12 @@ class RunTracker:
 
     @classmethod
     def start(
-        cls, experiment: str, run_name: str | None, continue_run_id: str | None, system_metrics: bool = False, claim: bool = True,
+        cls,
+        experiment: str,
+        run_name: str | None,
+        continue_run_id: str | None,
+        system_metrics: bool = False,
+        claim: bool = True,
     ) -> RunTracker:
         """Start a new run in `experiment`, or continue run `continue_run_id`, after claiming it (one writer
         per run, see lease.py). A run a sweep made for this process (MLFLOW_RUN_ID) is used as the new run.
@@ -107,7 +118,7 @@ class RunTracker:
         system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
         with local_store_errors():
             client = MlflowClient()  # a local store (./mlflow.db) is created or migrated here
-            given, new = _run_made_for_us(client), continue_run_id is None
+            given, new = run_made_for_us(client), continue_run_id is None
             project = given if given is not None and given.data.tags.get("mlflow.source.type") == "PROJECT" else None
             if project is not None and project.info.experiment_id != DEFAULT_EXPERIMENT_ID:
                 experiment = client.get_experiment(project.info.experiment_id).name
@@ -115,17 +126,19 @@ class RunTracker:
                 continue_run_id = given.info.run_id  # ours to fill: a sweep child
             if continue_run_id is None:
                 experiment_id = experiment_id_for(experiment, client)
-                tags = resolve_tags() | (_provenance(project) if project is not None else {})
+                tags = resolve_tags() | (provenance(project) if project is not None else {})
                 continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        lease, stale = RunLease.acquire(client, continue_run_id) if claim else (None, None)  # before anything is written
+        lease, stale = (
+            RunLease.acquire(client, continue_run_id) if claim else (None, None)
+        )  # before anything is written
         try:
             if not new:
-                _report_left_running(client.get_run(continue_run_id), stale)
+                report_left_running(client.get_run(continue_run_id), stale)
             run = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
             if run_name and not new:
                 mlflow.set_tag("mlflow.runName", run_name)
             if project is not None:
-                _retire(client, project, run)
+                retire(client, project, run)
         except BaseException:
             if mlflow.active_run() is not None:
                 mlflow.end_run("FAILED")
@@ -151,8 +164,11 @@ class RunTracker:
         new = {k: v for k, v in config.items() if k not in existing}
         if new:
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in new.items()])
-        changed = {f"{TAG_OVERRIDE}{k}": f"{v} from epoch {from_epoch}" for k, v in config.items()
-                   if k in existing and existing[k] != str(v) and k not in invocation}
+        changed = {
+            f"{TAG_OVERRIDE}{k}": f"{v} from epoch {from_epoch}"
+            for k, v in config.items()
+            if k in existing and existing[k] != str(v) and k not in invocation
+        }
         if changed:
             self.set_tags(changed)
         self.log_dict(config, "train_args.json")
@@ -175,10 +191,16 @@ class RunTracker:
             source = resolve_dataset_source(str(data.path.resolve()))
         h, w = data.image_size
         c = data.num_glints
-        schema = Schema([
-            TensorSpec(np.dtype(np.uint8), (-1, h, w), name="images"),
-            TensorSpec(np.dtype(str(data.heatmaps.dtype).removeprefix("torch.")), (-1, c, h // OUTPUT_STRIDE, w // OUTPUT_STRIDE), name="heatmaps"),
-        ])
+        schema = Schema(
+            [
+                TensorSpec(np.dtype(np.uint8), (-1, h, w), name="images"),
+                TensorSpec(
+                    np.dtype(str(data.heatmaps.dtype).removeprefix("torch.")),
+                    (-1, c, h // OUTPUT_STRIDE, w // OUTPUT_STRIDE),
+                    name="heatmaps",
+                ),
+            ]
+        )
         dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
         inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
         try:
@@ -194,7 +216,9 @@ class RunTracker:
     def has_complete_model(self) -> bool:
         """Whether the run already holds a fully logged model. Models a killed process left half-logged
         (PENDING, or FAILED) are deleted first, so that finishing the run leaves exactly one."""
-        models = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'")
+        models = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'"
+        )
         for model in models:
             if model.status != LoggedModelStatus.READY:
                 log.info("deleting model %s, which a stopped process left %s", model.model_id, model.status)
@@ -208,7 +232,10 @@ class RunTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """All of an epoch's metrics in one request."""
-        self._call("metrics", {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "timestamp": int(time.time() * 1000)})
+        self._call(
+            "metrics",
+            {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "timestamp": int(time.time() * 1000)},
+        )
 
     def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> bool:
         """Upload a file; False when it went to the spool instead (the server has not got it yet)."""
@@ -225,7 +252,11 @@ class RunTracker:
 
     def log_model(self, checkpoint: Path, image_size: tuple[int, int], registered_name: str | None = None) -> None:
         """The best checkpoint as a pyfunc MLflow model under `model/` (see `log_pyfunc_model`)."""
-        self._call("model", {"name": checkpoint.name, "image_size": list(image_size), "registered_name": registered_name}, checkpoint)
+        self._call(
+            "model",
+            {"name": checkpoint.name, "image_size": list(image_size), "registered_name": registered_name},
+            checkpoint,
+        )
 
     def finish(self, status: str, wait_s: float) -> int:
         """End the run with `status` after sending what is spooled, retrying for up to `wait_s` seconds.
@@ -238,7 +269,9 @@ class RunTracker:
                     break
             time.sleep(min(retry_interval(), max(0.0, deadline - time.monotonic())))
         try:
-            mlflow.end_run(status=RunStatus.to_string(getattr(RunStatus, status)))  # pops the run, then tells the server
+            mlflow.end_run(
+                status=RunStatus.to_string(getattr(RunStatus, status))
+            )  # pops the run, then tells the server
         except Exception as e:
             if self.spool is None or reachable(tracking_uri()):
                 raise
@@ -271,8 +304,12 @@ class RunTracker:
                 self._last_attempt = time.monotonic()
                 self.spool.append(op, args, file)
                 log.warning(
-                    "the MLflow tracking server at %s is unreachable (%s); training goes on and metrics and checkpoints are "
-                    "kept in %s until it answers again", tracking_uri(), type(e).__name__, self.spool.directory,
+                    "the MLflow tracking server at %s is unreachable (%s); training goes on and metrics and "
+                    "checkpoints are "
+                    "kept in %s until it answers again",
+                    tracking_uri(),
+                    type(e).__name__,
+                    self.spool.directory,
                 )
                 return False
             return True
@@ -281,10 +318,19 @@ class RunTracker:
         """One line for a call the tracking or artifact store refused (full, read-only, …): the store is the problem."""
         if isinstance(error, GlintTrackError):
             return error
-        store = f"artifact store at {self.artifact_uri}" if op in ARTIFACT_OPS else f"tracking store at {tracking_uri()}"
-        what = {"artifact": "store a file", "delete": "delete a file", "model": "log the model", "end": "end the run"}.get(op, f"log {op}")
-        return GlintTrackError(f"MLflow could not {what} for run {self.run_id} ({os_reason(error)[:200]}); "
-                               f"free space in (or fix the permissions of) the {store}; what the run holds so far is intact")
+        store = (
+            f"artifact store at {self.artifact_uri}" if op in ARTIFACT_OPS else f"tracking store at {tracking_uri()}"
+        )
+        what = {
+            "artifact": "store a file",
+            "delete": "delete a file",
+            "model": "log the model",
+            "end": "end the run",
+        }.get(op, f"log {op}")
+        return GlintTrackError(
+            f"MLflow could not {what} for run {self.run_id} ({os_reason(error)[:200]}); "
+            f"free space in (or fix the permissions of) the {store}; what the run holds so far is intact"
+        )
 
     def _drain(self) -> bool:
         """Send the spool if a retry is due; True when it is empty afterwards."""
@@ -311,7 +357,9 @@ def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) 
     """Perform one tracking call, live or replayed from a spool."""
     client, run_id = tracker.client, tracker.run_id
     if op == "metrics":
-        client.log_batch(run_id, metrics=[Metric(k, v, args["timestamp"], args["step"]) for k, v in args["metrics"].items()])
+        client.log_batch(
+            run_id, metrics=[Metric(k, v, args["timestamp"], args["step"]) for k, v in args["metrics"].items()]
+        )
     elif op == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args["tags"].items()])
     elif op == "artifact":
@@ -337,35 +385,3 @@ def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) 
 
 def _description(summary: str, history: str) -> str:
     return "\n\n".join(part for part in (summary, history) if part)
-
-
-def _run_made_for_us(client: MlflowClient) -> mlflow.entities.Run | None:
-    """The run `mlflow run` or a sweep created for this process (MLFLOW_RUN_ID), taken out of the
-    environment so that MLflow does not start it behind our back."""
-    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    return client.get_run(run_id) if run_id else None
-
-
-def _provenance(project: mlflow.entities.Run) -> dict[str, str]:
-    """What `mlflow run` recorded about the project (source, commit, entry point), for the run that trains."""
-    prefixes = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL")
-    return {k: v for k, v in project.data.tags.items() if k.startswith(prefixes)}
-
-
-def _retire(client: MlflowClient, project: mlflow.entities.Run, run: mlflow.entities.Run) -> None:
-    """End the run `mlflow run` made at once, pointing to the run that trains (tag and description)."""
-    used, experiment = run.info.run_id, run.info.experiment_id
-    client.set_tag(project.info.run_id, TAG_CONTINUED_IN, used)
-    client.set_tag(project.info.run_id, TAG_NOTE, f"Made by `mlflow run`; glint-track trains in run [{used}](#/experiments/{experiment}/runs/{used}).")
-    client.set_terminated(project.info.run_id, "FINISHED")
-    log.info("`mlflow run` made run %s; training goes on in run %s (experiment %s), so %s is ended", project.info.run_id, used,
-             client.get_experiment(experiment).name, project.info.run_id)
-
-
-def _report_left_running(run: mlflow.entities.Run, stale: Any) -> None:
-    """Say so when the run being continued was left RUNNING by a process that never ended it (kill -9, power loss)."""
-    if run.info.status != "RUNNING":
-        return
-    who = f"{stale.describe()}, which is gone" if stale is not None else "a process that is gone"
-    log.warning("run %s was left RUNNING by %s (killed without ending it); continuing it from its latest checkpoint",
-                run.info.run_id, who)

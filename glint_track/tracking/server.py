@@ -7,10 +7,10 @@ directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -56,7 +56,9 @@ def check_tracking_server() -> None:
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
     try:
-        r = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth, timeout=10)
+        r = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth, timeout=10
+        )
     except requests.RequestException as e:
         raise GlintTrackError(
             f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); start it "
@@ -68,7 +70,10 @@ def check_tracking_server() -> None:
             f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a valid account"
         )
     if r.status_code >= 400:
-        raise GlintTrackError(f"the MLflow tracking server at {uri} answered HTTP {r.status_code}; check that MLFLOW_TRACKING_URI points at an MLflow server")
+        raise GlintTrackError(
+            f"the MLflow tracking server at {uri} answered HTTP {r.status_code}; check that MLFLOW_TRACKING_URI "
+            "points at an MLflow server"
+        )
 
 
 def get_run(run_id: str) -> Any:
@@ -142,7 +147,9 @@ def experiment_id_for(name: str, client: MlflowClient) -> str:
         except MlflowException:  # created by a run started at the same moment
             found = client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage != "active":
-        raise GlintTrackError(f"experiment {name!r} is deleted; restore it (`mlflow experiments restore`) or pass another --experiment")
+        raise GlintTrackError(
+            f"experiment {name!r} is deleted; restore it (`mlflow experiments restore`) or pass another --experiment"
+        )
     return found.experiment_id
 
 

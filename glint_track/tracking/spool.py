@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path
@@ -51,7 +51,9 @@ class Spool:
         try:
             meta = json.loads((Path(directory) / META).read_text())
         except (OSError, ValueError) as e:
-            raise GlintTrackError(f"{directory}: not a glint-track spool (no readable {META}); pass the spool folder a training run named") from e
+            raise GlintTrackError(
+                f"{directory}: not a glint-track spool (no readable {META}); pass the spool folder a training run named"
+            ) from e
         return cls(Path(directory), meta["run_id"], meta["tracking_uri"])
 
     def entries(self) -> list[Entry]:
@@ -59,7 +61,11 @@ class Spool:
         for path in sorted(self.directory.glob("[0-9]*.json")):
             record = json.loads(path.read_text())
             payload = self.directory / path.stem
-            out.append(Entry(int(path.stem), record["op"], record["args"], payload / record["file"] if record["file"] else None))
+            out.append(
+                Entry(
+                    int(path.stem), record["op"], record["args"], payload / record["file"] if record["file"] else None
+                )
+            )
         return out
 
     def __len__(self) -> int:
@@ -76,7 +82,9 @@ class Spool:
             payload = self.directory / f"{seq:06d}"
             payload.mkdir(exist_ok=True)
             try:
-                os.link(file, payload / name)  # the original is replaced (not rewritten) later: the link keeps this version
+                os.link(
+                    file, payload / name
+                )  # the original is replaced (not rewritten) later: the link keeps this version
             except OSError:
                 shutil.copyfile(file, payload / name)
         with atomic_path(self.directory / f"{seq:06d}.json") as tmp:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,7 +84,12 @@ class RNGState:
         name, keys, pos, has_gauss, cached = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached_gaussian": cached},
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": pos,
+                "has_gauss": has_gauss,
+                "cached_gaussian": cached,
+            },
             "python": random.getstate(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU only (one per DDP rank)
@@ -94,7 +99,9 @@ class RNGState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
         random.setstate(state["python"])
         if state.get("cuda") and torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.set_rng_state(state["cuda"][0])
@@ -118,7 +125,11 @@ def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 def _copies_event() -> torch.cuda.Event | None:
     """Marks the point in the GPU stream after which snapshot()'s copies are complete."""
-    return torch.cuda.current_stream().record_event() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return (
+        torch.cuda.current_stream().record_event()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
 
 
 class Checkpointer:
@@ -216,7 +227,8 @@ class Checkpointer:
             reason = os_reason(e)[:200]
             raise GlintTrackError(
                 f"uploading {ARTIFACT_DIR}/{name} to run {self.store.run_id} failed ({reason}); the run's previous "
-                f"{name} is intact: fix the artifact store (space, permissions) and resume with --resume {self.store.run_id}"
+                f"{name} is intact: fix the artifact store (space, permissions) and resume with --resume "
+                f"{self.store.run_id}"
             ) from e
         self.published[name] = [digest] if False not in delivered else accepted  # spooled: the old versions may stay
 

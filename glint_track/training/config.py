@@ -75,7 +75,9 @@ class TrainConfig(LossWeights):
     monitor_mode: str = "min"
     # glint metrics
     threshold: float = DEFAULT_THRESHOLD  # a channel's peak probability at or above this is a detected glint
-    match_radius: float = DEFAULT_MATCH_RADIUS  # input pixels between a detected glint and its annotation to count as found
+    match_radius: float = (
+        DEFAULT_MATCH_RADIUS  # input pixels between a detected glint and its annotation to count as found
+    )
     register_model: str | None = None  # also register the logged model in the Model Registry under this name
     image_every: int = 0  # log a picture of validation predictions every N epochs; 0: at each new best
     system_metrics: bool = True  # CPU, memory, disk, network and GPU use as MLflow system metrics (needs psutil)
@@ -103,14 +105,27 @@ class TrainConfig(LossWeights):
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay must be 0 or more (got {self.weight_decay})"),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                f"--weight-decay must be 0 or more (got {self.weight_decay})",
+            ),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), e.g. 0.9 (got {self.momentum})"),
-            (math.isfinite(self.step_gamma) and self.step_gamma > 0, f"--step-gamma must be positive (got {self.step_gamma})"),
+            (
+                math.isfinite(self.step_gamma) and self.step_gamma > 0,
+                f"--step-gamma must be positive (got {self.step_gamma})",
+            ),
             (0 <= self.seed < 2**32, f"--seed must be in 0 … {2**32 - 1} (got {self.seed})"),
             (bool(self.experiment.strip()), "--experiment must name an MLflow experiment (got an empty name)"),
-            (self.run_name is None or bool(self.run_name.strip()), "--run-name must not be empty (leave it out for a generated name)"),
-            (self.register_model is None or (self.register_model.strip() and not set("/:") & set(self.register_model)),
-             f"--register-model {self.register_model!r} is not a model name MLflow accepts (not empty, no '/' or ':')"),
+            (
+                self.run_name is None or bool(self.run_name.strip()),
+                "--run-name must not be empty (leave it out for a generated name)",
+            ),
+            (
+                self.register_model is None
+                or (self.register_model.strip() and not set("/:") & set(self.register_model)),
+                f"--register-model {self.register_model!r} is not a model name MLflow accepts (not empty, no '/' or "
+                "':')",
+            ),
             (0.0 < self.val_split < 1.0, f"--val-split must be inside (0, 1), e.g. 0.1 (got {self.val_split})"),
             (self.base_channels >= 1, f"--base-channels must be at least 1 (got {self.base_channels})"),
             (self.num_workers >= 0, f"--num-workers must be 0 or more (got {self.num_workers})"),
@@ -119,17 +134,35 @@ class TrainConfig(LossWeights):
             (self.keep_last_n >= 0, f"--keep-last-n must be 0 (keep all) or more (got {self.keep_last_n})"),
             (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),
             (self.loss in LOSSES, f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
-            (self.scheduler in SCHEDULERS, f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}",
+            ),
+            (
+                self.scheduler in SCHEDULERS,
+                f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}",
+            ),
             (self.div_mode in DIV_MODES, f"unknown --div-mode {self.div_mode!r}: choose one of {', '.join(DIV_MODES)}"),
             (self.agg_mode in AGG_MODES, f"unknown --agg-mode {self.agg_mode!r}: choose one of {', '.join(AGG_MODES)}"),
-            (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+            (
+                self.precision in PRECISIONS,
+                f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}",
+            ),
             (0.0 < self.threshold < 1.0, f"--threshold must be inside (0, 1) (got {self.threshold})"),
-            (math.isfinite(self.match_radius) and self.match_radius > 0, f"--match-radius must be positive (got {self.match_radius})"),
-            *((math.isfinite(w) and w >= 0, f"--{name.replace('_', '-')} must be 0 or more (got {w})")
-              for name, w in asdict(self.loss_weights()).items() if isinstance(w, float)),
-            (not (self.deterministic and self.compile),
-             "--deterministic cannot be combined with --compile, whose kernels are chosen by timing; drop one of them"),
+            (
+                math.isfinite(self.match_radius) and self.match_radius > 0,
+                f"--match-radius must be positive (got {self.match_radius})",
+            ),
+            *(
+                (math.isfinite(w) and w >= 0, f"--{name.replace('_', '-')} must be 0 or more (got {w})")
+                for name, w in asdict(self.loss_weights()).items()
+                if isinstance(w, float)
+            ),
+            (
+                not (self.deterministic and self.compile),
+                "--deterministic cannot be combined with --compile, whose kernels are chosen by timing; drop one of "
+                "them",
+            ),
             (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
         ]
         for ok, message in checks:
@@ -150,8 +183,11 @@ def args_from_checkpoint(checkpoint: dict[str, Any], label: str) -> dict[str, An
         if key not in types or key in INVOCATION:
             continue
         if not _has_type(value, types[key]):
-            raise GlintTrackError(f"{label}: its train_args has {key} = {shown(value)}, not {_type_name(types[key])}; the checkpoint is damaged "
-                                  f"or was not written by glint-track or the research script: use another one")
+            raise GlintTrackError(
+                f"{label}: its train_args has {key} = {shown(value)}, not {_type_name(types[key])}; the checkpoint "
+                "is damaged "
+                f"or was not written by glint-track or the research script: use another one"
+            )
         out[key] = float(value) if types[key] in (float, float | None) and value is not None else value
     return out
 
@@ -167,7 +203,11 @@ def _has_type(value: Any, annotation: Any) -> bool:
         return type(None) in allowed
     if isinstance(value, bool):
         return bool in allowed
-    return any(isinstance(value, int if t is float else t) or (t is float and isinstance(value, float)) for t in allowed if t is not type(None))
+    return any(
+        isinstance(value, int if t is float else t) or (t is float and isinstance(value, float))
+        for t in allowed
+        if t is not type(None)
+    )
 
 
 def merge_resumed(cli: TrainConfig, inherited: dict[str, Any], explicit: frozenset[str], same_run: bool) -> TrainConfig:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -86,13 +86,25 @@ class Distributed:
 def launch_torchrun(gpus: list[int], argv: list[str]) -> None:
     """Replace this process with `torchrun --nproc-per-node len(gpus) -m glint_track <argv>` on those GPUs."""
     if not torch.cuda.is_available():
-        raise GlintTrackError("--gpus needs CUDA GPUs and none is available here; use torchrun with gloo on the CPU, or drop --gpus")
+        raise GlintTrackError(
+            "--gpus needs CUDA GPUs and none is available here; use torchrun with gloo on the CPU, or drop --gpus"
+        )
     missing = [g for g in gpus if g >= torch.cuda.device_count()]
     if missing:
-        raise GlintTrackError(f"--gpus {','.join(map(str, gpus))}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+        raise GlintTrackError(
+            f"--gpus {','.join(map(str, gpus))}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0"
+        )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={len(gpus)}", "-m", "glint_track", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={len(gpus)}",
+        "-m",
+        "glint_track",
+        *argv,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
-

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from glint_track.data.batches import MIN_BATCH, Batches, make_batches, place, split_indices
 from glint_track.data.glint_file import GlintData, load_glint_file
@@ -23,10 +23,18 @@ from glint_track.glints import GlintMetrics, Glints, ground_truth
 from glint_track.model import count_parameters
 from glint_track.tracking.server import check_tracking_server, tracking_uri
 from glint_track.tracking.sync import send_spool_if_pending
+from glint_track.training.checkpointer import TrainProgress
 from glint_track.training.config import TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import train_epoch, validate
-from glint_track.training.parts import check_output_dir, set_deterministic, set_hyperparameters, training_parts
+from glint_track.training.losses import GlintLoss
+from glint_track.training.parts import (
+    check_output_dir,
+    model_for_steps,
+    set_deterministic,
+    set_hyperparameters,
+    training_parts,
+)
 from glint_track.training.resume import ResumePlan, check_same_data, plan_resume
 from glint_track.training.run import Preview, TrackedRun
 from glint_track.training.stopping import StopRequest, TrainingStopped
@@ -49,6 +57,24 @@ class TrainResult:
     output_dir: Path
     glints: dict[str, float] | None  # the logged model's validation glint metrics (f1, loc_err_mean, …)
     spool: Path | None = None  # tracking calls the server has not received yet (see `glint-track sync`)
+
+    @classmethod
+    def of(
+        cls, run: TrackedRun, progress: TrainProgress, glints: dict[str, float] | None, spool: Path | None
+    ) -> TrainResult:
+        cfg = run.cfg
+        return cls(
+            run.tracker.run_id,
+            run.tracker.experiment_id,
+            tracking_uri(),
+            cfg.epochs,
+            progress.best_value,
+            progress.best_epoch,
+            cfg.monitor,
+            run.output_dir,
+            glints,
+            spool,
+        )
 
 
 @dataclass
@@ -77,8 +103,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     td = training_data(cfg, plan, ddp, device)
     parts, precision, loss_fn = training_parts(cfg, td.data.num_glints, device, plan)  # restored on resume
     model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
-    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.enabled else model
-    step_model = torch.compile(step_model) if cfg.compile else step_model
+    step_model = model_for_steps(model, ddp, device, cfg.compile)
     if ddp.is_main:
         check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a FAILED run
     stop = StopRequest()
@@ -87,7 +112,8 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     run: TrackedRun | None = None
     status, glints = "FAILED", None
     try:
-        run = TrackedRun.open(cfg, plan, td.data, ddp, device) if ddp.is_main else None  # a failure here marks it FAILED
+        # rank 0 tracks the run; from here on a failure marks it FAILED
+        run = TrackedRun.open(cfg, plan, td.data, ddp, device) if ddp.is_main else None
         log_start(run, cfg, plan, td, ddp, device, model, precision)
         if run is not None:
             run.complete_resumed(progress)  # what a process killed while saving left undone
@@ -95,30 +121,18 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         preview = Preview(model, td.data, td.truth, td.val_idx, precision, device, cfg.threshold, cfg.match_radius)
         for epoch in range(plan.start_epoch if plan else 1, cfg.epochs + 1):
             stop.check(ddp.agree)
-            lr = set_hyperparameters(optimizer, cfg, epoch)
-            td.train_batches.set_epoch(epoch)
-            t0 = time.perf_counter()
-            train_terms = train_epoch(step_model, td.train_batches, loss_fn, precision, optimizer,
-                                      desc=f"epoch {epoch} train", after_step=between_steps, reduce=ddp.sum)
-            images_per_s = td.train_count / (time.perf_counter() - t0)
-            between_steps.epoch_trained()
-            val_terms = validate(step_model, td.val_batches, loss_fn, precision, GlintMetrics(td.data.num_glints, cfg.match_radius),
-                                 td.truth, cfg.threshold, desc=f"epoch {epoch} val")
-            metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
-            metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": images_per_s}
+            metrics = fit_epoch(epoch, cfg, step_model, optimizer, td, loss_fn, precision, ddp.sum, between_steps)
             is_best = progress.update(epoch, metrics)
             if run is not None:
                 run.save_epoch(parts, epoch, metrics, is_best, preview)
             log_epoch(epoch, cfg.epochs, metrics, is_best)
         stop.check(ddp.agree)  # a stop asked for during the last epoch: its model is logged on resume
         if run is not None:
-            glints = run.log_best_model(model, td.val_batches, loss_fn, precision, preview, plan is not None and plan.finishing)
+            finishing = plan is not None and plan.finishing
+            glints = run.log_best_model(model, td.val_batches, loss_fn, precision, preview, finishing)
         status = "FINISHED"
     except (TrainingStopped, KeyboardInterrupt):
         status = "KILLED"
-        if run is not None:
-            log.warning("stopped: run %s marked KILLED with the checkpoint of its last finished epoch; resume with --resume %s",
-                        run.tracker.run_id, run.tracker.run_id)
         raise
     finally:
         stop.restore()
@@ -127,8 +141,49 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         spool = run.close(status) if run is not None else None
     if run is None:
         return None
-    return TrainResult(run.tracker.run_id, run.tracker.experiment_id, tracking_uri(), cfg.epochs, progress.best_value,
-                       progress.best_epoch, cfg.monitor, run.output_dir, glints, spool)
+    return TrainResult.of(run, progress, glints, spool)
+
+
+def fit_epoch(
+    epoch: int,
+    cfg: TrainConfig,
+    step_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    td: TrainingData,
+    loss_fn: GlintLoss,
+    precision: Precision,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    between_steps: BetweenSteps,
+) -> dict[str, float]:
+    """Train one epoch and validate it; returns what is logged for it (at step = epoch)."""
+    lr = set_hyperparameters(optimizer, cfg, epoch)
+    td.train_batches.set_epoch(epoch)
+    t0 = time.perf_counter()
+    train_terms = train_epoch(
+        step_model,
+        td.train_batches,
+        loss_fn,
+        precision,
+        optimizer,
+        desc=f"epoch {epoch} train",
+        after_step=between_steps,
+        reduce=reduce,
+    )
+    images_per_s = td.train_count / (time.perf_counter() - t0)
+    between_steps.epoch_trained()
+    glint_metrics = GlintMetrics(td.data.num_glints, cfg.match_radius)
+    val_terms = validate(
+        step_model,
+        td.val_batches,
+        loss_fn,
+        precision,
+        glint_metrics,
+        td.truth,
+        cfg.threshold,
+        desc=f"epoch {epoch} val",
+    )
+    metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
+    return metrics | {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": images_per_s}
 
 
 def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfig, ResumePlan | None]:
@@ -152,8 +207,10 @@ def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, d
         check_same_data(plan, data.digest)
     train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
     if len(train_idx) // ddp.world_size < MIN_BATCH:
-        raise GlintTrackError(f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
-                              f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data")
+        raise GlintTrackError(
+            f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
+            f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data"
+        )
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
     data, resident = place(data, device)
@@ -186,26 +243,54 @@ class BetweenSteps:
             self.run.writer.release()  # an epoch of fewer than two steps
 
 
-def log_start(run: TrackedRun | None, cfg: TrainConfig, plan: ResumePlan | None, td: TrainingData, ddp: Distributed,
-              device: torch.device, model: torch.nn.Module, precision: Precision) -> None:
+def log_start(
+    run: TrackedRun | None,
+    cfg: TrainConfig,
+    plan: ResumePlan | None,
+    td: TrainingData,
+    ddp: Distributed,
+    device: torch.device,
+    model: torch.nn.Module,
+    precision: Precision,
+) -> None:
     """One line on what is trained, where and from which epoch."""
     data = td.data
     log.info(
         "run %s: %d train / %d val images %s, %d glints, %s parameters, %s loss, %s on %s%s (data %s), epochs %d→%d",
-        run.tracker.run_id if run else "-", td.train_count, len(td.val_idx), "×".join(map(str, data.image_size)),
-        data.num_glints, f"{count_parameters(model):,}", cfg.loss, precision.name, device,
+        run.tracker.run_id if run else "-",
+        td.train_count,
+        len(td.val_idx),
+        "×".join(map(str, data.image_size)),
+        data.num_glints,
+        f"{count_parameters(model):,}",
+        cfg.loss,
+        precision.name,
+        device,
         f" × {ddp.world_size} ranks" if ddp.enabled else "",
-        ("on the device" if td.resident else f"streamed by {cfg.num_workers} workers") + (", from the cache" if data.from_cache else ""),
-        plan.start_epoch if plan else 1, cfg.epochs,
+        ("on the device" if td.resident else f"streamed by {cfg.num_workers} workers")
+        + (", from the cache" if data.from_cache else ""),
+        plan.start_epoch if plan else 1,
+        cfg.epochs,
     )
     if plan and plan.finishing:
-        log.info("run %s has finished all %d epochs but was stopped before its model was logged: logging it now",
-                 plan.source.run_id, cfg.epochs)
+        log.info(
+            "run %s has finished all %d epochs but was stopped before its model was logged: logging it now",
+            plan.source.run_id,
+            cfg.epochs,
+        )
 
 
 def log_epoch(epoch: int, epochs: int, metrics: dict[str, float], is_best: bool) -> None:
     log.info(
         "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s",
-        epoch, epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_f1"], metrics["val_loc_err_mean"],
-        metrics["lr"], metrics["images_per_s"], metrics["epoch_time_s"], "  (best)" if is_best else "",
+        epoch,
+        epochs,
+        metrics["train_loss"],
+        metrics["val_loss"],
+        metrics["val_f1"],
+        metrics["val_loc_err_mean"],
+        metrics["lr"],
+        metrics["images_per_s"],
+        metrics["epoch_time_s"],
+        "  (best)" if is_best else "",
     )

@@ -1,8 +1,9 @@
 """Per-channel heat-map losses on logits, and the hybrid loss that combines them.
 
 `focal`, `bce`, `dice` and `hybrid` mean what they meant in the research script (SEED.md); `peak-bce`,
-the default, is glint-track's (its measurements: docs/benchmarks.md, "Default recipe"). Every loss returns a dict of scalar tensors: `loss` is what is optimised, the other entries are its
-terms, logged one metric each (e.g. `train_focal`, `val_div`). Change a loss here and nowhere else.
+the default, is glint-track's (its measurements: docs/benchmarks.md, "Default recipe"). Every loss returns a
+dict of scalar tensors: `loss` is what is optimised, the other entries are its terms, logged one metric each
+(e.g. `train_focal`, `val_div`). Change a loss here and nowhere else.
 """
 
 from __future__ import annotations

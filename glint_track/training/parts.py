@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from glint_track.checkpoint.format import restore
 from glint_track.checkpoint.schema import check_optimizer_fits
@@ -23,6 +24,7 @@ from glint_track.glints import METRIC_NAMES
 from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
 from glint_track.training.config import RUNS_DIR, TrainConfig
+from glint_track.training.distributed import Distributed
 from glint_track.training.losses import GlintLoss, LossWeights
 from glint_track.training.resume import ResumePlan, describe_changes
 
@@ -35,7 +37,9 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.devi
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
+    )
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -113,10 +117,18 @@ def training_parts(
     loss_fn = GlintLoss(cfg.loss, cfg.loss_weights())
     optimizer = build_optimizer(cfg, model, device)
     progress = TrainProgress(cfg.monitor, cfg.monitor_mode)
-    parts = {"model": model, "optimizer": optimizer, "scaler": precision.scaler, "rng": RNGState(), "progress": progress}
+    parts = {
+        "model": model,
+        "optimizer": optimizer,
+        "scaler": precision.scaler,
+        "rng": RNGState(),
+        "progress": progress,
+    }
     known = epoch_metric_names(loss_fn)
     if cfg.monitor not in known:
-        raise GlintTrackError(f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}")
+        raise GlintTrackError(
+            f"--monitor {cfg.monitor!r} is not a metric of this run; choose one of: {', '.join(known)}"
+        )
     if plan:
         restore_state(plan, parts, num_glints)
     return parts, precision, loss_fn
@@ -131,7 +143,9 @@ def check_output_dir(output_dir: str | None) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
             pass
     except OSError as e:
-        raise GlintTrackError(f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder") from e
+        raise GlintTrackError(
+            f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder"
+        ) from e
 
 
 def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> None:
@@ -145,23 +159,48 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
         )
     restorable = dict(parts)
     if "optimizer" in plan.changed:
-        log.warning("--optimizer changed from %s to %s: it starts afresh at --lr %g", *plan.changed["optimizer"], cfg.lr)
+        log.warning(
+            "--optimizer changed from %s to %s: it starts afresh at --lr %g", *plan.changed["optimizer"], cfg.lr
+        )
         del restorable["optimizer"]
     missing = restore(restorable, source.checkpoint, source.label)
     loss_changed = any(name in plan.changed for name in ("loss", *(f.name for f in fields(LossWeights))))
     if loss_changed and cfg.monitor.endswith("loss"):
-        log.warning("the loss changed, so %s values before and after are not comparable: the best checkpoint starts afresh", cfg.monitor)
+        log.warning(
+            "the loss changed, so %s values before and after are not comparable: the best checkpoint starts afresh",
+            cfg.monitor,
+        )
         parts["progress"].best_value = parts["progress"].best_epoch = None
     optimizer = parts["optimizer"]
     for group in optimizer.param_groups:  # this process's implementation (fused on a GPU), not the saving one's
-        group.update({k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in optimizer.defaults})
+        group.update(
+            {
+                k: optimizer.defaults[k]
+                for k in ("fused", "foreach", "capturable", "differentiable")
+                if k in optimizer.defaults
+            }
+        )
     match_state_layout(optimizer)
     check_optimizer_fits(optimizer, source.label)
     if "optimizer" in missing:
         log.warning(
             "%s has no optimizer state (saved with --no-save-optimizer): weights, epoch and metrics are restored, "
-            "a fresh %s optimizer starts at --lr %g", source.label, cfg.optimizer, cfg.lr,
+            "a fresh %s optimizer starts at --lr %g",
+            source.label,
+            cfg.optimizer,
+            cfg.lr,
         )
     if plan.changed:
-        log.info("resumed with settings typed on the command line: %s (they apply from epoch %d)",
-                 describe_changes(plan.changed), plan.start_epoch)
+        log.info(
+            "resumed with settings typed on the command line: %s (they apply from epoch %d)",
+            describe_changes(plan.changed),
+            plan.start_epoch,
+        )
+
+
+def model_for_steps(model: torch.nn.Module, ddp: Distributed, device: torch.device, compile: bool) -> torch.nn.Module:
+    """The module training steps run: the model, wrapped by DDP under torchrun and compiled with --compile.
+    Checkpoints keep the plain model's state_dict."""
+    if ddp.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if compile else model

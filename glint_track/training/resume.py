@@ -39,7 +39,11 @@ class ResumePlan:
 
     def branch_hint(self) -> str:
         """How to train from this checkpoint in a new run (what a refused change needs)."""
-        return f"--resume runs:/{self.source.run_id}/checkpoints/latest_checkpoint.pth" if self.same_run else "--resume FILE"
+        return (
+            f"--resume runs:/{self.source.run_id}/checkpoints/latest_checkpoint.pth"
+            if self.same_run
+            else "--resume FILE"
+        )
 
 
 def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
@@ -51,14 +55,20 @@ def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
     if source.experiment_name is not None:  # where the continued run is, whatever its checkpoint recorded
         inherited["experiment"] = source.experiment_name
     cfg = merge_resumed(cli, inherited, explicit, same_run=source.run_id is not None)
-    changed = {k: (inherited[k], getattr(cfg, k)) for k in sorted(explicit) if k in inherited and inherited[k] != getattr(cfg, k)}
+    changed = {
+        k: (inherited[k], getattr(cfg, k))
+        for k in sorted(explicit)
+        if k in inherited and inherited[k] != getattr(cfg, k)
+    }
     done = int(checkpoint["epoch"])
     plan = ResumePlan(source, cfg, changed, done + 1, finishing=False)
     _refuse_what_cannot_apply(plan)
     finished = plan.same_run and source.run_status == "FINISHED"
     if cfg.epochs == done and finished:
-        raise AlreadyFinished(f"run {source.run_id} has already finished its {done} epochs: nothing to do "
-                              f"(pass --epochs larger than {done} to train it further)")
+        raise AlreadyFinished(
+            f"run {source.run_id} has already finished its {done} epochs: nothing to do "
+            f"(pass --epochs larger than {done} to train it further)"
+        )
     if cfg.epochs < done or (cfg.epochs == done and not plan.same_run):
         raise GlintTrackError(
             f"{source.label}: the checkpoint has already finished epoch {done} and --epochs is {cfg.epochs}; "
@@ -73,7 +83,8 @@ def _refuse_what_cannot_apply(plan: ResumePlan) -> None:
     if "base_channels" in changed:
         old, new = changed["base_channels"]
         raise GlintTrackError(
-            f"{source.label}: its model has base width {old}, so --base-channels {new} cannot continue it (the weights would "
+            f"{source.label}: its model has base width {old}, so --base-channels {new} cannot continue it (the "
+            "weights would "
             f"not fit); drop --base-channels, or train a new model without --resume"
         )
     if not plan.same_run:
@@ -89,7 +100,8 @@ def _refuse_what_cannot_apply(plan: ResumePlan) -> None:
     if "experiment" in changed:
         raise GlintTrackError(
             f"run {source.run_id} belongs to experiment {changed['experiment'][0]!r} and a run cannot move; drop "
-            f"--experiment, or start a new run from the checkpoint: {plan.branch_hint()} --experiment {changed['experiment'][1]}"
+            f"--experiment, or start a new run from the checkpoint: {plan.branch_hint()} --experiment "
+            f"{changed['experiment'][1]}"
         )
 
 
@@ -99,7 +111,8 @@ def check_same_data(plan: ResumePlan, digest: str) -> None:
     if plan.same_run and expected and digest != expected:
         raise GlintTrackError(
             f"--h5 {plan.cfg.h5} is not the data run {plan.source.run_id} was trained on (content digest {digest[:12]} "
-            f"≠ {expected[:12]}); pass that file, or start a new run from the checkpoint: {plan.branch_hint()} --h5 {plan.cfg.h5}"
+            f"≠ {expected[:12]}); pass that file, or start a new run from the checkpoint: {plan.branch_hint()} --h5 "
+            f"{plan.cfg.h5}"
         )
 
 

@@ -59,7 +59,9 @@ class Preview:
         return validation_grid(images, decode(logits, self.threshold), self.truth.take(index), self.match_radius)
 
     def heatmaps(self) -> Image.Image:
-        images, logits = predict_samples(self.model, self.data, self._index(self.count // 2), self.precision, self.device)
+        images, logits = predict_samples(
+            self.model, self.data, self._index(self.count // 2), self.precision, self.device
+        )
         return heatmap_panel(images, logits)
 
     def _index(self, count: int) -> torch.Tensor:
@@ -70,8 +72,14 @@ class TrackedRun:
     """What rank 0 keeps for a run besides training: the MLflow run (with its claim, see lease.py), its
     local folder and log file, the background writer and the checkpointer."""
 
-    def __init__(self, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, tracker: RunTracker,
-                 save_process: SaveProcess | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: ResumePlan | None,
+        data: GlintData,
+        tracker: RunTracker,
+        save_process: SaveProcess | None,
+    ) -> None:
         self.cfg, self.plan, self.data, self.tracker = cfg, plan, data, tracker
         self.lease = tracker.lease
         self.same_run = plan is not None and plan.same_run
@@ -89,15 +97,29 @@ class TrackedRun:
         if self.same_run and resume.best and not (self.output_dir / BEST).exists():
             save_atomic(resume.best, self.output_dir / BEST)
         self.writer = BackgroundWriter()  # checkpoint files, uploads and metrics, off the training thread
-        model_info = {"num_glints": data.num_glints, "base_channels": cfg.base_channels, "image_size": list(data.image_size)}
+        model_info = {
+            "num_glints": data.num_glints,
+            "base_channels": cfg.base_channels,
+            "image_size": list(data.image_size),
+        }
         self.save_process = save_process  # torch.save off the training GIL (see save_process.py)
-        self.checkpointer = Checkpointer(self.output_dir, tracker, cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n,
-                                         self.writer, model_info, resume.published if self.same_run else None,
-                                         self.save_process or save_and_digest)
+        self.checkpointer = Checkpointer(
+            self.output_dir,
+            tracker,
+            cfg.save_optimizer,
+            cfg.save_freq,
+            cfg.keep_last_n,
+            self.writer,
+            model_info,
+            resume.published if self.same_run else None,
+            self.save_process or save_and_digest,
+        )
         tracker.spool_to(self.output_dir / "spool")  # where calls go while the tracking server is unreachable
 
     @classmethod
-    def open(cls, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, ddp: Distributed, device: torch.device) -> TrackedRun:
+    def open(
+        cls, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, ddp: Distributed, device: torch.device
+    ) -> TrackedRun:
         """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED."""
         save_process = SaveProcess() if save_process_wanted(device) else None  # a wrong setting: exit 2, no run
         continued = plan.source.run_id if plan and plan.same_run else None
@@ -107,8 +129,10 @@ class TrackedRun:
         except BaseException as e:
             tracker.finish("FAILED", wait_s=0)
             if isinstance(e, OSError):
-                raise GlintTrackError(f"setting up the output folder failed ({e}); run {tracker.run_id} is marked FAILED: "
-                                      f"pass --output-dir with a writable folder") from e
+                raise GlintTrackError(
+                    f"setting up the output folder failed ({e}); run {tracker.run_id} is marked FAILED: "
+                    f"pass --output-dir with a writable folder"
+                ) from e
             raise
         try:
             run.describe(ddp)
@@ -123,8 +147,11 @@ class TrackedRun:
         start = plan.start_epoch if plan else 1
         if plan and not plan.same_run:
             tracker.set_tags({TAG_RESUMED_FROM: plan.source.label})
-        tracker.log_config(cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size},
-                           start, INVOCATION)
+        tracker.log_config(
+            cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size},
+            start,
+            INVOCATION,
+        )
         if self.same_run and plan.changed:
             tracker.add_history(f"Resumed at epoch {start} with {describe_changes(plan.changed)}.")
         tags = {
@@ -151,18 +178,27 @@ class TrackedRun:
         best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
         self.checkpointer.complete(checkpoint, best_is_this)
 
-    def save_epoch(self, parts: dict[str, Any], epoch: int, metrics: dict[str, float], is_best: bool, preview: Preview) -> None:
+    def save_epoch(
+        self, parts: dict[str, Any], epoch: int, metrics: dict[str, float], is_best: bool, preview: Preview
+    ) -> None:
         """The epoch's checkpoints, metrics and (at a new best, or every --image-every epochs) its picture,
         handed to the background writer once the next epoch's first steps are queued."""
         cfg = self.cfg
         self.writer.hold()  # until the next epoch's first steps are on the GPU (see BackgroundWriter)
         self.checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
-        self.writer.submit(self.tracker.log_metrics, metrics, epoch)  # after the checkpoint: a resume never logs a step twice
+        self.writer.submit(
+            self.tracker.log_metrics, metrics, epoch
+        )  # after the checkpoint: a resume never logs a step twice
         if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
             self.writer.submit(self.tracker.log_image, preview.grid(), f"val_images/epoch_{epoch:03d}.png")
 
     def log_best_model(
-        self, model: torch.nn.Module, val_batches: Batches, loss_fn: GlintLoss, precision: Precision, preview: Preview,
+        self,
+        model: torch.nn.Module,
+        val_batches: Batches,
+        loss_fn: GlintLoss,
+        precision: Precision,
+        preview: Preview,
         finishing: bool,
     ) -> dict[str, float]:
         """The logged weights' validation metrics, heat-maps and threshold curves, the model itself, and the
@@ -174,16 +210,26 @@ class TrackedRun:
         chosen = load_checkpoint(logged)
         model.load_state_dict(chosen["model_state_dict"])
         epoch = int(chosen["epoch"])
-        glints = validate(model, val_batches, loss_fn, precision, GlintMetrics(data.num_glints, cfg.match_radius),
-                          preview.truth, cfg.threshold, desc="best val")
+        glints = validate(
+            model,
+            val_batches,
+            loss_fn,
+            precision,
+            GlintMetrics(data.num_glints, cfg.match_radius),
+            preview.truth,
+            cfg.threshold,
+            desc="best val",
+        )
         if not (finishing and epoch in tracker.metric_steps("best_val_loss")):
             tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=epoch)
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
         tracker.log_image(preview.heatmaps(), "figures/heatmaps_best.png")
         curves = threshold_sweep(model, val_batches, precision, preview.truth, data.num_glints, cfg.match_radius)
         tracker.log_dict(curves, "figures/threshold_curves.json")
-        tracker.log_image(threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
-                          "figures/threshold_curves.png")
+        tracker.log_image(
+            threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
+            "figures/threshold_curves.png",
+        )
         if not (finishing and tracker.has_complete_model()):  # a stopped process may have logged it already
             tracker.log_model(logged, data.image_size, cfg.register_model)
         return glints | {"epoch": epoch}
@@ -191,10 +237,19 @@ class TrackedRun:
     def close(self, status: str) -> Path | None:
         """Send everything still queued, upload the log, end the run; returns the spool folder if the
         tracking server has not received everything. Any failure here makes the run FAILED."""
+        if status == "KILLED":
+            log.warning(
+                "stopped: run %s marked KILLED with the checkpoint of its last finished epoch; resume with --resume %s",
+                self.tracker.run_id,
+                self.tracker.run_id,
+            )
         try:
             self.writer.close()  # a run never ends with a checkpoint or metric still unsent
         except Exception as e:
-            log.error("saving the last checkpoint or metrics failed (%s)", e.format_message() if isinstance(e, GlintTrackError) else os_reason(e))
+            log.error(
+                "saving the last checkpoint or metrics failed (%s)",
+                e.format_message() if isinstance(e, GlintTrackError) else os_reason(e),
+            )
             status = "FAILED"
         finally:
             if self.save_process is not None:
@@ -213,16 +268,24 @@ class TrackedRun:
         spool = self.tracker.spool.directory
         log.warning(
             "the tracking server at %s did not come back: %d calls for run %s (metrics, checkpoints, its status) "
-            "are kept in %s; send them with: glint-track sync %s", tracking_uri(), pending, self.tracker.run_id, spool, spool,
+            "are kept in %s; send them with: glint-track sync %s",
+            tracking_uri(),
+            pending,
+            self.tracker.run_id,
+            spool,
+            spool,
         )
         return spool
 
 
 def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
     """What the run page leads with: how well the logged model finds glints."""
-    text = (f"**Glints: val F1 {glints['f1']:.3f}, mean error {glints['loc_err_mean']:.2f} px** "
-            f"(median {glints['loc_err_median']:.2f} px, precision {glints['precision']:.3f}, recall {glints['recall']:.3f}; "
-            f"logged model = epoch {epoch} of {epochs})")
+    text = (
+        f"**Glints: val F1 {glints['f1']:.3f}, mean error {glints['loc_err_mean']:.2f} px** "
+        f"(median {glints['loc_err_median']:.2f} px, precision {glints['precision']:.3f}, recall "
+        f"{glints['recall']:.3f}; "
+        f"logged model = epoch {epoch} of {epochs})"
+    )
     if glints["f1"] < POOR_F1:
         text += f"\n\n⚠ {POOR_ADVICE}"
     return text
@@ -232,5 +295,7 @@ def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
 POOR_F1 = 0.5
 
 
-POOR_ADVICE = ("The model finds few glints. Train longer (--epochs), check the labels with `glint-track inspect FILE "
-               "--preview preview.png`, or go back to the default loss and learning rate if you changed them.")
+POOR_ADVICE = (
+    "The model finds few glints. Train longer (--epochs), check the labels with `glint-track inspect FILE "
+    "--preview preview.png`, or go back to the default loss and learning rate if you changed them."
+)

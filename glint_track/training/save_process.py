@@ -49,7 +49,9 @@ def layout(state: Any) -> tuple[Any, list[tuple[torch.Tensor, _Slot]], int]:
 
     def place(tensor: torch.Tensor) -> _Slot:
         nonlocal end
-        dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
+        dense = tensor.is_contiguous() or (
+            tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+        )
         tensor = tensor if dense else tensor.contiguous()
         slot = _Slot(end, tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
         end += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN  # rounded up to ALIGN
@@ -62,7 +64,7 @@ def layout(state: Any) -> tuple[Any, list[tuple[torch.Tensor, _Slot]], int]:
 def _view(buffer: torch.Tensor, slot: _Slot) -> torch.Tensor:
     """The slot's bytes seen as a tensor of its dtype, shape and strides (channels_last stays so)."""
     size = slot.dtype.itemsize * torch.Size(slot.shape).numel()
-    return buffer[slot.offset: slot.offset + size].view(slot.dtype).as_strided(slot.shape, slot.stride)
+    return buffer[slot.offset : slot.offset + size].view(slot.dtype).as_strided(slot.shape, slot.stride)
 
 
 def rebuild(skeleton: Any, buffer: torch.Tensor) -> Any:
@@ -113,8 +115,12 @@ class SaveProcess:
             reply = pickle.load(self._replies)
         except (EOFError, OSError, pickle.UnpicklingError) as e:
             code = self._proc.poll() if self._proc else None
-            log.warning("the checkpoint writer process stopped (%s, exit code %s); writing checkpoints in this process from now on",
-                        type(e).__name__, code)
+            log.warning(
+                "the checkpoint writer process stopped (%s, exit code %s); writing checkpoints in this process from "
+                "now on",
+                type(e).__name__,
+                code,
+            )
             self._failed = True
             self.close()
             return save_and_digest(state, path)
@@ -128,9 +134,21 @@ class SaveProcess:
         os.ftruncate(buffer_fd, size)
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        root = str(Path(__file__).resolve().parents[1])  # this very package, whatever the working directory holds
-        serve_call = f"import sys; sys.path.insert(0, {root!r}); from glint_track.training.save_process import serve; serve(*map(int, sys.argv[1:]))"
-        cmd = [sys.executable, "-c", serve_call, str(request_r), str(reply_w), str(buffer_fd), str(size), str(os.getpid())]
+        root = str(Path(__file__).resolve().parents[2])  # this very package, whatever the working directory holds
+        serve_call = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            "from glint_track.training.save_process import serve; serve(*map(int, sys.argv[1:]))"
+        )
+        cmd = [
+            sys.executable,
+            "-c",
+            serve_call,
+            str(request_r),
+            str(reply_w),
+            str(buffer_fd),
+            str(size),
+            str(os.getpid()),
+        ]
         try:
             self._proc = subprocess.Popen(cmd, pass_fds=(request_r, reply_w, buffer_fd), close_fds=True)
             self._map = mmap.mmap(buffer_fd, size)
@@ -148,7 +166,10 @@ class SaveProcess:
         self._size = size
         self._requests = os.fdopen(request_w, "wb")
         self._replies = os.fdopen(reply_r, "rb")
-        log.info("checkpoints are serialised by process %d (GLINT_TRACK_SAVE_PROCESS=off writes them in this one)", self._proc.pid)
+        log.info(
+            "checkpoints are serialised by process %d (GLINT_TRACK_SAVE_PROCESS=off writes them in this one)",
+            self._proc.pid,
+        )
 
     def close(self) -> None:
         """Ends the child (it finishes a write in progress first)."""

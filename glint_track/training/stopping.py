@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ class StopRequest:
         if self.signum is not None:
             raise TrainingStopped(signum)  # asked twice: stop now
         self.signum = signum
-        log.warning("%s received: stopping after the step in flight (send it again to stop at once)", signal.Signals(signum).name)
+        log.warning(
+            "%s received: stopping after the step in flight (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def check(self, agree: Callable[[bool], bool] | None = None) -> None:
         """Raise TrainingStopped if a stop was requested; `agree` combines the flag over DDP ranks, so every

@@ -86,21 +86,31 @@ def point_label(point: dict[str, str]) -> str:
 def parse_axes(loss: str | None, lr: str | None, params: tuple[str, ...]) -> dict[str, list[str]]:
     """--loss a,b --lr x,y --param name=v1,v2 … → {option: [values]}; each value is checked by the child."""
     axes: dict[str, list[str]] = {}
-    for name, values in [("loss", loss), ("lr", lr)] + [tuple(p.split("=", 1)) if "=" in p else (p, "") for p in params]:
+    for name, values in [("loss", loss), ("lr", lr)] + [
+        tuple(p.split("=", 1)) if "=" in p else (p, "") for p in params
+    ]:
         if values is None:
             continue
         name = name.strip().lstrip("-").replace("-", "_")
         items = [v.strip() for v in values.split(",") if v.strip()]
         if not name or not items:
-            raise GlintTrackError(f"--param {name or '?'}={values}: give a train option and its values, e.g. --param base_channels=16,32")
+            raise GlintTrackError(
+                f"--param {name or '?'}={values}: give a train option and its values, e.g. --param base_channels=16,32"
+            )
         axes[name] = items
     if not axes:
         raise GlintTrackError("nothing to sweep: give comma-separated values to --loss, --lr or --param NAME=V1,V2")
     return axes
 
 
-def run_sweep(spec: SweepSpec | None, experiment: str, parallel: int, gpus: list[int] | None, resume: str | None,
-              workdir: Path = Path("sweeps")) -> tuple[str, list[Child]]:
+def run_sweep(
+    spec: SweepSpec | None,
+    experiment: str,
+    parallel: int,
+    gpus: list[int] | None,
+    resume: str | None,
+    workdir: Path = Path("sweeps"),
+) -> tuple[str, list[Child]]:
     """Run (or finish) a sweep; returns the parent run ID and its children, each with its status."""
     check_tracking_server()
     client = MlflowClient()
@@ -112,7 +122,10 @@ def run_sweep(spec: SweepSpec | None, experiment: str, parallel: int, gpus: list
         name = "sweep " + " × ".join(f"{k}={','.join(v)}" for k, v in spec.axes.items())
         parent = client.create_run(experiment_id, run_name=name, tags={"glint_track.kind": "sweep"}).info.run_id
         params = {f"sweep.{k}": ",".join(v) for k, v in spec.axes.items()} | {
-            "sweep.h5": spec.h5, "sweep.train_args": " ".join(spec.train_args), "sweep.parallel": parallel, "sweep.gpus": gpus or "",
+            "sweep.h5": spec.h5,
+            "sweep.train_args": " ".join(spec.train_args),
+            "sweep.parallel": parallel,
+            "sweep.gpus": gpus or "",
         }
         client.log_batch(parent, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         client.log_dict(parent, spec.__dict__, "sweep.json")
@@ -125,8 +138,9 @@ def run_sweep(spec: SweepSpec | None, experiment: str, parallel: int, gpus: list
     for point in spec.points():
         run = known.get(point_key(point))
         if run is None:
-            run = client.create_run(experiment_id, run_name=point_label(point),
-                                    tags={TAG_PARENT: parent, TAG_POINT: point_key(point)})
+            run = client.create_run(
+                experiment_id, run_name=point_label(point), tags={TAG_PARENT: parent, TAG_POINT: point_key(point)}
+            )
         children.append(Child(point, run.info.run_id, run.info.status))
     todo = [c for c in children if c.status != "FINISHED"]
     for c in children:
@@ -149,12 +163,18 @@ def _reopen(client: MlflowClient, parent: str) -> tuple[str, SweepSpec, dict[str
     try:
         run = client.get_run(parent)
     except MlflowException as e:
-        raise GlintTrackError(f"no MLflow run with ID {parent} at {tracking_uri()}; copy the sweep's parent run ID from the MLflow UI") from e
+        raise GlintTrackError(
+            f"no MLflow run with ID {parent} at {tracking_uri()}; copy the sweep's parent run ID from the MLflow UI"
+        ) from e
     try:
         spec = SweepSpec(**mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/sweep.json"))
     except (MlflowException, OSError, TypeError) as e:
-        raise GlintTrackError(f"run {parent} is not a glint-track sweep (no sweep.json); pass the parent run of a sweep") from e
-    found = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000)
+        raise GlintTrackError(
+            f"run {parent} is not a glint-track sweep (no sweep.json); pass the parent run of a sweep"
+        ) from e
+    found = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000
+    )
     known = {r.data.tags[TAG_POINT]: r for r in found if TAG_POINT in r.data.tags}
     client.update_run(parent, status="RUNNING")
     return parent, spec, known
@@ -173,7 +193,9 @@ def _child_command(spec: SweepSpec, child: Child, gpu: int | None) -> list[str]:
     return args
 
 
-def _run_children(client: MlflowClient, spec: SweepSpec, todo: list[Child], parallel: int, gpus: list[int] | None, folder: Path) -> None:
+def _run_children(
+    client: MlflowClient, spec: SweepSpec, todo: list[Child], parallel: int, gpus: list[int] | None, folder: Path
+) -> None:
     """K at a time; GPU slots in turn. A child that fails is marked FAILED and the others go on."""
     waiting = list(todo)
     running: dict[int, tuple[Child, subprocess.Popen]] = {}
@@ -185,7 +207,9 @@ def _run_children(client: MlflowClient, spec: SweepSpec, todo: list[Child], para
                 child.log_file = folder / f"{child.run_id}.log"
                 cmd = _child_command(spec, child, gpu)
                 env = dict(os.environ, MLFLOW_RUN_ID=child.run_id)
-                log.info("%s: starting run %s%s", child.label, child.run_id, f" on cuda:{gpu}" if gpu is not None else "")
+                log.info(
+                    "%s: starting run %s%s", child.label, child.run_id, f" on cuda:{gpu}" if gpu is not None else ""
+                )
                 with open(child.log_file, "w") as child_log:  # the child keeps its own copy of the descriptor
                     running[slot] = (child, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=child_log))
         time.sleep(0.2)
@@ -197,7 +221,9 @@ def _run_children(client: MlflowClient, spec: SweepSpec, todo: list[Child], para
                 log.info("%s: finished (run %s)", child.label, child.run_id)
                 continue
             last = [line for line in child.log_file.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
-            log.warning("%s: failed with exit code %d: %s (log: %s)", child.label, proc.returncode, last[0], child.log_file)
+            log.warning(
+                "%s: failed with exit code %d: %s (log: %s)", child.label, proc.returncode, last[0], child.log_file
+            )
             if client.get_run(child.run_id).info.status == "RUNNING":  # it stopped before it could say so
                 client.set_terminated(child.run_id, "FAILED")
             client.set_tag(child.run_id, "glint_track.sweep.error", last[0][:5000])
@@ -216,7 +242,9 @@ def _best_values(client: MlflowClient, run_id: str) -> dict[str, float]:
 
 def _summarise(client: MlflowClient, parent: str, spec: SweepSpec, children: list[Child]) -> None:
     metrics = sorted({k for c in children for k in c.best})
-    rows = [{**c.point, "run_id": c.run_id, "status": c.status, **{m: c.best.get(m, "") for m in metrics}} for c in children]
+    rows = [
+        {**c.point, "run_id": c.run_id, "status": c.status, **{m: c.best.get(m, "") for m in metrics}} for c in children
+    ]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*spec.axes, "run_id", "status", *metrics])
     writer.writeheader()
@@ -225,15 +253,21 @@ def _summarise(client: MlflowClient, parent: str, spec: SweepSpec, children: lis
     client.log_dict(parent, rows, "summary.json")
     done = [c for c in children if c.status == "FINISHED" and spec.monitor in c.best]
     failed = [c for c in children if c.status != "FINISHED"]
-    tags = {"glint_track.sweep.children": len(children), "glint_track.sweep.failed": len(failed),
-            "glint_track.sweep.monitor": f"{spec.monitor} ({spec.monitor_mode})"}
+    tags = {
+        "glint_track.sweep.children": len(children),
+        "glint_track.sweep.failed": len(failed),
+        "glint_track.sweep.monitor": f"{spec.monitor} ({spec.monitor_mode})",
+    }
     if failed:
         tags["glint_track.sweep.failed_runs"] = ",".join(c.run_id for c in failed)
     if done:
         pick = min if spec.monitor_mode == "min" else max
         best = pick(done, key=lambda c: c.best[spec.monitor])
-        tags |= {"glint_track.sweep.best_run": best.run_id, "glint_track.sweep.best_point": best.label,
-                 "glint_track.sweep.best_value": best.best[spec.monitor]}
+        tags |= {
+            "glint_track.sweep.best_run": best.run_id,
+            "glint_track.sweep.best_point": best.label,
+            "glint_track.sweep.best_value": best.best[spec.monitor],
+        }
         client.log_metric(parent, f"best_{spec.monitor}", best.best[spec.monitor])
     client.log_batch(parent, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -1,0 +1,5 @@
+"""The `glint-track` command line: parses options and calls the library; no training logic lives here."""
+
+from glint_track.cli.main import main
+
+__all__ = ["main"]

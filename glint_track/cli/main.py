@@ -1,0 +1,66 @@
+"""The `glint-track` command group: logging, and the library's errors as one-line Click errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from glint_track import __version__
+from glint_track.cli.sweep import sweep_cmd, sync_cmd
+from glint_track.cli.tools import evaluate_cmd, inspect_cmd, pack_cmd, predict_cmd, synth_cmd
+from glint_track.cli.train import train_cmd
+from glint_track.errors import GlintTrackError
+
+
+class _Group(click.Group):
+    """The library's errors as Click's one-line errors (exit code 2); a traceback only under --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GlintTrackError as e:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            error = click.ClickException(e.message)
+            error.exit_code = e.exit_code
+            raise error from e
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "GLINT_TRACK", "help_option_names": ["-h", "--help"]})
+@click.option("--debug/--no-debug", default=False, help="Show tracebacks for input errors and debug logging.")
+@click.version_option(__version__, prog_name="glint-track")
+def main(debug: bool) -> None:
+    """Train a UNet to find each infrared LED's corneal glint, with every run tracked in MLflow.
+
+    \b
+    Quick start on built-in demo data:
+      glint-track synth --out demo.h5
+      glint-track train --h5 demo.h5        # 15 epochs: ~3 min on 2 CPU cores, val F1 ~0.99, ~0.3 px
+      mlflow ui                            # browse runs (in the same folder)
+
+    Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
+    """
+    _log_to_stderr(logging.DEBUG if debug else logging.INFO)
+
+
+def _log_to_stderr(level: int) -> None:
+    """Plain timestamped log lines on stderr; replaces the handler of an earlier call (e.g. in tests)."""
+    global _console
+    logger = logging.getLogger("glint_track")
+    if _console is not None:
+        logger.removeHandler(_console)
+    _console = logging.StreamHandler(sys.stderr)
+    _console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(_console)
+    logger.setLevel(level)
+
+
+_console: logging.Handler | None = None
+
+
+for command in (train_cmd, sweep_cmd, sync_cmd, evaluate_cmd, predict_cmd, pack_cmd, inspect_cmd, synth_cmd):
+    main.add_command(command)

@@ -1,0 +1,252 @@
+"""`glint-track evaluate`, `predict`, `pack`, `inspect` and `synth`: parse options and call the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from glint_track.cli.options import PROBABILITY, D, Size
+from glint_track.data.glint_file import COMPRESSIONS
+from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE
+from glint_track.errors import GlintTrackError
+from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
+
+
+@click.command("evaluate")
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="A run ID (its best_model.pth), runs:/<id>/<path>, models:/<name>/<version>, or a checkpoint file (the "
+    "research script's too).",
+)
+@click.option(
+    "--h5", required=True, type=click.Path(dir_okay=False), help="Glint HDF5 file to evaluate on (every sample)."
+)
+@click.option(
+    "--threshold",
+    type=PROBABILITY,
+    default=D.threshold,
+    show_default=True,
+    help="Peak probability from which a glint counts as detected.",
+)
+@click.option(
+    "--match-radius",
+    type=click.FloatRange(0, 1e4, min_open=True),
+    default=D.match_radius,
+    show_default=True,
+    help="Input pixels within which a detected glint matches its annotation.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option(
+    "--log/--no-log",
+    "log_run",
+    default=False,
+    show_default=True,
+    help="Record the evaluation as an MLflow run tagged with the model's run.",
+)
+@click.option("--experiment", default=D.experiment, show_default=True, help="MLflow experiment of the --log run.")
+def evaluate_cmd(
+    model_ref: str,
+    h5: str,
+    threshold: float,
+    match_radius: float,
+    batch_size: int,
+    device: str,
+    as_json: bool,
+    log_run: bool,
+    experiment: str,
+) -> None:
+    """Detection precision/recall/F1, localisation error and identity swaps of a trained model, per glint.
+
+    \b
+    Examples:
+      glint-track evaluate --model 5308fe93de8b4c3f9a278246725680ea --h5 test.h5
+      glint-track evaluate --model old_run/best_model.pth --h5 test.h5 --json
+    """
+    from glint_track.inference.evaluate import evaluate, log_evaluation
+    from glint_track.tracking.server import check_tracking_server
+
+    check_tracking_server()
+    result = evaluate(model_ref, h5, threshold, match_radius, batch_size, device)
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.table())
+    if log_run:
+        click.echo(f"logged as MLflow run {log_evaluation(result, experiment, threshold, match_radius)}", err=as_json)
+
+
+@click.command("predict")
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="A run ID (its best_model.pth), a runs:/<id>/<path> URI, or a checkpoint file.",
+)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="preds.csv or preds.json: one row per image and glint.",
+)
+@click.option(
+    "--overlay-dir", type=click.Path(file_okay=False), help="Also write each image with its numbered glints drawn."
+)
+@click.option(
+    "--threshold",
+    type=PROBABILITY,
+    default=D.threshold,
+    show_default=True,
+    help="Peak probability from which a glint is reported present.",
+)
+@click.option(
+    "--input-size", type=Size(), help="Model input H[xW] [default: the training images' size from the checkpoint]."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict_cmd(
+    model_ref: str,
+    inputs: tuple[str, ...],
+    out: str,
+    overlay_dir: str | None,
+    threshold: float,
+    input_size: tuple[int, int] | None,
+    device: str,
+) -> None:
+    """Glint coordinates (in each image's own pixels) for image files or folders of any size.
+
+    \b
+    Examples:
+      glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
+      glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
+    """
+    from glint_track.inference.predict import predict
+
+    rows = predict(
+        model_ref, list(inputs), Path(out), Path(overlay_dir) if overlay_dir else None, threshold, input_size, device
+    )
+    images = len({r["image"] for r in rows})
+    click.echo(f"{sum(r['present'] for r in rows)} glints found in {images} images → {out}")
+
+
+@click.command("pack")
+@click.option(
+    "--in-dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder of labelme .json files (and their images).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete)."
+)
+@click.option(
+    "--num-glints", type=click.IntRange(1, 64), default=8, show_default=True, help="Glint channels: labels g1..gN."
+)
+@click.option("--prefix", default="g", show_default=True, help="Label prefix before the 1-based glint number.")
+@click.option(
+    "--sigma-scale",
+    type=click.FloatRange(0, 100),
+    default=SIGMA_SCALE,
+    show_default=True,
+    help="Gaussian sigma = max(sigma-min, radius × sigma-scale).",
+)
+@click.option("--sigma-min", type=click.FloatRange(0, 100, min_open=True), default=SIGMA_MIN, show_default=True)
+@click.option("--img-size", type=Size(), help="Resize images to H[xW] (default: the first image's size).")
+@click.option(
+    "--hm-size",
+    type=Size(),
+    help=f"Heat-map size h[xw] (default and only accepted value: image size / {OUTPUT_STRIDE}).",
+)
+@click.option("--recursive/--no-recursive", default=False, show_default=True, help="Also read subfolders.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+def pack_cmd(
+    in_dir: str,
+    out: str,
+    num_glints: int,
+    prefix: str,
+    sigma_scale: float,
+    sigma_min: float,
+    img_size: tuple[int, int] | None,
+    hm_size: tuple[int, int] | None,
+    recursive: bool,
+    compression: str,
+) -> None:
+    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file.
+
+    \b
+    Example:
+      glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
+    """
+    from glint_track.data.pack import pack_labelme
+
+    summary = pack_labelme(
+        in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression
+    )
+    skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
+    click.echo(f"packed {summary.packed} samples with {summary.glints} glints into {summary.out}{skipped}")
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples with the glints drawn and numbered."
+)
+@click.option("--count", type=click.IntRange(1, 256), default=16, show_default=True, help="Samples in the preview.")
+def inspect_cmd(file: str, preview: str | None, count: int) -> None:
+    """Summarise a glint HDF5 file and check that the trainer accepts it.
+
+    \b
+    Example:
+      glint-track inspect train_256.h5 --preview train_256.png
+    """
+    from glint_track.data.inspect import describe, format_summary
+    from glint_track.data.inspect import preview as draw_preview
+
+    data, summary = describe(file)
+    click.echo(format_summary(summary))
+    if preview:
+        click.echo(f"preview: {draw_preview(data, preview, count)}")
+
+
+@click.command("synth")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
+@click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(SIZE_MULTIPLE),
+    default=128,
+    show_default=True,
+    help=f"Image side in pixels (multiple of {SIZE_MULTIPLE}).",
+)
+@click.option(
+    "--difficulty",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="0: centred gaze, open eyes, clean images; 1: wide gaze, closing lids, glasses reflections, blur and noise.",
+)
+@click.option("--num-glints", type=click.IntRange(1, 32), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--labelme-dir", type=click.Path(file_okay=False), help="Also write each image as PNG with its labelme JSON here."
+)
+def synth_cmd(
+    out: str, num_samples: int, size: int, difficulty: float, num_glints: int, seed: int, labelme_dir: str | None
+) -> None:
+    """Write built-in demo data: synthetic eye images with labelled glints.
+
+    \b
+    Example:
+      glint-track synth --out demo.h5 && glint-track train --h5 demo.h5
+    """
+    from glint_track.data.synth import write_synthetic
+
+    if size % SIZE_MULTIPLE:
+        fix = size // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE
+        raise GlintTrackError(
+            f"--size {size} is not a multiple of {SIZE_MULTIPLE}, which the UNet needs; use e.g. {fix}"
+        )
+    path = write_synthetic(out, num_samples, size, num_glints, seed, labelme_dir, difficulty)
+    click.echo(f"wrote {num_samples} synthetic {size}×{size} samples with {num_glints} glints to {path}")
