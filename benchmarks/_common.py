@@ -36,6 +36,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
+#: Its sitecustomize makes a process SIGKILL itself at a chosen point (GLINT_TRACK_TEST_KILL, see there).
+KILLPOINTS = ROOT / "tests" / "killpoints"
+
+
+def with_killpoint(env: dict[str, str], point: str | None) -> dict[str, str]:
+    """`env` for a `python -m glint_track` child that SIGKILLs itself at `point` (None: never), this checkout
+    importable."""
+    paths = [str(KILLPOINTS)] * bool(point) + [str(ROOT), env.get("PYTHONPATH", "")]
+    return dict(env, PYTHONPATH=os.pathsep.join(p for p in paths if p)) | (
+        {"GLINT_TRACK_TEST_KILL": point} if point else {}
+    )
+
+
 def synthetic_file(workdir: Path, prefix: str, samples: int, size: int) -> Path:
     """The benchmark's data (8 glints, seed 0), written once per workdir and size."""
     from glint_track.data.synth import write_synthetic
@@ -46,8 +59,11 @@ def synthetic_file(workdir: Path, prefix: str, samples: int, size: int) -> Path:
     return h5
 
 
-def differing_parts(a: dict, b: dict, parts: tuple[str, ...] = ("model_state_dict", "optimizer_state_dict")) -> list[str]:
+def differing_parts(
+    a: dict, b: dict, parts: tuple[str, ...] = ("model_state_dict", "optimizer_state_dict")
+) -> list[str]:
     """The parts of two checkpoints that are not equal bit for bit."""
+
     def same(x: object, y: object) -> bool:
         tx, ty = tensors(x), tensors(y)
         return len(tx) == len(ty) and all(torch.equal(p, q) for p, q in zip(tx, ty))

@@ -22,14 +22,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import make_workdir  # noqa: E402
+from _common import make_workdir
 
 from glint_track.data.glint_file import load_glint_file
 from glint_track.data.synth import write_synthetic
 from glint_track.glints import decode
 from glint_track.inference.classical import ClassicalParams, detect_glints, match_identity_free, summarise
 from glint_track.inference.evaluate import evaluate
-from glint_track.model import GlintUNet  # noqa: E402
+from glint_track.model import GlintUNet
 from glint_track.tracking.fetch import fetch_checkpoint
 from glint_track.training.config import TrainConfig
 from glint_track.training.loop import train
@@ -73,17 +73,24 @@ def main() -> None:
     unet = identity_free(unet_found, test.points, args.match_radius)
     classical = identity_free(classical_found, test.points, args.match_radius)
 
-    print(f"\n{dt.date.today()} · {os.cpu_count()} CPU cores · torch {torch.__version__} · train {args.train} / test {args.test} "
-          f"synthetic {args.size}² images (difficulty {args.difficulty}, seeds 0 / 1000) · UNet: default recipe, "
-          f"{args.epochs} epochs · classical: {ClassicalParams()}\n")
+    print(
+        f"\n{dt.date.today()} · {os.cpu_count()} CPU cores · torch {torch.__version__} · train {args.train} / test "
+        f"{args.test} "
+        f"synthetic {args.size}² images (difficulty {args.difficulty}, seeds 0 / 1000) · UNet: default recipe, "
+        f"{args.epochs} epochs · classical: {ClassicalParams()}\n"
+    )
     print("| detector | scoring | precision | recall | F1 | mean error px | median error px |")
     print("|---|---|---|---|---|---|---|")
-    rows = [("classical (top-hat + adaptive threshold + blobs)", "identity-free", classical),
-            ("glint-track UNet", "identity-free", unet),
-            ("glint-track UNet", "with identities (own channel)", with_ids.overall)]
+    rows = [
+        ("classical (top-hat + adaptive threshold + blobs)", "identity-free", classical),
+        ("glint-track UNet", "identity-free", unet),
+        ("glint-track UNet", "with identities (own channel)", with_ids.overall),
+    ]
     for name, scoring, m in rows:
-        print(f"| {name} | {scoring} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
-              f"{m['loc_err_mean']:.2f} | {m['loc_err_median']:.2f} |")
+        print(
+            f"| {name} | {scoring} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+            f"{m['loc_err_mean']:.2f} | {m['loc_err_median']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from glint_track.checkpoint.format import load_checkpoint
 from glint_track.data.batches import split_indices
 from glint_track.data.glint_file import load_glint_file
 from glint_track.glints import GlintMetrics, Glints, decode, ground_truth
-from glint_track.model import OUTPUT_STRIDE, GlintUNet  # noqa: E402
+from glint_track.model import OUTPUT_STRIDE, GlintUNet
 
 
 def _window(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,7 +62,9 @@ def _parabola_logits(logits: torch.Tensor) -> torch.Tensor:
     def vertex(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return (0.5 * (a - c) / (a - 2 * b + c).clamp_max(-1e-6)).clamp(-0.5, 0.5)
 
-    return _to_pixels(ix + vertex(w[..., 1, 0], w[..., 1, 1], w[..., 1, 2]), iy + vertex(w[..., 0, 1], w[..., 1, 1], w[..., 2, 1]))
+    return _to_pixels(
+        ix + vertex(w[..., 1, 0], w[..., 1, 1], w[..., 1, 2]), iy + vertex(w[..., 0, 1], w[..., 1, 1], w[..., 2, 1])
+    )
 
 
 def _gauss_fit(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -102,8 +104,12 @@ def evaluate(checkpoint: Path, h5: Path, val_split: float, seed: int) -> list[tu
     index = torch.as_tensor(val)
     truth = ground_truth(data.points, data.present, data.heatmaps).take(index)
     with torch.no_grad():
-        logits = torch.cat([model(data.images[index[i:i + 64]].unsqueeze(1).float().div(255).to(device)).float().cpu()
-                            for i in range(0, len(index), 64)])
+        logits = torch.cat(
+            [
+                model(data.images[index[i : i + 64]].unsqueeze(1).float().div(255).to(device)).float().cpu()
+                for i in range(0, len(index), 64)
+            ]
+        )
     score = torch.sigmoid(logits.float()).flatten(2).amax(-1)
     rows = []
     for name, decoder in DECODERS.items():

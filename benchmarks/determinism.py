@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors  # noqa: E402
+import torch
+from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors
 
 from glint_track.checkpoint.format import load_checkpoint
 
@@ -30,7 +30,10 @@ def identical(a: Path, b: Path) -> tuple[bool, float]:
     """(bit-identical, largest absolute weight difference)."""
     x, y = load_checkpoint(a), load_checkpoint(b)
     same = not differing_parts(x, y)
-    diff = max((p.float() - q.float()).abs().max().item() for p, q in zip(tensors(x["model_state_dict"]), tensors(y["model_state_dict"])))
+    diff = max(
+        (p.float() - q.float()).abs().max().item()
+        for p, q in zip(tensors(x["model_state_dict"]), tensors(y["model_state_dict"]))
+    )
     return same, diff
 
 
@@ -50,8 +53,21 @@ def main() -> None:
         outs, speeds = [], []
         for i in range(2):
             out = workdir / f"{flag.strip('-')}_{i}"
-            cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), "--epochs", str(args.epochs), "--batch-size",
-                   str(args.batch_size), "--output-dir", str(out), flag]
+            cmd = [
+                sys.executable,
+                "-m",
+                "glint_track",
+                "train",
+                "--h5",
+                str(h5),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--output-dir",
+                str(out),
+                flag,
+            ]
             proc = subprocess.run(cmd, env=env, cwd=workdir, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-3000:])
@@ -61,8 +77,11 @@ def main() -> None:
         same, diff = identical(*outs)
         rows.append((flag, sum(speeds) / 2, same, diff))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\n{dt.date.today()} · {gpu} · torch {torch.__version__} · {args.samples} × {args.size}², batch {args.batch_size}, "
-          f"{args.epochs} epochs, precision auto")
+    print(
+        f"\n{dt.date.today()} · {gpu} · torch {torch.__version__} · {args.samples} × {args.size}², batch "
+        f"{args.batch_size}, "
+        f"{args.epochs} epochs, precision auto"
+    )
     print("| mode | img/s (steady epoch) | two runs bit-identical | largest weight difference |\n|---|---|---|---|")
     for flag, speed, same, diff in rows:
         print(f"| {flag} | {speed:.0f} | {'yes' if same else 'no'} | {diff:.2e} |")

@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz.py [--examples 10000] [--workers 8] [--only h5|labelme|checkpoint]
 
-The strategies and the property are tests/strategies.py's (tests/test_fuzz.py runs 300 per target): each
+The strategies and the property are tests/strategies.py's (tests/data/test_fuzz.py runs 300 per target): each
 input must end in success or the project's one-line error, never another exception, and within a small
 multiple of the memory its data really takes. Workers are separate processes with their own Hypothesis
 seeds; each worker's examples are counted, so the totals are examples really run. A failure prints the

@@ -12,7 +12,7 @@ resumes from the newest of them. Checked at the end: the run is FINISHED at the 
 epoch metric has each step exactly once, and (the training being deterministic on the CPU) its
 final weights and optimizer moments equal the reference run's bit for bit.
 
-tests/test_reliability.py runs the quick mode (10 kills); the table is printed last.
+tests/system/test_reliability.py runs the quick mode (10 kills); the table is printed last.
 """
 
 from __future__ import annotations
@@ -32,14 +32,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from _common import child_env, differing_parts, make_workdir  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import torch
+from _common import child_env, differing_parts, make_workdir, with_killpoint
+from mlflow.tracking import MlflowClient
 
-from glint_track.checkpoint.format import load_checkpoint
+from glint_track.checkpoint.format import BEST, EPOCH_FILE, LATEST, load_checkpoint
 
-TRAIN = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu",
-         "--save-freq", "1", "--keep-last-n", "2", "--deterministic"]  # --keep-last-n: KEEP_LAST_N below
+TRAIN = [
+    "--base-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--val-split",
+    "0.25",
+    "--device",
+    "cpu",
+    "--save-freq",
+    "1",
+    "--keep-last-n",
+    "2",
+    "--deterministic",
+]  # --keep-last-n: KEEP_LAST_N below
 RUN_LINE = re.compile(r"run ([0-9a-f]{32}): .* epochs (\d+)→(\d+)")
 
 
@@ -51,20 +64,22 @@ class Report:
     failures: list[str] = field(default_factory=list)
 
 
-KILLPOINTS = ROOT / "tests" / "killpoints"  # its sitecustomize makes a process SIGKILL itself at a chosen point
-
-
 def _env(workdir: Path, kill_at: str | None, save_process: str) -> dict[str, str]:
     env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), GLINT_TRACK_SAVE_PROCESS=save_process)
     env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's embedded default: ./mlflow.db in workdir
-    if kill_at:
-        env |= {"PYTHONPATH": f"{KILLPOINTS}{os.pathsep}{env['PYTHONPATH']}", "GLINT_TRACK_TEST_KILL": kill_at}
-    return env
+    return with_killpoint(env, kill_at)
 
 
-def _start(workdir: Path, args: list[str], log: Path, kill_at: str | None = None, save_process: str = "off") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=workdir, env=_env(workdir, kill_at, save_process),
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+def _start(
+    workdir: Path, args: list[str], log: Path, kill_at: str | None = None, save_process: str = "off"
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "glint_track", "train", *args],
+        cwd=workdir,
+        env=_env(workdir, kill_at, save_process),
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
 
 
 def _artifact_dir(workdir: Path, run_id: str) -> Path:
@@ -95,30 +110,39 @@ def check_run(workdir: Path, run_id: str, finished: int, previous: int) -> int:
       oldest, may be what the kill interrupted).
     """
     folder = _artifact_dir(workdir, run_id)
+    states = {}
     for path in folder.glob("*.pth"):
         assert (folder / f"{path.name}.sha256").is_file(), f"{path.name} has no checksum file"
-        state = load_checkpoint(path)  # raises on a cut or damaged file
-        if match := re.fullmatch(r"epoch_(\d+)\.pth", path.name):
-            assert state["epoch"] == int(match.group(1)), f"{path.name} holds epoch {state['epoch']}"
-    latest = load_checkpoint(folder / "latest_checkpoint.pth")
+        states[path.name] = load_checkpoint(path)  # raises on a cut or damaged file
+    files = {int(m.group(1)): name for name in states if (m := EPOCH_FILE.match(name))}
+    for number, name in files.items():
+        assert states[name]["epoch"] == number, f"{name} holds epoch {states[name]['epoch']}"
+    latest = states[LATEST]
     epoch = int(latest["epoch"])
     assert max(finished - 1, previous) <= epoch <= max(finished, previous) + 1, (
-        f"latest checkpoint at epoch {epoch}; the process resumed from {previous} and had finished epoch {finished}")
+        f"latest checkpoint at epoch {epoch}; the process resumed from {previous} and had finished epoch {finished}"
+    )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     history = {}
     for m in client.get_metric_history(run_id, "val_loss"):
         assert m.step not in history, f"val_loss step {m.step} logged twice"
         history[m.step] = m.value
-    assert set(range(1, epoch)) <= set(history) <= set(range(1, epoch + 1)), f"val_loss steps {sorted(history)}, latest {epoch}"
+    assert set(range(1, epoch)) <= set(history) <= set(range(1, epoch + 1)), (
+        f"val_loss steps {sorted(history)}, latest {epoch}"
+    )
     history.setdefault(epoch, latest["metrics"]["val_loss"])
     best_epoch = min(history, key=lambda e: (history[e], e))
-    assert (latest["best"]["epoch"], latest["best"]["value"]) == (best_epoch, history[best_epoch]), (latest["best"], history)
-    best_file = int(load_checkpoint(folder / "best_model.pth")["epoch"])
+    assert (latest["best"]["epoch"], latest["best"]["value"]) == (best_epoch, history[best_epoch]), (
+        latest["best"],
+        history,
+    )
+    best_file = int(states[BEST]["epoch"])
     best_before = min((e for e in history if e < epoch), key=lambda e: (history[e], e), default=None)
     assert best_file == best_epoch or (best_epoch == epoch and best_file == best_before), (best_file, best_epoch)
-    files = {int(m.group(1)) for m in (re.fullmatch(r"epoch_(\d+)\.pth", p.name) for p in folder.glob("*.pth")) if m}
     newest = set(range(max(1, epoch - KEEP_LAST_N + 1), epoch + 1))
-    assert newest - {epoch} <= files <= newest | {epoch - KEEP_LAST_N}, f"epoch files {sorted(files)}, latest {epoch}"
+    assert newest - {epoch} <= set(files) <= newest | {epoch - KEEP_LAST_N}, (
+        f"epoch files {sorted(files)}, latest {epoch}"
+    )
     return epoch
 
 
@@ -174,7 +198,9 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         if saved is not None and (match := RUN_LINE.search(log.read_text())) and int(match.group(2)) != saved + 1:
-            report.failures.append(f"attempt {attempt} resumed at epoch {match.group(2)}, the newest checkpoint is {saved}")
+            report.failures.append(
+                f"attempt {attempt} resumed at epoch {match.group(2)}, the newest checkpoint is {saved}"
+            )
         if not killed:
             if proc.returncode != 0:
                 report.failures.append(f"attempt {attempt} exited {proc.returncode}: {log.read_text()[-2000:]}")
@@ -215,7 +241,10 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     folder = _artifact_dir(workdir, run_id)
     if leftovers := [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]:
         problems.append(f"partial files left in the run: {leftovers}")
-    killed, reference = load_checkpoint(folder / "latest_checkpoint.pth"), load_checkpoint(_artifact_dir(workdir, ref_run) / "latest_checkpoint.pth")
+    killed, reference = (
+        load_checkpoint(folder / "latest_checkpoint.pth"),
+        load_checkpoint(_artifact_dir(workdir, ref_run) / "latest_checkpoint.pth"),
+    )
     if killed["epoch"] != epochs:
         problems.append(f"latest checkpoint at epoch {killed['epoch']}")
     problems += [f"{part} differs from the uninterrupted run" for part in differing_parts(killed, reference)]
@@ -223,7 +252,9 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
         check_run(workdir, run_id, epochs, epochs)
         best = load_checkpoint(folder / "best_model.pth")["epoch"]
         files = sorted(p.name for p in folder.glob("epoch_*.pth"))
-        assert best == killed["best"]["epoch"], f"best_model.pth holds epoch {best}, the best is {killed['best']['epoch']}"
+        assert best == killed["best"]["epoch"], (
+            f"best_model.pth holds epoch {best}, the best is {killed['best']['epoch']}"
+        )
         assert files == [f"epoch_{e:03d}.pth" for e in range(epochs - KEEP_LAST_N + 1, epochs + 1)], files
     except AssertionError as e:
         problems.append(str(e))
@@ -245,7 +276,10 @@ def main() -> None:
     h5 = write_synthetic(workdir / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)
     t0 = time.perf_counter()
     report = kill_and_resume(workdir, h5, args.kills, args.epochs, args.seed, args.save_process)
-    print(f"\n{dt.date.today()}  torch {torch.__version__}  {os.cpu_count()} CPUs  {time.perf_counter() - t0:.0f} s  workdir {workdir}")
+    print(
+        f"\n{dt.date.today()}  torch {torch.__version__}  {os.cpu_count()} CPUs  {time.perf_counter() - t0:.0f} s  "
+        f"workdir {workdir}"
+    )
     print("| kills | resumes | killed while | failures |\n|---|---|---|---|")
     phases = ", ".join(f"{k}: {v}" for k, v in sorted(report.kill_phases.items()))
     print(f"| {report.kills} | {report.resumes} | {phases} | {len(report.failures)} |")

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file
 
 
 def rollup(pid: int) -> tuple[int, int]:
@@ -38,9 +38,28 @@ def three_runs(h5: Path, workdir: Path, cache: bool) -> dict:
     for i, loss in enumerate(["focal", "bce", "hybrid"]):
         run_dir = workdir / f"{'cache' if cache else 'nocache'}-{loss}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), "--loss", loss, "--epochs", "1",
-               "--base-channels", "4", "--device", "cpu", "--output-dir", "out", "--cache" if cache else "--no-cache"]
-        procs.append(subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "glint_track",
+            "train",
+            "--h5",
+            str(h5),
+            "--loss",
+            loss,
+            "--epochs",
+            "1",
+            "--base-channels",
+            "4",
+            "--device",
+            "cpu",
+            "--output-dir",
+            "out",
+            "--cache" if cache else "--no-cache",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
         if i == 0 and cache:
             time.sleep(0.5)  # not needed for correctness (the cache write is atomic); starts as users would
     peak_rss, peak_pss, peak_total_pss = [0] * 3, [0] * 3, 0
@@ -58,7 +77,11 @@ def three_runs(h5: Path, workdir: Path, cache: bool) -> dict:
     for p in procs:
         if p.returncode:
             raise RuntimeError(p.stderr.read()[-2000:])
-    return {"rss_mb": [r / 1024 for r in peak_rss], "pss_mb": [r / 1024 for r in peak_pss], "total_pss_mb": peak_total_pss / 1024}
+    return {
+        "rss_mb": [r / 1024 for r in peak_rss],
+        "pss_mb": [r / 1024 for r in peak_pss],
+        "total_pss_mb": peak_total_pss / 1024,
+    }
 
 
 def main() -> None:
@@ -70,15 +93,22 @@ def main() -> None:
     workdir = make_workdir(args.workdir, "glint-mem-")
     h5 = synthetic_file(workdir, "mem", args.samples, args.size)
     decoded_mb = args.samples * args.size**2 * (1 + 8 * 2 / 16) / 2**20
-    rows = [("without cache (--no-cache)", three_runs(h5, workdir, cache=False)),
-            ("with cache, first start writes it", three_runs(h5, workdir, cache=True)),
-            ("with cache, already written", three_runs(h5, workdir, cache=True))]
-    print(f"\n{dt.date.today()} · {os.cpu_count()} CPU cores · {args.samples} × {args.size}², 8 glints · "
-          f"decoded arrays {decoded_mb:.0f} MB · 3 concurrent CPU runs (focal, bce, hybrid), --base-channels 4, 1 epoch\n")
+    rows = [
+        ("without cache (--no-cache)", three_runs(h5, workdir, cache=False)),
+        ("with cache, first start writes it", three_runs(h5, workdir, cache=True)),
+        ("with cache, already written", three_runs(h5, workdir, cache=True)),
+    ]
+    print(
+        f"\n{dt.date.today()} · {os.cpu_count()} CPU cores · {args.samples} × {args.size}², 8 glints · "
+        f"decoded arrays {decoded_mb:.0f} MB · 3 concurrent CPU runs (focal, bce, hybrid), --base-channels 4, 1 epoch\n"
+    )
     print("| runs | peak RSS per process MB | peak PSS per process MB | peak PSS of all three MB |")
     print("|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {' / '.join(f'{v:.0f}' for v in r['rss_mb'])} | {' / '.join(f'{v:.0f}' for v in r['pss_mb'])} | {r['total_pss_mb']:.0f} |")
+        print(
+            f"| {name} | {' / '.join(f'{v:.0f}' for v in r['rss_mb'])} | "
+            f"{' / '.join(f'{v:.0f}' for v in r['pss_mb'])} | {r['total_pss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,13 +34,13 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-UNTRUSTED = "tests/test_untrusted.py::"
-RELIABILITY = "tests/test_reliability.py::"
+UNTRUSTED = "tests/data/test_untrusted.py::"
+RELIABILITY = "tests/system/test_reliability.py::"
 MUTANTS = [
     Mutant(
         "complete-off",
         "a kill between latest_checkpoint.pth and its best/epoch copies loses no file",
-        "glint_track/checkpoint.py",
+        "glint_track/training/checkpointer.py",
         '        epoch = int(state["epoch"])\n        names = [n for n',
         '        return\n        epoch = int(state["epoch"])\n        names = [n for n',
         (RELIABILITY + "test_sigkill_between_the_latest_checkpoint_and_its_copies_is_completed_by_the_resume",),
@@ -48,15 +48,17 @@ MUTANTS = [
     Mutant(
         "checksum-off",
         "a checkpoint that is not the one its checksum file names is refused",
-        "glint_track/checkpoint.py",
+        "glint_track/checkpoint/format.py",
         "    if sidecar.is_file() and file_digest(path) not in",
         "    if False and file_digest(path) not in",
-        ("tests/test_checkpoint.py::test_a_sound_checkpoint_that_is_not_the_one_its_checksum_file_names_is_refused",),
+        (
+            "tests/checkpoint/test_checkpoint.py::test_a_sound_checkpoint_that_is_not_the_one_its_checksum_file_names_is_refused",
+        ),
     ),
     Mutant(
         "crc-off",
         "a bit flipped inside a checkpoint's weights is refused (CRC-32 of each entry)",
-        "glint_track/checkpoint_schema.py",
+        "glint_track/checkpoint/schema.py",
         "damaged = archive.testzip() if",
         "damaged = None if",
         (UNTRUSTED + "test_crafted_checkpoints_are_refused_before_a_run_exists[bit_flipped.pth]",),
@@ -64,10 +66,10 @@ MUTANTS = [
     Mutant(
         "unpickle",
         "a checkpoint is never unpickled (weights_only)",
-        "glint_track/checkpoint.py",
+        "glint_track/checkpoint/format.py",
         'checkpoint = torch.load(path, map_location="cpu", weights_only=True)',
         'checkpoint = torch.load(path, map_location="cpu", weights_only=False)',
-        ("tests/test_checkpoint.py::test_pickle_payload_is_refused",),
+        ("tests/checkpoint/test_checkpoint.py::test_pickle_payload_is_refused",),
     ),
     Mutant(
         "write-in-place",
@@ -75,28 +77,28 @@ MUTANTS = [
         "glint_track/files.py",
         '    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)\n    os.close(fd)',
         "    tmp = dst",
-        ("tests/test_checkpoint.py::test_atomic_write_keeps_the_old_file_when_writing_fails",),
+        ("tests/checkpoint/test_checkpoint.py::test_atomic_write_keeps_the_old_file_when_writing_fails",),
     ),
     Mutant(
         "optimizer-not-restored",
         "resume continues bit for bit (optimizer state restored)",
-        "glint_track/checkpoint.py",
+        "glint_track/checkpoint/format.py",
         "        elif checkpoint.get(key):  # an empty state",
         "        elif name != 'optimizer' and checkpoint.get(key):  # an empty state",
-        ("tests/test_train.py::test_resume_by_run_id_continues_the_same_run_exactly",),
+        ("tests/training/test_train.py::test_resume_by_run_id_continues_the_same_run_exactly",),
     ),
     Mutant(
         "killed-as-finished",
         "a stopped run is marked KILLED, never FINISHED",
-        "glint_track/train.py",
+        "glint_track/training/loop.py",
         '        status = "KILLED"',
         '        status = "FINISHED"',
-        ("tests/test_train.py::test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint",),
+        ("tests/training/test_train.py::test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint",),
     ),
     Mutant(
         "links-followed",
         "an HDF5 link to another file is refused, never followed",
-        "glint_track/h5check.py",
+        "glint_track/data/h5check.py",
         "        if not isinstance(link, h5py.HardLink):",
         "        if False:",
         (UNTRUSTED + "test_crafted_hdf5_is_refused_in_one_line_without_reading_or_allocating[external_link.h5]",),
@@ -104,7 +106,7 @@ MUTANTS = [
     Mutant(
         "memory-unchecked",
         "a declared size is never allocated unchecked",
-        "glint_track/h5check.py",
+        "glint_track/data/h5check.py",
         "    if needed > MEMORY_SHARE * available:",
         "    if False:",
         (UNTRUSTED + "test_crafted_hdf5_is_refused_in_one_line_without_reading_or_allocating[declares_61_gib.h5]",),
@@ -112,7 +114,7 @@ MUTANTS = [
     Mutant(
         "path-traversal",
         "a labelme imagePath outside the input folder is never read",
-        "glint_track/pack.py",
+        "glint_track/data/pack.py",
         "        if not candidate.is_relative_to(root):",
         "        if False:",
         (UNTRUSTED + "test_a_path_traversal_never_packs_the_outside_image",),
@@ -120,23 +122,25 @@ MUTANTS = [
     Mutant(
         "no-lease",
         "one process trains a run at a time; a second is refused in one line",
-        "glint_track/lease.py",
+        "glint_track/tracking/lease.py",
         "        if previous is not None and previous.alive():",
         "        if False:",
-        ("tests/test_run_states.py::test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over",),
+        ("tests/tracking/test_run_states.py::test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over",),
     ),
     Mutant(
         "typed-lr-ignored",
         "a typed --lr wins over the checkpoint's on resume",
-        "glint_track/config.py",
+        "glint_track/training/config.py",
         "    skip = explicit | (frozenset() if same_run else _RUN_ONLY)",
         "    skip = frozenset() if same_run else _RUN_ONLY",
-        ("tests/test_resume_policy.py::test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so",),
+        (
+            "tests/training/test_resume_policy.py::test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so",
+        ),
     ),
     Mutant(
         "damaged-cache-used",
         "a damaged cache entry is rebuilt, never trained on",
-        "glint_track/data.py",
+        "glint_track/data/glint_file.py",
         "    except (OSError, ValueError, EOFError) as e:\n        problem = first_line(e)",
         "    except () as e:\n        problem = first_line(e)",
         (UNTRUSTED + "test_a_damaged_cache_entry_is_rebuilt_with_a_warning",),
@@ -144,38 +148,38 @@ MUTANTS = [
     Mutant(
         "no-retention",
         "--keep-last-n deletes older epoch files from the run",
-        "glint_track/checkpoint.py",
+        "glint_track/training/checkpointer.py",
         "        if self.keep_last_n <= 0:\n            return",
         "        return",
-        ("tests/test_train.py::test_keep_last_n_deletes_old_epoch_artifacts",),
+        ("tests/training/test_train.py::test_keep_last_n_deletes_old_epoch_artifacts",),
     ),
     Mutant(
         "weak-default-lr",
         "the defaults learn: F1 >= 0.9 on small data in a CPU minute",
-        "glint_track/config.py",
+        "glint_track/training/config.py",
         "    lr: float = 1e-3",
         "    lr: float = 1e-5",
-        ("tests/test_train.py::test_the_default_recipe_learns_to_find_glints",),
+        ("tests/training/test_train.py::test_the_default_recipe_learns_to_find_glints",),
     ),
     Mutant(
         "sigterm-ignored",
         "SIGTERM finishes the step, keeps the checkpoint and marks the run KILLED",
-        "glint_track/stopping.py",
+        "glint_track/training/stopping.py",
         "            self._previous[sig] = signal.signal(sig, self._handle)",
         "            self._previous[sig] = signal.getsignal(sig)",
         (
-            "tests/test_run_states.py::test_a_stop_signal_finishes_the_step_keeps_the_checkpoint_and_marks_the_run_killed",
+            "tests/tracking/test_run_states.py::test_a_stop_signal_finishes_the_step_keeps_the_checkpoint_and_marks_the_run_killed",
         ),
     ),
     Mutant(
         "exp-avg-sq-lost",
         "Adam's second moments survive a resume",
-        "glint_track/checkpoint.py",
+        "glint_track/training/checkpointer.py",
         "        state = snapshot(gather(parts, train_args, self.save_optimizer, self.model_info))",
         "        state = snapshot(gather(parts, train_args, self.save_optimizer, self.model_info))\n"
         "        for s in state.get('optimizer_state_dict', {}).get('state', {}).values():\n"
         "            s['exp_avg_sq'] = s['exp_avg_sq'] * 0 if 'exp_avg_sq' in s else s.get('exp_avg_sq')",
-        ("tests/test_train.py::test_resume_by_run_id_continues_the_same_run_exactly",),
+        ("tests/training/test_train.py::test_resume_by_run_id_continues_the_same_run_exactly",),
     ),
 ]
 

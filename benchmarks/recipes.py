@@ -1,6 +1,7 @@
 """Time to an accurate model: training recipes compared on one data file, each in a fresh `glint-track train`.
 
-    python benchmarks/recipes.py [--h5 FILE | --samples 512 --size 128] [--epochs 15] [--only default,focal] [--seeds 42,7]
+    python benchmarks/recipes.py [--h5 FILE | --samples 512 --size 128] [--epochs 15] [--only default,focal] \
+        [--seeds 42,7]
 
 For every recipe (the flags it adds to `glint-track train`) it reports the glint metrics the run logged each
 epoch: the first epoch whose validation F1 reaches 0.95, and whose mean localisation error is at or below
@@ -20,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file
+from mlflow.tracking import MlflowClient
 
 #: name → the flags that recipe adds to `glint-track train` (the default adds none)
 RECIPES = {
@@ -35,8 +36,21 @@ RECIPES = {
 
 def train(workdir: Path, h5: Path, name: str, flags: list[str], epochs: int, extra: list[str]) -> dict:
     env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
-    cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), "--epochs", str(epochs), "--run-name", name,
-           "--no-system-metrics", *flags, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "glint_track",
+        "train",
+        "--h5",
+        str(h5),
+        "--epochs",
+        str(epochs),
+        "--run-name",
+        name,
+        "--no-system-metrics",
+        *flags,
+        *extra,
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -45,11 +59,19 @@ def train(workdir: Path, h5: Path, name: str, flags: list[str], epochs: int, ext
         return {"recipe": name, "error": out.stderr.strip().splitlines()[-1:]}
     run_id = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("Run "))
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    history = {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-               for key in ("val_f1", "val_loc_err_mean", "epoch_time_s")}
+    history = {
+        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        for key in ("val_f1", "val_loc_err_mean", "epoch_time_s")
+    }
     best = client.get_run(run_id).data.metrics
-    return {"recipe": name, "run_id": run_id, "wall_s": wall, **history,
-            "best_f1": best["best_val_f1"], "best_err": best["best_val_loc_err_mean"]}
+    return {
+        "recipe": name,
+        "run_id": run_id,
+        "wall_s": wall,
+        **history,
+        "best_f1": best["best_val_f1"],
+        "best_err": best["best_val_loc_err_mean"],
+    }
 
 
 def first_epoch(result: dict, target_px: float | None) -> int | None:
@@ -60,8 +82,11 @@ def first_epoch(result: dict, target_px: float | None) -> int | None:
 
 
 def table(results: list[dict], target_px: float) -> str:
-    head = (f"| recipe | F1 ≥ 0.95 at epoch | + error ≤ {target_px} px at epoch (s of training) | final F1 | final error px "
-            f"| best checkpoint F1 / px | wall s |")
+    head = (
+        f"| recipe | F1 ≥ 0.95 at epoch | + error ≤ {target_px} px at epoch (s of training) | final F1 | final "
+        "error px "
+        f"| best checkpoint F1 / px | wall s |"
+    )
     lines = [head, "|" + "---|" * 7]
     for r in results:
         if "error" in r:
@@ -69,8 +94,10 @@ def table(results: list[dict], target_px: float) -> str:
             continue
         f1_at, both_at = first_epoch(r, None), first_epoch(r, target_px)
         seconds = f" ({sum(r['epoch_time_s'][:both_at]):.0f} s)" if both_at else ""
-        lines.append(f"| {r['recipe']} | {f1_at or '—'} | {both_at or '—'}{seconds} | {r['val_f1'][-1]:.3f} | "
-                     f"{r['val_loc_err_mean'][-1]:.2f} | {r['best_f1']:.3f} / {r['best_err']:.2f} | {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['recipe']} | {f1_at or '—'} | {both_at or '—'}{seconds} | {r['val_f1'][-1]:.3f} | "
+            f"{r['val_loc_err_mean'][-1]:.2f} | {r['best_f1']:.3f} / {r['best_err']:.2f} | {r['wall_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -96,8 +123,12 @@ def main() -> None:
         for seed in seeds:
             label = name if len(seeds) == 1 else f"{name} (seed {seed})"
             results.append(train(workdir, h5, label, [*RECIPES[name], "--seed", seed], args.epochs, args.train_args))
-        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("val_f1", "val_loc_err_mean", "epoch_time_s")}),
-              flush=True)
+        print(
+            json.dumps(
+                {k: v for k, v in results[-1].items() if k not in ("val_f1", "val_loc_err_mean", "epoch_time_s")}
+            ),
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(f"\n{h5.name}, {args.epochs} epochs\n{table(results, args.target_px)}")

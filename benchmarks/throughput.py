@@ -39,11 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file  # noqa: E402
+from _common import child_env, make_workdir, synthetic_file
 
 from glint_track.data.batches import split_indices
 from glint_track.data.glint_file import load_glint_file
-from glint_track.model import GlintUNet  # noqa: E402
+from glint_track.model import GlintUNet
 from glint_track.training.config import TrainConfig
 from glint_track.training.loop import train
 from glint_track.training.losses import focal_loss
@@ -82,10 +82,22 @@ def old_loop(h5: Path, epochs: int, device: torch.device, workdir: Path, batch: 
     train_idx, val_idx = split_indices(data.num_samples, 0.1, 42)
     images, heatmaps = data.images.numpy(), data.heatmaps.numpy()
     pin = device.type == "cuda"
-    train_dl = DataLoader(PerSample(images[train_idx], heatmaps[train_idx]), batch_size=batch, shuffle=True,
-                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    val_dl = DataLoader(PerSample(images[val_idx], heatmaps[val_idx]), batch_size=batch, shuffle=False,
-                        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    train_dl = DataLoader(
+        PerSample(images[train_idx], heatmaps[train_idx]),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
+    val_dl = DataLoader(
+        PerSample(images[val_idx], heatmaps[val_idx]),
+        batch_size=batch,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
     torch.manual_seed(42)
     model = GlintUNet(data.num_glints, 16).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -108,8 +120,10 @@ def old_loop(h5: Path, epochs: int, device: torch.device, workdir: Path, batch: 
             for x, y in val_dl:
                 total += focal_loss(model(x.to(device)), y.to(device)).item() * len(x)
         val_loss = total / len(val_idx)
-        torch.save({"epoch": epoch, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
-                   workdir / "old_latest_checkpoint.pth")
+        torch.save(
+            {"epoch": epoch, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+            workdir / "old_latest_checkpoint.pth",
+        )
         sync()
         ends.append(time.perf_counter())
     return steady(ends, t_start, len(train_idx)) | {"mem_gb": peak_mem_gb(), "val_loss": val_loss}
@@ -139,7 +153,10 @@ def glint_train(h5: Path, epochs: int, workdir: Path, name: str, **settings) -> 
     stamps = [dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() for m in epochs_logged]
     n_train = len(split_indices(load_glint_file(h5).num_samples, cfg.val_split, cfg.seed)[0])
     return steady(stamps, stamps[0], n_train) | {
-        "first_epoch_s": float("nan"), "mem_gb": peak_mem_gb(), "val_loss": float(epochs_logged[-1].group(4)), "wall_s": wall,
+        "first_epoch_s": float("nan"),
+        "mem_gb": peak_mem_gb(),
+        "val_loss": float(epochs_logged[-1].group(4)),
+        "wall_s": wall,
     }
 
 
@@ -153,7 +170,9 @@ class _NoTracker:
         return lambda *args, **kwargs: None
 
 
-def untracked(h5: Path, epochs: int, workdir: Path, tracking: bool = False, checkpoints: str = "off", **settings) -> dict:
+def untracked(
+    h5: Path, epochs: int, workdir: Path, tracking: bool = False, checkpoints: str = "off", **settings
+) -> dict:
     """Exactly (b)'s code path with parts of the saving replaced by no-ops, to see what each costs:
     `tracking` keeps the MLflow run; `checkpoints` is off, "snapshot" (state copied to the CPU, never
     written) or "local" (written to the output folder, not uploaded)."""
@@ -168,7 +187,11 @@ def untracked(h5: Path, epochs: int, workdir: Path, tracking: bool = False, chec
             RunTracker.log_model = lambda self, *a, **k: None
     elif checkpoints == "snapshot":
         Checkpointer._write = lambda self, *a, **k: None
-    name = "untracked" if not tracking and checkpoints == "off" else f"ablation-{'mlflow' if tracking else 'nomlflow'}-{checkpoints}"
+    name = (
+        "untracked"
+        if not tracking and checkpoints == "off"
+        else f"ablation-{'mlflow' if tracking else 'nomlflow'}-{checkpoints}"
+    )
     return glint_train(h5, epochs, workdir, name, **settings)
 
 
@@ -202,7 +225,7 @@ def compute_bound(h5: Path, epochs: int, batch: int) -> dict:
     for _ in range(epochs):
         perm = torch.randperm(n, device=device)
         for i in range(0, n, batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = step_model(x_all[idx])
             loss = focal_loss(logits.float(), y_all[idx])
@@ -224,8 +247,11 @@ class GpuMemSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._done.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode == 0:
                 self.peak_mib = max(self.peak_mib, int(out.stdout.split()[0]))
             self._done.wait(0.5)
@@ -243,31 +269,58 @@ def cli_runs(h5: Path, workdir: Path, losses: list[str], epochs: int, extra: lis
     for loss in losses:
         run_dir = workdir / f"{loss}-{len(losses)}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), "--loss", loss, "--epochs", str(epochs),
-               "--output-dir", str(run_dir / "out"), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "glint_track",
+            "train",
+            "--h5",
+            str(h5),
+            "--loss",
+            loss,
+            "--epochs",
+            str(epochs),
+            "--output-dir",
+            str(run_dir / "out"),
+            *extra,
+        ]
         env = child_env()
-        procs.append((run_dir, subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        procs.append(
+            (
+                run_dir,
+                subprocess.Popen(
+                    cmd, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
     results = []
     n_train = len(split_indices(load_glint_file(h5).num_samples, 0.1, 42)[0])
     for run_dir, proc in procs:
         _, err = proc.communicate()
         if proc.returncode:
             raise RuntimeError(err[-2000:])
-        stamps = [dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                  for m in map(_EPOCH_LINE.match, (run_dir / "out" / "training.log").read_text().splitlines()) if m]
+        stamps = [
+            dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for m in map(_EPOCH_LINE.match, (run_dir / "out" / "training.log").read_text().splitlines())
+            if m
+        ]
         results.append(steady(stamps, stamps[0], n_train) | {"window": (stamps[1], stamps[-1])})
     return results, sampler.stop()
 
 
 # -- the table -------------------------------------------------------------------------------------
 def table(rows: list[tuple[str, dict]], ref: dict | None, bound: dict | None) -> str:
-    lines = ["| config | img/s | × (a) | % of (c) | epoch s | first epoch s | GPU mem GB | val loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| config | img/s | × (a) | % of (c) | epoch s | first epoch s | GPU mem GB | val loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
         ratio_a = f"{r['img_s'] / ref['img_s']:.2f}" if ref else "–"
         pct_c = f"{100 * r['img_s'] / bound['img_s']:.0f} %" if bound else "–"
-        lines.append(f"| {name} | {r['img_s']:.0f} | {ratio_a} | {pct_c} | {r['epoch_s']:.2f} | {r['first_epoch_s']:.1f} | "
-                     f"{r['mem_gb']:.2f} | {r['val_loss']:.5f} |")
+        lines.append(
+            f"| {name} | {r['img_s']:.0f} | {ratio_a} | {pct_c} | {r['epoch_s']:.2f} | {r['first_epoch_s']:.1f} | "
+            f"{r['mem_gb']:.2f} | {r['val_loss']:.5f} |"
+        )
     return "\n".join(lines)
 
 
@@ -298,7 +351,7 @@ LABELS = {
     "b_default": "(b) glint-track train, defaults (batch 16, precision auto → bf16)",
     "b_16_fp32": "(b) glint-track train, batch 16, --precision fp32",
     "b_fast": "(b) glint-track train, fastest (batch {fb}, --lr {fl}, bf16, --compile)",
-    "b_fast_every": "(b) fastest, and --save-freq 1 --keep-last-n 2 (an epoch file written and one deleted every epoch)",
+    "b_fast_every": "(b) fastest, and --save-freq 1 --keep-last-n 2 (an epoch file written, one deleted each epoch)",
     "b0_fast": "(b0) same as fastest, tracking + checkpoints off",
     "b0_snapshot": "(b0) + checkpoint state copied to pinned CPU memory each epoch, not written",
     "b0_local": "(b0) + checkpoints written locally (torch.save, SHA-256), not uploaded; no MLflow",
@@ -337,7 +390,8 @@ def main() -> None:
     synthetic_file(workdir, "bench", args.samples, args.size)
     print(f"data: {h5} ({args.samples} × {args.size}², 8 glints) ready in {time.perf_counter() - t0:.0f} s", flush=True)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    header = f"{dt.date.today()} · {gpu} · torch {torch.__version__} · {args.samples} × {args.size}² · {os.cpu_count()} CPU cores"
+    header = f"{dt.date.today()} · {gpu} · torch {torch.__version__} · {args.samples} × {args.size}²"
+    header += f" · {os.cpu_count()} CPU cores"
 
     if args.concurrent:
         fast = ["--batch-size", str(args.fast_batch), "--lr", str(args.fast_lr), "--compile", "--save-freq", "1"]
@@ -345,11 +399,15 @@ def main() -> None:
         together, mem_together = cli_runs(h5, workdir, ["focal", "bce", "hybrid"], args.epochs, fast)
         agg = sum(r["img_s"] for r in together)
         each = " / ".join(f"{r['img_s']:.0f}" for r in together)
-        out = "\n".join([
-            "| runs | img/s each | aggregate img/s | × one alone | peak GPU memory GB (all processes) |", "|---|---|---|---|---|",
-            f"| focal alone | {alone[0]['img_s']:.0f} | {alone[0]['img_s']:.0f} | 1.00 | {mem_alone:.1f} |",
-            f"| focal + bce + hybrid at once | {each} | {agg:.0f} | {agg / alone[0]['img_s']:.2f} | {mem_together:.1f} |",
-        ])
+        out = "\n".join(
+            [
+                "| runs | img/s each | aggregate img/s | × one alone | peak GPU memory GB (all processes) |",
+                "|---|---|---|---|---|",
+                f"| focal alone | {alone[0]['img_s']:.0f} | {alone[0]['img_s']:.0f} | 1.00 | {mem_alone:.1f} |",
+                f"| focal + bce + hybrid at once | {each} | {agg:.0f} | {agg / alone[0]['img_s']:.2f} | "
+                f"{mem_together:.1f} |",
+            ]
+        )
         results = {"alone": alone[0], "together": together, "mem_alone_gb": mem_alone, "mem_together_gb": mem_together}
     else:
         names = ["a", "b_default"] if args.cpu_small else ["a", "c", "b_default", "b_16_fp32", "b_fast", "b0_fast"]
@@ -357,14 +415,29 @@ def main() -> None:
             names = args.only.split(",")
         results, runs = {}, {}
         for name in names:  # each in a fresh process: no worker pools, caches or allocator state shared
-            cmd = [sys.executable, __file__, "--one", name, "--workdir", str(workdir), "--samples", str(args.samples),
-                   "--size", str(args.size), "--epochs", str(args.epochs), "--fast-batch", str(args.fast_batch),
-                   "--fast-lr", str(args.fast_lr)] + (["--cpu-small"] if args.cpu_small else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--workdir",
+                str(workdir),
+                "--samples",
+                str(args.samples),
+                "--size",
+                str(args.size),
+                "--epochs",
+                str(args.epochs),
+                "--fast-batch",
+                str(args.fast_batch),
+                "--fast-lr",
+                str(args.fast_lr),
+            ] + (["--cpu-small"] if args.cpu_small else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             print(f"{name}: {json.dumps(result)}", flush=True)
             runs.setdefault(name, []).append(result)
             # measured again (e.g. --only b0_fast,b_fast,b0_fast,b_fast): the table shows the faster run
@@ -376,18 +449,23 @@ def main() -> None:
             out += f"\n\nb/a at defaults (batch 16): {results['b_default']['img_s'] / a['img_s']:.2f}×"
         if any(len(r) > 1 for r in runs.values()):
             out += "\n\nevery repetition, img/s (mean):\n" + "\n".join(
-                f"  {n}: {' '.join(str(round(r['img_s'])) for r in rs)} ({np.mean([r['img_s'] for r in rs]):.0f})" for n, rs in runs.items())
+                f"  {n}: {' '.join(str(round(r['img_s'])) for r in rs)} ({np.mean([r['img_s'] for r in rs]):.0f})"
+                for n, rs in runs.items()
+            )
         base = runs.get("b0_fast")
         for variant in [n for n in runs if n.startswith("b_fast")] if base else []:
             mean = 1 - np.mean([r["img_s"] for r in runs[variant]]) / np.mean([r["img_s"] for r in base])
             best = 1 - results[variant]["img_s"] / results["b0_fast"]["img_s"]
-            out += f"\ntracking + checkpoints cost {100 * mean:.1f} % of wall time ({variant} vs b0_fast, means; {100 * best:.1f} % best vs best)"
+            out += f"\ntracking + checkpoints cost {100 * mean:.1f} % of wall time ({variant} vs b0_fast, means; "
+            out += f"{100 * best:.1f} % best vs best)"
         if a and c and len(results) == 6:
             b = results["b_default"]
             f, fp32 = results["b_fast"], results["b_16_fp32"]
             bf16_gap = b["val_loss"] / fp32["val_loss"] - 1
-            out += (f"\nfastest b/a {f['img_s'] / a['img_s']:.2f}×, b/c {100 * f['img_s'] / c['img_s']:.0f} %; "
-                    f"bf16 vs fp32 val loss after {args.epochs} epochs (batch 16): {100 * bf16_gap:+.2f} %")
+            out += (
+                f"\nfastest b/a {f['img_s'] / a['img_s']:.2f}×, b/c {100 * f['img_s'] / c['img_s']:.0f} %; "
+                f"bf16 vs fp32 val loss after {args.epochs} epochs (batch 16): {100 * bf16_gap:+.2f} %"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     print(f"\n{header}\n\n{out}")

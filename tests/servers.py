@@ -21,8 +21,9 @@ LISTENING = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.
 class MlflowServer:
     """An `mlflow server` with proxied artifacts (`mlflow-artifacts:`) that a test can stop and start again."""
 
-    def __init__(self, folder: Path, backend_uri: str | None = None, app_name: str | None = None,
-                 artifacts: Path | None = None) -> None:
+    def __init__(
+        self, folder: Path, backend_uri: str | None = None, app_name: str | None = None, artifacts: Path | None = None
+    ) -> None:
         self.folder = folder
         self.artifacts = artifacts or folder / "artifacts"
         self.backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
@@ -35,14 +36,33 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts),
+        ]
         if self.app_name:
             cmd += ["--app-name", self.app_name]
         log = self.folder / "server.log"
         start = log.stat().st_size if log.exists() else 0
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "a"),
-                                     start_new_session=True, env=dict(os.environ, **(env or {})))
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "a"),
+            start_new_session=True,
+            env=dict(os.environ, **(env or {})),
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,12 +122,32 @@ class Postgres:
     def start(self) -> None:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         options = f"-k {self.folder} -c listen_addresses=''"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "postgres.log"), "-w", "start")
-        self._run(str(self.bin / "psql") if (self.bin / "psql").exists() else "psql", "-h", str(self.folder),
-                  "-U", "postgres", "-c", "CREATE DATABASE mlflow")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "postgres.log"),
+            "-w",
+            "start",
+        )
+        self._run(
+            str(self.bin / "psql") if (self.bin / "psql").exists() else "psql",
+            "-h",
+            str(self.folder),
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE DATABASE mlflow",
+        )
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(self.folder, ignore_errors=True)

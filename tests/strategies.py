@@ -2,7 +2,7 @@
 each must keep: every input ends in success or the project's one-line error (GlintTrackError), never
 another exception, never memory beyond a small multiple of the real data.
 
-Used by tests/test_fuzz.py (a few hundred examples per target in CI) and benchmarks/fuzz.py (10,000+).
+Used by tests/data/test_fuzz.py (a few hundred examples per target in CI) and benchmarks/fuzz.py (10,000+).
 Each strategy draws a *spec* (plain data, shown by Hypothesis when an example fails) that a writer turns
 into files; the targets run the same code the CLI runs on such a file, up to where a run would start.
 """
@@ -523,7 +523,13 @@ def h5_target(path: Path) -> None:
         "accepted heat-maps outside [0, 1]"
     )
     train_idx, _ = split_indices(data.num_samples, 0.25, 0)
-    images, targets, _ = next(iter(make_batches(data, train_idx, 4, shuffle=True, seed=0, device=torch.device("cpu"), num_workers=0, resident=True)))
+    images, targets, _ = next(
+        iter(
+            make_batches(
+                data, train_idx, 4, shuffle=True, seed=0, device=torch.device("cpu"), num_workers=0, resident=True
+            )
+        )
+    )
     GlintLoss("peak-bce")(GlintUNet(data.num_glints, 1)(images), targets)["loss"].backward()
 
 
@@ -562,7 +568,9 @@ def checkpoint_target(path: Path, data: Any) -> None:
     plan.cfg.validate()
     device = resolve_device(plan.cfg.device)
     parts, precision, loss_fn = training_parts(plan.cfg, data.num_glints, device, plan)
-    batches = make_batches(data, np.arange(4), 4, shuffle=True, seed=plan.cfg.seed, device=device, num_workers=0, resident=True)
+    batches = make_batches(
+        data, np.arange(4), 4, shuffle=True, seed=plan.cfg.seed, device=device, num_workers=0, resident=True
+    )
     train_epoch(parts["model"], batches, loss_fn, precision, parts["optimizer"], desc="fuzz")
 
 

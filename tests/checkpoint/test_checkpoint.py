@@ -27,8 +27,18 @@ def test_keys_with_and_without_optimizer_state(tmp_path: Path) -> None:
     parts = _parts()
     full = gather(parts, {"lr": 1e-3}, save_optimizer=True)
     slim = gather(parts, {"lr": 1e-3}, save_optimizer=False)
-    common = {"format_version", "epoch", "model_state_dict", "train_args", "metrics", "best", "timestamp", "rng_state",
-              "save_optimizer", "model_info"}
+    common = {
+        "format_version",
+        "epoch",
+        "model_state_dict",
+        "train_args",
+        "metrics",
+        "best",
+        "timestamp",
+        "rng_state",
+        "save_optimizer",
+        "model_info",
+    }
     assert set(full) == common | {"optimizer_state_dict"}
     assert set(slim) == common
     save_atomic(full, tmp_path / "full.pth")
@@ -47,7 +57,9 @@ def test_restore_round_trips_every_part(tmp_path: Path) -> None:
     assert fresh["progress"].epoch == 5 and fresh["progress"].best_value == 0.25
     old_state = parts["optimizer"].state_dict()["state"][0]
     new_state = fresh["optimizer"].state_dict()["state"][0]
-    assert torch.equal(old_state["exp_avg"], new_state["exp_avg"]) and torch.equal(old_state["exp_avg_sq"], new_state["exp_avg_sq"])
+    assert torch.equal(old_state["exp_avg"], new_state["exp_avg"]) and torch.equal(
+        old_state["exp_avg_sq"], new_state["exp_avg_sq"]
+    )
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,4 +140,6 @@ def test_restored_optimizer_moments_take_the_layout_of_channels_last_weights(tmp
     assert optimizer.state[conv]["exp_avg"].stride() != conv.stride()
     match_state_layout(optimizer)
     assert optimizer.state[conv]["exp_avg"].stride() == conv.stride()
-    assert torch.equal(optimizer.state[conv]["exp_avg"], parts["optimizer"].state[parts["model"].enc1.seq[0].weight]["exp_avg"])
+    assert torch.equal(
+        optimizer.state[conv]["exp_avg"], parts["optimizer"].state[parts["model"].enc1.seq[0].weight]["exp_avg"]
+    )

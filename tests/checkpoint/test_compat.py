@@ -22,8 +22,14 @@ from glint_track.model import GlintUNet, count_parameters
 class _ResearchBlock(nn.Module):
     def __init__(self, i: int, o: int) -> None:
         super().__init__()
-        self.seq = nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                                 nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+        self.seq = nn.Sequential(
+            nn.Conv2d(i, o, 3, padding=1, bias=False),
+            nn.BatchNorm2d(o),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(o, o, 3, padding=1, bias=False),
+            nn.BatchNorm2d(o),
+            nn.ReLU(inplace=True),
+        )
 
 
 class ResearchUNet(nn.Module):
@@ -31,7 +37,12 @@ class ResearchUNet(nn.Module):
 
     def __init__(self, c: int = 8, b: int = 16) -> None:
         super().__init__()
-        self.enc1, self.enc2, self.enc3, self.enc4 = _ResearchBlock(1, b), _ResearchBlock(b, 2 * b), _ResearchBlock(2 * b, 4 * b), _ResearchBlock(4 * b, 8 * b)
+        self.enc1, self.enc2, self.enc3, self.enc4 = (
+            _ResearchBlock(1, b),
+            _ResearchBlock(b, 2 * b),
+            _ResearchBlock(2 * b, 4 * b),
+            _ResearchBlock(4 * b, 8 * b),
+        )
         self.bottleneck = _ResearchBlock(8 * b, 16 * b)
         self.up3 = nn.ConvTranspose2d(16 * b, 8 * b, 2, stride=2)
         self.dec3 = _ResearchBlock(16 * b, 8 * b)
@@ -45,7 +56,14 @@ def seed_key_list() -> list[str]:
     bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
     block = ["seq.0.weight", *(f"seq.1.{k}" for k in bn), "seq.3.weight", *(f"seq.4.{k}" for k in bn)]
     keys = [f"{name}.{k}" for name in ("enc1", "enc2", "enc3", "enc4", "bottleneck") for k in block]
-    keys += ["up3.weight", "up3.bias", *(f"dec3.{k}" for k in block), "up2.weight", "up2.bias", *(f"dec2.{k}" for k in block)]
+    keys += [
+        "up3.weight",
+        "up3.bias",
+        *(f"dec3.{k}" for k in block),
+        "up2.weight",
+        "up2.bias",
+        *(f"dec2.{k}" for k in block),
+    ]
     return keys + ["out_conv.weight", "out_conv.bias"]
 
 
@@ -70,8 +88,19 @@ def research_checkpoint(h5: Path, steps: int = 2) -> tuple[dict, ResearchUNet]:
         "epoch": 1,
         "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
         "optimizer_state_dict": optimizer.state_dict(),
-        "train_args": {"h5": str(h5), "output_dir": "old_runs/a", "batch": 8, "lr": 1e-3, "epochs": 1, "val_split": 0.25,
-                       "loss": "focal", "agg_wF": 1.0, "no_save_optimizer": False, "gpu": "0,1", "preload": True},
+        "train_args": {
+            "h5": str(h5),
+            "output_dir": "old_runs/a",
+            "batch": 8,
+            "lr": 1e-3,
+            "epochs": 1,
+            "val_split": 0.25,
+            "loss": "focal",
+            "agg_wF": 1.0,
+            "no_save_optimizer": False,
+            "gpu": "0,1",
+            "preload": True,
+        },
         "metrics": {"train": {"loss": 0.1}, "val": {"loss": 0.2}},
         "timestamp": "2025-01-01 12:00:00",
     }
@@ -79,7 +108,9 @@ def research_checkpoint(h5: Path, steps: int = 2) -> tuple[dict, ResearchUNet]:
 
 
 @pytest.mark.parametrize("name", ["best_model.pth", "latest_checkpoint.pth", "checkpoint_epoch_001.pth"])
-def test_research_checkpoint_resumes_with_its_adam_state_into_a_new_run(tiny_h5: Path, tmp_path: Path, name: str) -> None:
+def test_research_checkpoint_resumes_with_its_adam_state_into_a_new_run(
+    tiny_h5: Path, tmp_path: Path, name: str
+) -> None:
     checkpoint, model = research_checkpoint(tiny_h5)
     source = tmp_path / "old_runs" / "a" / name
     source.parent.mkdir(parents=True)
@@ -115,8 +146,16 @@ def test_research_files_load_for_evaluate_and_predict(tiny_h5: Path, tmp_path: P
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["samples"] == 32
     Image.fromarray(load_glint_file(tiny_h5).images[0].numpy()).save(tmp_path / "eye.png")
-    result = run_cli("predict", "--model", str(tmp_path / "best_model.pth"), str(tmp_path / "eye.png"), "--out", str(tmp_path / "p.json"),
-                     "--device", "cpu")
+    result = run_cli(
+        "predict",
+        "--model",
+        str(tmp_path / "best_model.pth"),
+        str(tmp_path / "eye.png"),
+        "--out",
+        str(tmp_path / "p.json"),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert len(json.loads((tmp_path / "p.json").read_text())) == 4
 
@@ -124,12 +163,18 @@ def test_research_files_load_for_evaluate_and_predict(tiny_h5: Path, tmp_path: P
 def test_format_1_checkpoints_of_glint_track_load(tmp_path: Path) -> None:
     """glint-track 0.1 named the layers enc1.0, up1.up, up1.conv, head; such files still load."""
     model = GlintUNet(num_glints=3, base_channels=4)
-    old_names = {"up3.": "up1.up.", "dec3.seq.": "up1.conv.", "up2.": "up2.up.", "dec2.seq.": "up2.conv.", "out_conv.": "head."}
+    old_names = {
+        "up3.": "up1.up.",
+        "dec3.seq.": "up1.conv.",
+        "up2.": "up2.up.",
+        "dec2.seq.": "up2.conv.",
+        "out_conv.": "head.",
+    }
     old = {}
     for key, value in model.state_dict().items():
         for new, was in old_names.items():
             if key.startswith(new):
-                key = was + key[len(new):]
+                key = was + key[len(new) :]
                 break
         old[key.replace(".seq.", ".")] = value
     assert "enc1.0.weight" in old and "up1.conv.0.weight" in old and "head.bias" in old

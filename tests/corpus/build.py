@@ -2,7 +2,7 @@
 
     python tests/corpus/build.py      # rewrites tests/corpus/{h5,labelme,checkpoints}
 
-tests/test_untrusted.py says what glint-track must do with each; the Hypothesis strategies in
+tests/data/test_untrusted.py says what glint-track must do with each; the Hypothesis strategies in
 tests/strategies.py generate many more of the same kinds.
 """
 

@@ -58,7 +58,10 @@ def test_old_file_without_optional_parts_and_float32_heatmaps(tmp_path: Path) ->
         ({"heatmaps": np.zeros((6, 3, 8, 8), np.int32)}, "expected float16 or float32"),
         ({"heatmaps": np.zeros((5, 3, 8, 8), np.float16)}, "'images' has 6 samples but 'heatmaps' has 5"),
         ({"heatmaps": np.zeros((6, 3, 16, 16), np.float16)}, "heat-maps are 16×16 but images are 32×32"),
-        ({"images": np.zeros((0, 32, 32), np.uint8), "heatmaps": np.zeros((0, 3, 8, 8), np.float16)}, "holds no samples"),
+        (
+            {"images": np.zeros((0, 32, 32), np.uint8), "heatmaps": np.zeros((0, 3, 8, 8), np.float16)},
+            "holds no samples",
+        ),
         ({"heatmaps": np.full((6, 3, 8, 8), np.nan, np.float16)}, "NaN or infinite values in 6 samples"),
         ({"present": np.zeros((6, 2), np.uint8)}, "'present' has shape"),
         ({"heatmaps": np.zeros((6, 3, 8, 8), np.float16)}, "no glint is annotated in any sample"),
@@ -98,7 +101,9 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
 def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders(tiny_h5: Path, resident: bool) -> None:
     data = load_glint_file(tiny_h5)
     indices = np.arange(4, 32)
-    batches = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=resident)
+    batches = make_batches(
+        data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=resident
+    )
     assert len(batches) == 4
     assert len(batches) == 4
     images, heatmaps, index = next(iter(batches))
@@ -111,7 +116,9 @@ def test_batches_are_scaled_and_reshuffled_per_epoch_identically_by_both_loaders
     batches.set_epoch(2)
     assert not torch.equal(first[0], next(iter(batches))[1])
     # the order depends only on (seed, epoch): both loaders serve the same batches
-    other = make_batches(data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=not resident)
+    other = make_batches(
+        data, indices, 8, shuffle=True, seed=3, device=torch.device("cpu"), num_workers=0, resident=not resident
+    )
     other.set_epoch(1)
     assert all(torch.equal(a, h) for a, (_, h, _) in zip(first, other))
 
@@ -124,7 +131,9 @@ def test_heatmap_matches_the_packer_definition() -> None:
     assert 0 < maps[0].max() <= 1
 
 
-def test_cache_is_shared_memory_mapped_and_reused(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_shared_memory_mapped_and_reused(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import subprocess
     import sys
 
@@ -141,7 +150,9 @@ def test_cache_is_shared_memory_mapped_and_reused(tiny_h5: Path, tmp_path: Path,
         f"x = d.load_glint_file({str(tiny_h5)!r}, __import__('pathlib').Path({str(cache)!r}))\n"
         "print(x.from_cache, x.digest, int(x.heatmaps.float().sum() > 0))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out == ["True", first.digest, "1"]
     plain = load_glint_file(tiny_h5)
     assert torch.equal(plain.images, first.images) and torch.equal(plain.heatmaps, first.heatmaps)
@@ -172,7 +183,10 @@ def test_four_processes_released_together_build_the_cache_once_and_all_read_it(t
         f"x = d.load_glint_file({str(h5)!r}, pathlib.Path({str(cache)!r}))\n"
         "print(x.digest, float(x.images.double().sum()), float(x.heatmaps.double().sum()))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     time.sleep(8)  # every process imported torch and waits at the barrier
     go.touch()
     outputs = [p.communicate(timeout=120) for p in procs]

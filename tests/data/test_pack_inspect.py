@@ -41,15 +41,30 @@ def labelme_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))
     img.save(d / "a.png")
-    (d / "a.json").write_text(json.dumps({"imagePath": "a.png", "shapes": [
-        circle("g1", 10.25, 12.5, 2.0), circle("g3", 20.0, 7.75, 1.0),
-        circle("g9", 5.0, 5.0, 1.0),  # outside g1..g4: skipped with a warning
-        {"label": "pupil", "points": [[1, 1], [3, 3]], "shape_type": "polygon"},  # not a circle
-    ]}))
+    (d / "a.json").write_text(
+        json.dumps(
+            {
+                "imagePath": "a.png",
+                "shapes": [
+                    circle("g1", 10.25, 12.5, 2.0),
+                    circle("g3", 20.0, 7.75, 1.0),
+                    circle("g9", 5.0, 5.0, 1.0),  # outside g1..g4: skipped with a warning
+                    {"label": "pupil", "points": [[1, 1], [3, 3]], "shape_type": "polygon"},  # not a circle
+                ],
+            }
+        )
+    )
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-    (d / "b.json").write_text(json.dumps({"imagePath": "gone.png", "imageData": base64.b64encode(buf.getvalue()).decode(),
-                                          "shapes": [circle("g2", 16.0, 16.0, 3.0)]}))
+    (d / "b.json").write_text(
+        json.dumps(
+            {
+                "imagePath": "gone.png",
+                "imageData": base64.b64encode(buf.getvalue()).decode(),
+                "shapes": [circle("g2", 16.0, 16.0, 3.0)],
+            }
+        )
+    )
     (d / "c.json").write_text(json.dumps({"imagePath": "missing.png", "shapes": [circle("g1", 1, 1, 1)]}))  # no image
     (d / "d.json").write_text("{not json")
     return d
@@ -61,10 +76,16 @@ def test_pack_hand_written_annotations(labelme_dir: Path, tmp_path: Path, caplog
     assert result.exit_code == 0, result.output
     assert "packed 2 samples with 3 glints" in result.output and "skipped 2 file(s)" in result.output
     warnings = caplog.text
-    assert "c.json" in warnings and "d.json" in warnings and "'g9' is outside 1..4" in warnings and "'pupil'" in warnings
+    assert (
+        "c.json" in warnings and "d.json" in warnings and "'g9' is outside 1..4" in warnings and "'pupil'" in warnings
+    )
     with h5py.File(out) as f:
         assert [s.decode() for s in f["stems"][...]] == ["a", "b"]
-        assert f["images"].shape == (2, 32, 32) and f["heatmaps"].shape == (2, 4, 8, 8) and f["heatmaps"].dtype == np.float16
+        assert (
+            f["images"].shape == (2, 32, 32)
+            and f["heatmaps"].shape == (2, 4, 8, 8)
+            and f["heatmaps"].dtype == np.float16
+        )
         points, radii, present = f["points"][...], f["radii"][...], f["present"][...]
         np.testing.assert_allclose(points[0, 0], [10.25, 12.5], atol=0.01)
         np.testing.assert_allclose(points[0, 2], [20.0, 7.75], atol=0.01)
@@ -72,7 +93,9 @@ def test_pack_hand_written_annotations(labelme_dir: Path, tmp_path: Path, caplog
         assert present.tolist() == [[1, 0, 1, 0], [0, 1, 0, 0]] and np.isnan(points[0, 1]).all()
         expected = reference_heatmap(32, 8, [(10.25, 12.5, 2.0)])
         np.testing.assert_allclose(f["heatmaps"][0, 0].astype(np.float64), expected, atol=2e-3)
-        np.testing.assert_allclose(f["heatmaps"][1, 1].astype(np.float64), reference_heatmap(32, 8, [(16.0, 16.0, 3.0)]), atol=2e-3)
+        np.testing.assert_allclose(
+            f["heatmaps"][1, 1].astype(np.float64), reference_heatmap(32, 8, [(16.0, 16.0, 3.0)]), atol=2e-3
+        )
         assert f.attrs["num_classes"] == 4 and f.attrs["sigma_scale"] == 1.2 and f.attrs["img_h"] == 32
 
 
@@ -88,9 +111,28 @@ def test_pack_nothing_usable_writes_nothing(tmp_path: Path) -> None:
 
 def test_synth_labelme_round_trip_packs_identically_and_trains(tmp_path: Path) -> None:
     runner = CliRunner()
-    assert runner.invoke(main, ["synth", "--out", "s.h5", "--num-samples", "24", "--size", "32", "--num-glints", "4",
-                                "--labelme-dir", "lm"]).exit_code == 0
-    result = runner.invoke(main, ["pack", "--in-dir", "lm", "--out", "p.h5", "--num-glints", "4", "--compression", "lzf"])
+    assert (
+        runner.invoke(
+            main,
+            [
+                "synth",
+                "--out",
+                "s.h5",
+                "--num-samples",
+                "24",
+                "--size",
+                "32",
+                "--num-glints",
+                "4",
+                "--labelme-dir",
+                "lm",
+            ],
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        main, ["pack", "--in-dir", "lm", "--out", "p.h5", "--num-glints", "4", "--compression", "lzf"]
+    )
     assert result.exit_code == 0, result.output
     with h5py.File("s.h5") as s, h5py.File("p.h5") as p:
         assert (s["images"][...] == p["images"][...]).all()
@@ -102,9 +144,18 @@ def test_synth_labelme_round_trip_packs_identically_and_trains(tmp_path: Path) -
 
 
 def test_inspect_summary_and_preview(tiny_h5: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["inspect", str(tiny_h5), "--preview", str(tmp_path / "grid.png"), "--count", "4"])
+    result = CliRunner().invoke(
+        main, ["inspect", str(tiny_h5), "--preview", str(tmp_path / "grid.png"), "--count", "4"]
+    )
     assert result.exit_code == 0, result.output
-    for text in ("32 samples, images 32×32, 4 glints", "heatmaps", "compression gzip", "num_classes=4", "g1 ", "validation: ok"):
+    for text in (
+        "32 samples, images 32×32, 4 glints",
+        "heatmaps",
+        "compression gzip",
+        "num_classes=4",
+        "g1 ",
+        "validation: ok",
+    ):
         assert text in result.output, text
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (512, 512) and grid.mode == "RGB"
@@ -118,7 +169,9 @@ def test_inspect_rejects_non_hdf5_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0 and "is not an HDF5 file" in result.stderr
 
 
-def test_pack_output_appears_only_when_complete(labelme_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pack_output_appears_only_when_complete(
+    labelme_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "packed.h5"
     out.write_bytes(b"previous contents")
     real = h5py.Group.create_dataset

@@ -19,7 +19,7 @@ from glint_track.data.glint_file import load_glint_file
 from glint_track.data.synth import write_synthetic
 from glint_track.errors import GlintTrackError
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parents[1] / "corpus"
 
 H5_REFUSED = {
     "external_storage.h5": "'images' keeps its data in external file(s) /etc/passwd",

@@ -40,8 +40,11 @@ def test_decode_is_sub_pixel_for_calibrated_saturated_and_flat_peaks(model: str)
     maps = torch.cat([maps_for([tuple(p)]) for p in truth])  # 200 images of 64² with one glint each
     peak = maps.amax((2, 3), keepdim=True)
     # saturated: probability ~1 at the peak pixel and ~0 around it, the neighbours' logits still ordered by distance
-    logits = {"calibrated": torch.logit(maps.clamp(1e-4, 1 - 1e-4)), "saturated": 30 * (maps / peak - 0.8),
-              "flat-topped": 30 * (maps / peak - 0.3)}[model]
+    logits = {
+        "calibrated": torch.logit(maps.clamp(1e-4, 1 - 1e-4)),
+        "saturated": 30 * (maps / peak - 0.8),
+        "flat-topped": 30 * (maps / peak - 0.3),
+    }[model]
     xy = decode(logits, threshold=0.1).xy[:, 0].numpy()
     error = np.hypot(*(xy - truth).T).mean()
     grid = (np.floor(truth / 4) + 0.5) * 4 - 0.5  # the centre of the heat-map pixel each glint falls in
@@ -62,7 +65,9 @@ def glints(xy: list[list[tuple[float, float] | None]]) -> Glints:
 
 def test_counts_errors_and_swaps() -> None:
     truth = glints([[(10, 10), (30, 10), (50, 10), None]])
-    pred = glints([[(11, 10), (50, 11), None, (70, 70)]])  # g1 found 1 px off; g2 sits on g3's glint; g3 missed; g4 spurious
+    pred = glints(
+        [[(11, 10), (50, 11), None, (70, 70)]]
+    )  # g1 found 1 px off; g2 sits on g3's glint; g3 missed; g4 spurious
     metrics = GlintMetrics(num_glints=4, match_radius=3.0)
     metrics.update(pred, truth)
     overall = metrics.compute()
@@ -112,7 +117,9 @@ def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) ->
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["glint", "precision", "recall", "f1", "err", "mean", "err", "median", "swaps"]
     assert [ln.split()[0] for ln in lines[2:]] == ["g1", "g2", "g3", "g4", "all"]
-    result = runner.invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--log", "--device", "cpu"])
+    result = runner.invoke(
+        main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--log", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["samples"] == 32 and set(report["per_glint"]) == {"g1", "g2", "g3", "g4"}
@@ -145,8 +152,22 @@ def test_predict_maps_coordinates_back_to_each_image_and_draws_overlays(tiny_h5:
     Image.fromarray(image).save(frames / "a.png")
     Image.fromarray(image).resize((64, 64), Image.Resampling.BILINEAR).save(tmp_path / "big.png")  # 2× the model input
     runner = CliRunner()
-    result = runner.invoke(main, ["predict", "--model", run_id, str(frames), str(tmp_path / "big.png"),
-                                  "--out", str(tmp_path / "p.csv"), "--overlay-dir", str(tmp_path / "ov"), "--threshold", "0.01"])
+    result = runner.invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            run_id,
+            str(frames),
+            str(tmp_path / "big.png"),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--overlay-dir",
+            str(tmp_path / "ov"),
+            "--threshold",
+            "0.01",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 2 * 4 and [r["glint"] for r in rows[:4]] == ["g1", "g2", "g3", "g4"]
@@ -155,7 +176,9 @@ def test_predict_maps_coordinates_back_to_each_image_and_draws_overlays(tiny_h5:
     for g in small:  # the same picture at twice the size: the same glints, at twice the coordinates
         assert abs(big[g][0] - (2 * small[g][0] + 0.5)) < 1.5 and abs(big[g][1] - (2 * small[g][1] + 0.5)) < 1.5, g
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["a.png", "big.png"]
-    result = runner.invoke(main, ["predict", "--model", run_id, str(frames / "a.png"), "--out", str(tmp_path / "p.json")])
+    result = runner.invoke(
+        main, ["predict", "--model", run_id, str(frames / "a.png"), "--out", str(tmp_path / "p.json")]
+    )
     assert result.exit_code == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 4
     result = runner.invoke(main, ["predict", "--model", run_id, "missing.png", "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 2 and "missing.png: no such image" in result.stderr

@@ -1,13 +1,13 @@
 """A real full disk (a tiny tmpfs) under each place a run writes: the output folder, the artifact store, the
 data cache. Each ends in one line and exit 2 with the run FAILED, or (the cache) a warning and a finished
-run; never a traceback. Needs root to mount; tests/test_reliability.py injects the same errors without."""
+run; never a traceback. Needs root to mount; tests/system/test_reliability.py injects the same errors without."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -78,7 +78,9 @@ def test_a_full_cache_disk_only_slows_the_run_down(tiny_h5: Path, full_disk: Pat
     assert _only_run_status() == "FINISHED"
 
 
-def test_a_full_tracking_database_disk_is_one_line(tiny_h5: Path, full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_tracking_database_disk_is_one_line(
+    tiny_h5: Path, full_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{full_disk / 'mlflow.db'}")
     code, output = _train(tiny_h5)
     assert code == 2 and "Traceback" not in output, output

@@ -54,7 +54,11 @@ def test_bad_values(tiny_h5: Path, extra: list[str], message: str) -> None:
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_inference_thresholds_are_checked_by_click(command: str, tiny_h5: Path) -> None:
-    args = ["--model", "x.pth", "--h5", str(tiny_h5)] if command == "evaluate" else ["--model", "x.pth", "img.png", "--out", "p.csv"]
+    args = (
+        ["--model", "x.pth", "--h5", str(tiny_h5)]
+        if command == "evaluate"
+        else ["--model", "x.pth", "img.png", "--out", "p.csv"]
+    )
     result = CliRunner().invoke(main, [command, *args, "--threshold", "7"])
     assert result.exit_code == 2 and "'--threshold': 7.0 is not in the range 0<x<1" in result.output, result.output
 
@@ -63,7 +67,9 @@ def test_a_deleted_experiment_or_run_is_one_line(tiny_h5: Path) -> None:
     _, run_id = train_tiny(tiny_h5)
     client = mlflow.MlflowClient()
     client.delete_run(run_id)
-    fails_cleanly(["train", "--resume", run_id, "--epochs", "3"], f"run {run_id} cannot be continued: run {run_id} is deleted")
+    fails_cleanly(
+        ["train", "--resume", run_id, "--epochs", "3"], f"run {run_id} cannot be continued: run {run_id} is deleted"
+    )
     client.restore_run(run_id)
     client.delete_experiment(client.get_run(run_id).info.experiment_id)
     fails_cleanly(["train", "--resume", run_id, "--epochs", "3"], "its experiment 'glint-track' is deleted")
@@ -108,8 +114,10 @@ def test_resume_mismatches_and_epochs_not_beyond(tiny_h5: Path, tmp_path: Path) 
     fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--base-channels", "8"], "its model has base width 4")
     other = write_synthetic(tmp_path / "six.h5", num_samples=16, size=32, num_glints=6)
     fails_cleanly(["train", "--resume", run_id, "--epochs", "3", "--h5", str(other)], "is not the data run")
-    fails_cleanly(["train", "--resume", f"runs:/{run_id}/checkpoints/latest_checkpoint.pth", "--epochs", "3", "--h5", str(other)],
-                  "predicts 4 glints but")
+    fails_cleanly(
+        ["train", "--resume", f"runs:/{run_id}/checkpoints/latest_checkpoint.pth", "--epochs", "3", "--h5", str(other)],
+        "predicts 4 glints but",
+    )
     after, _ = latest_checkpoint(run_id)  # nothing already written was touched
     assert after["timestamp"] == before["timestamp"] and after["epoch"] == 2
     assert len(mlflow.MlflowClient().get_metric_history(run_id, "val_loss")) == 2
@@ -128,14 +136,24 @@ def test_unreachable_tracking_server(tiny_h5: Path) -> None:
     with socket.socket() as s:  # a free loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fails_cleanly(["train", "--h5", str(tiny_h5)], "cannot reach the MLflow tracking server", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    fails_cleanly(
+        ["train", "--h5", str(tiny_h5)],
+        "cannot reach the MLflow tracking server",
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+    )
 
 
 def test_debug_shows_the_traceback_and_real_processes_exit_2(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "glint_track"]
     plain = subprocess.run([*cmd, "train", "--h5", "missing.h5"], capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "Traceback" not in plain.stderr
-    debug = subprocess.run([*cmd, "--debug", "train", "--h5", "missing.h5"], capture_output=True, text=True, timeout=120)
+    assert (
+        plain.returncode == 2
+        and plain.stderr.strip().splitlines() == [plain.stderr.strip()]
+        and "Traceback" not in plain.stderr
+    )
+    debug = subprocess.run(
+        [*cmd, "--debug", "train", "--h5", "missing.h5"], capture_output=True, text=True, timeout=120
+    )
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
@@ -146,7 +164,9 @@ def test_damaged_latest_checkpoint_names_the_newest_intact_one(tiny_h5: Path) ->
     latest.write_bytes(latest.read_bytes()[:1000])  # cut short, as by a crash mid-upload
     message = fails_cleanly(["train", "--resume", run_id, "--epochs", "4"], "checksum mismatch")
     assert f"--resume runs:/{run_id}/checkpoints/epoch_003.pth" in message
-    result = CliRunner().invoke(main, ["train", "--resume", f"runs:/{run_id}/checkpoints/epoch_003.pth", "--epochs", "4"])
+    result = CliRunner().invoke(
+        main, ["train", "--resume", f"runs:/{run_id}/checkpoints/epoch_003.pth", "--epochs", "4"]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -167,7 +187,11 @@ def test_refused_credentials(tiny_h5: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}", "MLFLOW_TRACKING_USERNAME": "ana", "MLFLOW_TRACKING_PASSWORD": "wrong"}
+        env = {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}",
+            "MLFLOW_TRACKING_USERNAME": "ana",
+            "MLFLOW_TRACKING_PASSWORD": "wrong",
+        }
         fails_cleanly(["train", "--h5", str(tiny_h5)], "refused the credentials (HTTP 401)", env=env)
     finally:
         server.shutdown()

@@ -2,7 +2,7 @@
 bit for bit, NCCL DDP over two GPUs, sweep --gpus, GPU system metrics, and a model that learns in 5 epochs.
 
 Skipped where no GPU exists; with GLINT_TRACK_REQUIRE_GPU=1 (the GPU machine) a missing GPU fails instead.
-Run there with: GLINT_TRACK_REQUIRE_GPU=1 pytest -o addopts=-ra tests/test_gpu.py (one process: no xdist workers)
+Run there with: GLINT_TRACK_REQUIRE_GPU=1 pytest -o addopts=-ra tests/system/test_gpu.py (one process: no xdist workers)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from glint_track.checkpoint.format import load_checkpoint
 from glint_track.data.synth import write_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import differing_parts  # noqa: E402
+from _common import differing_parts, with_killpoint  # noqa: E402
 
 GPUS = torch.cuda.device_count()
 if GPUS == 0:
@@ -42,9 +42,7 @@ def gpu_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _child(args: list[str], kill_at: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    paths = [str(ROOT / "tests" / "killpoints")] * bool(kill_at) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
-    extra = {"GLINT_TRACK_TEST_KILL": kill_at} if kill_at else {}
-    full = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), **extra, **env)
+    full = with_killpoint(dict(os.environ, **env), kill_at)
     return subprocess.run(
         [sys.executable, "-m", "glint_track", "train", *args], env=full, capture_output=True, text=True, timeout=500
     )

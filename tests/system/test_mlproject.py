@@ -11,7 +11,7 @@ import mlflow
 from conftest import latest_checkpoint
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess:
@@ -25,15 +25,27 @@ def mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess:
 
 
 def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(tiny_h5: Path, tmp_path: Path) -> None:
-    first = mlflow_run(tmp_path, f"h5={tiny_h5}", "batch_size=8", "val_split=0.25", "device=cpu", "loss=dice",
-                       "no_save_optimizer=true", "epochs=1")
+    first = mlflow_run(
+        tmp_path,
+        f"h5={tiny_h5}",
+        "batch_size=8",
+        "val_split=0.25",
+        "device=cpu",
+        "loss=dice",
+        "no_save_optimizer=true",
+        "epochs=1",
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("glint-track").experiment_id])  # not MLflow's Default
     (made,) = client.search_runs(["0"])  # what `mlflow run` made there: ended at once, pointing to the run that trains
     assert made.info.status == "FINISHED" and made.data.tags["glint_track.continued_in"] == run.info.run_id
     assert run.data.tags["mlflow.source.type"] == "PROJECT" and run.data.tags["mlflow.project.entryPoint"] == "main"
-    assert run.info.status == "FINISHED" and run.data.params["save_optimizer"] == "False" and run.data.params["loss"] == "dice"
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.params["save_optimizer"] == "False"
+        and run.data.params["loss"] == "dice"
+    )
     checkpoint, _ = latest_checkpoint(run.info.run_id)
     assert "optimizer_state_dict" not in checkpoint and checkpoint["epoch"] == 1
 
@@ -44,7 +56,9 @@ def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(t
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
     checkpoint, _ = latest_checkpoint(run.info.run_id)
-    assert checkpoint["epoch"] == 3 and "optimizer_state_dict" in checkpoint and checkpoint["train_args"]["loss"] == "dice"
+    assert (
+        checkpoint["epoch"] == 3 and "optimizer_state_dict" in checkpoint and checkpoint["train_args"]["loss"] == "dice"
+    )
     assert resumed.data.tags["glint_track.override.save_optimizer"] == "True from epoch 2"
     assert [r.data.tags["glint_track.continued_in"] for r in client.search_runs(["0"])] == [run.info.run_id] * 2
 
@@ -63,9 +77,27 @@ def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5:
     (tmp_path / "in.json").write_text(json.dumps({"inputs": images.tolist()}))
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     out = subprocess.run(
-        [sys.executable, "-m", "mlflow", "models", "predict", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
-         "-i", str(tmp_path / "in.json"), "-t", "json", "-o", str(tmp_path / "out.json")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "predict",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "-i",
+            str(tmp_path / "in.json"),
+            "-t",
+            "json",
+            "-o",
+            str(tmp_path / "out.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "out.json").read_text())["predictions"]
@@ -75,7 +107,11 @@ def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5:
 
     from glint_track.cli import main
 
-    by_run = CliRunner().invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--device", "cpu"])
-    by_name = CliRunner().invoke(main, ["evaluate", "--model", "models:/glints/1", "--h5", str(tiny_h5), "--json", "--device", "cpu"])
+    by_run = CliRunner().invoke(
+        main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--json", "--device", "cpu"]
+    )
+    by_name = CliRunner().invoke(
+        main, ["evaluate", "--model", "models:/glints/1", "--h5", str(tiny_h5), "--json", "--device", "cpu"]
+    )
     assert by_name.exit_code == 0, by_name.output
     assert json.loads(by_name.stdout)["overall"] == json.loads(by_run.stdout)["overall"]

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.cli import main
 from glint_track.data import batches as batches_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_option_can_come_from_a_glint_track_command_option_variable(tiny_h5: Path, tmp_path: Path) -> None:
@@ -49,7 +49,9 @@ def test_worker_processes_stream_the_same_batches_as_the_resident_loader(
     tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, resident = train_tiny(tiny_h5, "--epochs", "2")
-    monkeypatch.setattr(batches_module, "fits_on_device", lambda *args, **kwargs: False)  # as for data larger than the GPU
+    monkeypatch.setattr(
+        batches_module, "fits_on_device", lambda *args, **kwargs: False
+    )  # as for data larger than the GPU
     result, streamed = train_tiny(tiny_h5, "--epochs", "2", "--num-workers", "2")
     assert "streamed by 2 workers" in result.output
     a, b = (latest_checkpoint(r)[0] for r in (resident, streamed))
@@ -110,7 +112,7 @@ def test_sweep_param_axis_and_summary_csv(tiny_h5: Path) -> None:
 def test_sweep_gives_each_parallel_child_the_next_gpu(tiny_h5: Path) -> None:
     """On a CPU machine the children fail on their cuda:N device, which shows which GPU each was given."""
     if torch.cuda.is_available():
-        pytest.skip("this checks the slot assignment where no GPU exists (tests/test_gpu.py trains on real ones)")
+        pytest.skip("this checks the slot assignment where no GPU exists (tests/system/test_gpu.py uses real ones)")
     result = CliRunner().invoke(
         main,
         [

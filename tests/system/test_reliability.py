@@ -26,10 +26,10 @@ from glint_track.tracking import run as tracking
 from glint_track.training.checkpointer import Checkpointer, TrainProgress
 from glint_track.training.save_process import SaveProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import differing_parts  # noqa: E402
+from _common import differing_parts, with_killpoint  # noqa: E402
 from kill_anywhere import kill_and_resume  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
@@ -58,17 +58,30 @@ def test_sigkill_at_random_moments_and_while_writing_then_resume_by_run_id(tmp_p
 def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tiny_h5: Path) -> None:
     args = ["--h5", str(tiny_h5), *TINY, "--deterministic", "--epochs", "4"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    straight = subprocess.run([sys.executable, "-m", "glint_track", "train", *args, "--run-name", "straight"], env=env,
-                              capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", *args, "--run-name", "straight"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
-    run_id = _killed_at("publish:latest_checkpoint.pth:2", [*args, "--run-name", "killed"])  # SIGKILL while epoch 3 trains
+    run_id = _killed_at(
+        "publish:latest_checkpoint.pth:2", [*args, "--run-name", "killed"]
+    )  # SIGKILL while epoch 3 trains
     assert load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 2
-    resumed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id], env=env, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", "--resume", run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "epochs 3→4" in resumed.stderr
-    straight_id = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'straight'",
-                                     output_format="list")[0].info.run_id
+    straight_id = mlflow.search_runs(
+        search_all_experiments=True, filter_string="attributes.run_name = 'straight'", output_format="list"
+    )[0].info.run_id
     a, b = (load_checkpoint(run_folder(r) / "latest_checkpoint.pth") for r in (run_id, straight_id))
     assert differing_parts(a, b) == []  # weights and optimizer moments, bit for bit
     assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
@@ -134,7 +147,9 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
                 self.replay(len(self.pending))
                 (tmp_path / "run" / local_path.name).write_bytes(local_path.read_bytes())
                 return True
-            self.pending = [p for p in self.pending if p[0] != local_path.name] + [(local_path.name, local_path.read_bytes())]
+            self.pending = [p for p in self.pending if p[0] != local_path.name] + [
+                (local_path.name, local_path.read_bytes())
+            ]
             return False
 
         def replay(self, calls: int) -> None:
@@ -175,8 +190,10 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
 
 def _killed_at(point: str, args: list[str]) -> str:
     """Train in a real process that SIGKILLs itself at `point` (tests/killpoints); returns the run ID."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests' / 'killpoints'}{os.pathsep}{ROOT}", GLINT_TRACK_TEST_KILL=point)
-    proc = subprocess.run([sys.executable, "-m", "glint_track", "train", *args], env=env, capture_output=True, text=True, timeout=300)
+    env = with_killpoint(dict(os.environ), point)
+    proc = subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     return mlflow.search_runs(search_all_experiments=True, output_format="list")[0].info.run_id
 
@@ -184,7 +201,19 @@ def _killed_at(point: str, args: list[str]) -> str:
 def test_sigkill_between_the_latest_checkpoint_and_its_copies_is_completed_by_the_resume(tiny_h5: Path) -> None:
     """Killed right after epoch 2's latest_checkpoint.pth went up, before its best/epoch copies did: the
     resume publishes them (Checkpointer.complete), so no epoch file and no best model is ever missing."""
-    args = ["--h5", str(tiny_h5), *TINY, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3", "--monitor", "train_loss"]
+    args = [
+        "--h5",
+        str(tiny_h5),
+        *TINY,
+        "--epochs",
+        "3",
+        "--save-freq",
+        "1",
+        "--keep-last-n",
+        "3",
+        "--monitor",
+        "train_loss",
+    ]
     run_id = _killed_at("publish:latest_checkpoint.pth:2", args)  # train_loss falls each epoch: each is the best
     folder = run_folder(run_id)
     assert load_checkpoint(folder / "latest_checkpoint.pth")["epoch"] == 2
@@ -204,8 +233,12 @@ def test_sigkill_while_logging_the_model_is_finished_by_the_resume(tiny_h5: Path
     assert result.exit_code == 0, result.output
     assert "stopped before its model was logged" in result.stderr
     run = mlflow.get_run(run_id)
-    assert run.info.status == "FINISHED" and [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2]
-    models = mlflow.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    assert run.info.status == "FINISHED" and [
+        m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")
+    ] == [1, 2]
+    models = mlflow.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
     assert len(ready) == 1 and mlflow.pyfunc.load_model(f"models:/{ready[0].model_id}") is not None
 
@@ -228,7 +261,10 @@ def test_run_killed_after_its_last_epoch_is_finished_by_resume(
         m.setattr(tracking, "log_pyfunc_model", killed)
         CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"])
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
-    assert run.info.status == "KILLED" and load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 2
+    assert (
+        run.info.status == "KILLED"
+        and load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 2
+    )
     result = CliRunner().invoke(main, ["train", "--resume", run.info.run_id])
     assert result.exit_code == 0, result.output
     assert "stopped before its model was logged" in result.stderr
@@ -236,8 +272,9 @@ def test_run_killed_after_its_last_epoch_is_finished_by_resume(
     assert run.info.status == "FINISHED" and "best_val_loss" in run.data.metrics
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert len(MlflowClient().get_metric_history(run.info.run_id, "best_val_loss")) == 1
-    (model,) = mlflow.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
-                                           output_format="list")
+    (model,) = mlflow.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list"
+    )
     assert model.status == LoggedModelStatus.READY and mlflow.pyfunc.load_model(f"models:/{model.model_id}") is not None
 
 
@@ -256,7 +293,11 @@ def test_disk_full_while_writing_a_checkpoint_stops_with_the_previous_one_intact
     monkeypatch.setattr(torch, "save", save)
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "3"])
     message = one_error_line(result)
-    assert "writing the epoch 2 checkpoint" in message and "No space left on device" in message and "previous checkpoint is intact" in message
+    assert (
+        "writing the epoch 2 checkpoint" in message
+        and "No space left on device" in message
+        and "previous checkpoint is intact" in message
+    )
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.status == "FAILED"
     assert load_checkpoint(run_folder(run.info.run_id) / "latest_checkpoint.pth")["epoch"] == 1
@@ -280,7 +321,9 @@ def test_disk_full_while_uploading_a_checkpoint_stops_with_the_runs_copy_intact(
     message = one_error_line(result)
     assert "uploading checkpoints/latest_checkpoint.pth" in message and "No space left on device" in message
     run_id = mlflow.search_runs(search_all_experiments=True, output_format="list")[0].info.run_id
-    assert load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 1  # verified against the new checksum file
+    assert (
+        load_checkpoint(run_folder(run_id) / "latest_checkpoint.pth")["epoch"] == 1
+    )  # verified against the new checksum file
     monkeypatch.setattr(tracking, "copy_atomic", real_copy)
     resumed = CliRunner().invoke(main, ["train", "--resume", run_id])
     assert resumed.exit_code == 0, resumed.output
@@ -288,6 +331,7 @@ def test_disk_full_while_uploading_a_checkpoint_stops_with_the_runs_copy_intact(
 
 
 # -- tracking outages, against a real `mlflow server` ------------------------------------------------
+
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -298,14 +342,35 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     srv.stop()
 
 
-def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict[str, str],
-                          restart_when_spooling: bool | float) -> tuple[subprocess.CompletedProcess, str]:
+def _train_through_outage(
+    h5: Path, server: MlflowServer, epochs: int, env: dict[str, str], restart_when_spooling: bool | float
+) -> tuple[subprocess.CompletedProcess, str]:
     """Train in a subprocess; SIGKILL the server once epoch 2 is logged (uploads go up every epoch, so one is
     in flight or next); start it again once the trainer says it is spooling (True), or after that many
     seconds (a float). Returns the finished process and the run ID."""
-    cmd = [sys.executable, "-m", "glint_track", "train", "--h5", str(h5), *TINY, "--epochs", str(epochs), "--save-freq", "2"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-               GLINT_TRACK_SPOOL_RETRY_S="0.5") | env
+    cmd = [
+        sys.executable,
+        "-m",
+        "glint_track",
+        "train",
+        "--h5",
+        str(h5),
+        *TINY,
+        "--epochs",
+        str(epochs),
+        "--save-freq",
+        "2",
+    ]
+    env = (
+        dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            MLFLOW_TRACKING_URI=server.uri,
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+            GLINT_TRACK_SPOOL_RETRY_S="0.5",
+        )
+        | env
+    )
     log = server.folder / "train.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -320,7 +385,9 @@ def _train_through_outage(h5: Path, server: MlflowServer, epochs: int, env: dict
             server.start()
         out, _ = proc.communicate(timeout=300)
     text = log.read_text()
-    run_id = next(line.split("run ")[1].split(":")[0] for line in text.splitlines() if " run " in line and "train /" in line)
+    run_id = next(
+        line.split("run ")[1].split(":")[0] for line in text.splitlines() if " run " in line and "train /" in line
+    )
     return subprocess.CompletedProcess(cmd, proc.returncode, out, text), run_id
 
 
@@ -337,8 +404,12 @@ def _complete_in_server(run_id: str, epochs: int) -> None:
     assert "training.log" in {Path(f.path).name for f in client.list_artifacts(run_id)}
 
 
-def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(tiny_h5: Path, server: MlflowServer) -> None:
-    result, run_id = _train_through_outage(tiny_h5, server, 12, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True)
+def test_training_goes_on_while_the_server_is_down_and_catches_up_when_it_is_back(
+    tiny_h5: Path, server: MlflowServer
+) -> None:
+    result, run_id = _train_through_outage(
+        tiny_h5, server, 12, {"GLINT_TRACK_SYNC_WAIT_S": "120"}, restart_when_spooling=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is back: sent" in result.stderr
     _complete_in_server(run_id, 12)
@@ -349,16 +420,23 @@ def test_with_mlflows_own_retries_a_server_killed_mid_upload_and_back_in_seconds
 ) -> None:
     """MLflow's default HTTP retries (no MLFLOW_HTTP_REQUEST_MAX_RETRIES override): the calls in flight when
     the server dies are retried by MLflow, or spooled, and the run ends complete either way."""
-    env = {"GLINT_TRACK_SYNC_WAIT_S": "120", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")}
+    env = {
+        "GLINT_TRACK_SYNC_WAIT_S": "120",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"),
+    }
     result, run_id = _train_through_outage(tiny_h5, server, 8, env, restart_when_spooling=3.0)
     assert result.returncode == 0, result.stderr[-3000:]
     _complete_in_server(run_id, 8)
 
 
 @pytest.mark.parametrize("sent_by", ["sync", "resume"])
-def test_spool_left_at_exit_is_sent_by_sync_or_by_the_next_resume(tiny_h5: Path, server: MlflowServer, sent_by: str) -> None:
-    result, run_id = _train_through_outage(tiny_h5, server, 6, {"GLINT_TRACK_SYNC_WAIT_S": "0"}, restart_when_spooling=False)
-    from glint_track.cli import EXIT_SPOOL_PENDING
+def test_spool_left_at_exit_is_sent_by_sync_or_by_the_next_resume(
+    tiny_h5: Path, server: MlflowServer, sent_by: str
+) -> None:
+    result, run_id = _train_through_outage(
+        tiny_h5, server, 6, {"GLINT_TRACK_SYNC_WAIT_S": "0"}, restart_when_spooling=False
+    )
+    from glint_track.cli.train import EXIT_SPOOL_PENDING
 
     assert result.returncode == EXIT_SPOOL_PENDING, result.stderr[-3000:]
     spool = Path("runs") / run_id / "spool"

@@ -20,7 +20,7 @@ from glint_track.checkpoint.format import load_checkpoint
 from glint_track.cli import main
 from glint_track.tracking.run import RunTracker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import child_env  # noqa: E402
@@ -31,8 +31,14 @@ def start_training(cwd: Path, *args: str) -> subprocess.Popen:
     env = child_env(XDG_CACHE_HOME=str(cwd / "cache"), GLINT_TRACK_LEASE_TTL_S="8")
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         env.pop(var, None)
-    return subprocess.Popen([sys.executable, "-m", "glint_track", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glint_track", "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, epoch: int, timeout: float = 120) -> str:
@@ -81,8 +87,11 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_and_no_run(tiny_h5:
 
 
 @pytest.mark.parametrize("where", ["describing the run", "uploading the log"])
-def test_a_failure_after_the_run_exists_marks_it_failed(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_a_failure_after_the_run_exists_marks_it_failed(
+    tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     if where == "describing the run":
+
         def broken(*args, **kwargs):
             raise OSError(28, "No space left on device")
 
@@ -105,15 +114,24 @@ def test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over(tiny_h5: Pa
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
     first = start_training(tmp_path, "--resume", run_id, "--epochs", "500")
     wait_for_checkpoint(first, 2)
-    second = subprocess.run([sys.executable, "-m", "glint_track", "train", "--resume", run_id, "--epochs", "500"],
-                            cwd=tmp_path, env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", "--resume", run_id, "--epochs", "500"],
+        cwd=tmp_path,
+        env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 2, second.stderr
     (line,) = second.stderr.strip().splitlines()
     assert f"run {run_id} is being trained by pid {first.pid} on {os.uname().nodename}" in line
     first.send_signal(signal.SIGKILL)  # leaves the run RUNNING and its claim behind
     first.wait()
-    killed_at = load_checkpoint(Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://"))
-                                / "checkpoints" / "latest_checkpoint.pth")["epoch"]
+    killed_at = load_checkpoint(
+        Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+        / "checkpoints"
+        / "latest_checkpoint.pth"
+    )["epoch"]
     third = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", str(killed_at + 1)])
     assert third.exit_code == 0, third.output
     assert f"was left RUNNING by pid {first.pid}" in third.output

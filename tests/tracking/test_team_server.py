@@ -19,7 +19,7 @@ from test_mlproject import mlflow_run
 
 from glint_track.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,9 @@ def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) ->
 
 
 @pytest.mark.timeout(400)
-def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, tmp_path: Path, postgres: Postgres,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(
+    tiny_h5: Path, tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = MlflowServer(tmp_path, backend_uri=postgres.uri)
     server.start()
     try:
@@ -74,13 +75,24 @@ def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(tiny_h5: Path, 
         assert project.returncode == 0, project.stderr[-3000:]
         assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
         assert client.get_run(run_id).info.status == "FINISHED"
-        (made,) = client.search_runs(["0"])  # the run `mlflow run` made, ended at once, pointing to the one it continued
+        (made,) = client.search_runs(
+            ["0"]
+        )  # the run `mlflow run` made, ended at once, pointing to the one it continued
         assert made.data.tags["glint_track.continued_in"] == run_id
 
         names = all_artifacts(client, run_id)
-        assert {"checkpoints/latest_checkpoint.pth", "checkpoints/latest_checkpoint.pth.sha256", "checkpoints/best_model.pth",
-                "training.log", "train_args.json", "figures/threshold_curves.png", "figures/heatmaps_best.png"} <= names, names
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/latest_checkpoint.pth", dst_path=str(tmp_path / "dl"))
+        assert {
+            "checkpoints/latest_checkpoint.pth",
+            "checkpoints/latest_checkpoint.pth.sha256",
+            "checkpoints/best_model.pth",
+            "training.log",
+            "train_args.json",
+            "figures/threshold_curves.png",
+            "figures/heatmaps_best.png",
+        } <= names, names
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="checkpoints/latest_checkpoint.pth", dst_path=str(tmp_path / "dl")
+        )
         assert torch.load(path, weights_only=True)["epoch"] == 4
         assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").rglob("latest_checkpoint.pth"))
     finally:
@@ -123,7 +135,15 @@ def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypat
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1440, "height": 2300})
             page.goto(f"{server.uri}/#/experiments/{experiment}/runs/{run_id}")
-            for text in ("save_optimizer", "world_size", "train_loss", "val_loss", "val_f1", "images_per_s", "system/cpu_utilization_percentage"):
+            for text in (
+                "save_optimizer",
+                "world_size",
+                "train_loss",
+                "val_loss",
+                "val_f1",
+                "images_per_s",
+                "system/cpu_utilization_percentage",
+            ):
                 expect(page.get_by_text(text, exact=True).first).to_be_attached(timeout=30000)
             page.screenshot(path=str(shots / "ui-run.png"), full_page=True)
 
@@ -150,11 +170,21 @@ def test_basic_auth_server_wrong_password_is_one_line_and_right_one_trains(tiny_
         pytest.skip(f"mlflow's basic-auth server could not start here: {str(e)[-300:]}")
     try:
         env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": "admin"}
-        wrong = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"], env=env | {"MLFLOW_TRACKING_PASSWORD": "nope"})
+        wrong = CliRunner().invoke(
+            main,
+            ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"],
+            env=env | {"MLFLOW_TRACKING_PASSWORD": "nope"},
+        )
         assert wrong.exit_code == 2
         errors = [line for line in wrong.stderr.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and "refused the credentials (HTTP 401)" in errors[0] and "Traceback" not in wrong.output
-        right = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"], env=env | {"MLFLOW_TRACKING_PASSWORD": "s3cret-Admin"})
+        assert (
+            len(errors) == 1 and "refused the credentials (HTTP 401)" in errors[0] and "Traceback" not in wrong.output
+        )
+        right = CliRunner().invoke(
+            main,
+            ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"],
+            env=env | {"MLFLOW_TRACKING_PASSWORD": "s3cret-Admin"},
+        )
         assert right.exit_code == 0, right.output
     finally:
         server.stop()

@@ -46,7 +46,9 @@ def test_hybrid_returns_each_term_and_trains(div_mode: str, agg_mode: str) -> No
     torch.manual_seed(0)
     logits, target = _batch()
     logits.requires_grad_(True)
-    loss_fn = GlintLoss("hybrid", LossWeights(lam_bce=0.5, lam_dice=0.5, div_mode=div_mode, agg_mode=agg_mode, agg_wb=0.5, agg_wd=0.5))
+    loss_fn = GlintLoss(
+        "hybrid", LossWeights(lam_bce=0.5, lam_dice=0.5, div_mode=div_mode, agg_mode=agg_mode, agg_wb=0.5, agg_wd=0.5)
+    )
     out = loss_fn(logits, target)
     assert set(out) == {"loss", "focal", "bce", "dice", "div", "agg"}
     assert all(torch.isfinite(v) for v in out.values())

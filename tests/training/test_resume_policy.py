@@ -46,20 +46,29 @@ def test_a_cosine_schedule_stretches_to_the_typed_epochs(tiny_h5: Path) -> None:
     assert history(run_id, "lr")[3] == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 2 / 6)))  # 0.003: over 6 now
 
 
-@pytest.mark.parametrize(("typed", "message"), [
-    (["--base-channels", "8"], "its model has base width 4, so --base-channels 8 cannot continue it"),
-    (["--seed", "7"], "--seed 7 would change the validation images of run"),
-    (["--val-split", "0.5"], "--val-split 0.5 would change the validation images of run"),
-    (["--experiment", "other"], "belongs to experiment 'glint-track' and a run cannot move"),
-])
-def test_what_cannot_apply_is_refused_in_one_line_before_anything_is_written(tiny_h5: Path, typed: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        (["--base-channels", "8"], "its model has base width 4, so --base-channels 8 cannot continue it"),
+        (["--seed", "7"], "--seed 7 would change the validation images of run"),
+        (["--val-split", "0.5"], "--val-split 0.5 would change the validation images of run"),
+        (["--experiment", "other"], "belongs to experiment 'glint-track' and a run cannot move"),
+    ],
+)
+def test_what_cannot_apply_is_refused_in_one_line_before_anything_is_written(
+    tiny_h5: Path, typed: list[str], message: str
+) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
     before = MlflowClient().get_run(run_id)
     result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2", *typed])
     assert result.exit_code == 2 and message in result.output, result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
     after = MlflowClient().get_run(run_id)
-    assert (after.data.params, after.data.tags, after.info.status) == (before.data.params, before.data.tags, before.info.status)
+    assert (after.data.params, after.data.tags, after.info.status) == (
+        before.data.params,
+        before.data.tags,
+        before.info.status,
+    )
 
 
 def test_other_data_cannot_continue_a_run_but_the_same_file_elsewhere_can(tiny_h5: Path, tmp_path: Path) -> None:
@@ -81,7 +90,10 @@ def test_resuming_a_finished_run_to_its_own_epochs_is_a_no_op(tiny_h5: Path) -> 
     for _ in range(2):  # a requeued job runs the same command again
         result = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "2"])
         assert result.exit_code == 0, result.output
-        assert result.output.strip() == f"run {run_id} has already finished its 2 epochs: nothing to do (pass --epochs larger than 2 to train it further)"
+        assert (
+            result.output.strip() == f"run {run_id} has already finished its 2 epochs: nothing to do "
+            "(pass --epochs larger than 2 to train it further)"
+        )
     after = MlflowClient().get_run(run_id)
     assert (after.data.params, after.data.tags) == (before.data.params, before.data.tags)
     assert repr(sorted(after.data.metrics.items())) == repr(sorted(before.data.metrics.items()))  # NaN-safe
@@ -106,7 +118,9 @@ def test_resuming_a_local_file_starts_a_new_run_and_leaves_its_folder_alone(tiny
 
 def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None:
     _, source_run = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3")
-    result = run_cli("train", "--resume", f"runs:/{source_run}/checkpoints/epoch_001.pth", "--epochs", "2", "--lr", "0.0005")
+    result = run_cli(
+        "train", "--resume", f"runs:/{source_run}/checkpoints/epoch_001.pth", "--epochs", "2", "--lr", "0.0005"
+    )
     assert result.exit_code == 0, result.output
     new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
     assert new_run != source_run and sorted(history(source_run, "val_loss")) == [1, 2, 3]
@@ -115,7 +129,9 @@ def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None
 
 def test_a_typed_loss_applies_and_its_best_checkpoint_starts_afresh(tiny_h5: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--loss", "bce")  # val_loss ~0.1
-    result = run_cli("train", "--resume", run_id, "--epochs", "2", "--loss", "dice")  # ~0.9: worse on paper, not in fact
+    result = run_cli(
+        "train", "--resume", run_id, "--epochs", "2", "--loss", "dice"
+    )  # ~0.9: worse on paper, not in fact
     assert result.exit_code == 0, result.output
     assert "val_loss values before and after are not comparable" in result.output
     best, _ = latest_checkpoint(run_id, "best_model.pth")

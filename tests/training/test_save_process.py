@@ -33,7 +33,12 @@ def _state(width: int = 4) -> dict:
     optimizer.step()
     parts = {"model": model, "optimizer": optimizer, "rng": RNGState(), "progress": TrainProgress("val_loss", "min")}
     state = gather(parts, {"lr": 1e-3}, True, {"num_glints": 4})
-    state["odd"] = {"empty": torch.empty(0, 3), "mask": torch.tensor([True, False]), "half": torch.randn(3, 5).bfloat16(), "scalar": torch.tensor(7)}
+    state["odd"] = {
+        "empty": torch.empty(0, 3),
+        "mask": torch.tensor([True, False]),
+        "half": torch.randn(3, 5).bfloat16(),
+        "scalar": torch.tensor(7),
+    }
     return snapshot(state)
 
 
@@ -62,7 +67,10 @@ def test_child_writes_what_torch_save_writes_and_its_digest(tmp_path: Path) -> N
             digest = writer(state, tmp_path / "child.pth")
             save_and_digest(state, tmp_path / "here.pth")
             assert digest == file_digest(tmp_path / "child.pth")
-            assert_same(torch.load(tmp_path / "child.pth", weights_only=True), torch.load(tmp_path / "here.pth", weights_only=True))
+            assert_same(
+                torch.load(tmp_path / "child.pth", weights_only=True),
+                torch.load(tmp_path / "here.pth", weights_only=True),
+            )
         weights = load_checkpoint(tmp_path / "child.pth")["model_state_dict"].values()
         wide = [w for w in weights if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] > 1]
         assert wide and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in wide)
@@ -101,12 +109,12 @@ def test_the_child_dies_with_a_killed_trainer(tmp_path: Path) -> None:
     """SIGKILL the trainer: its writer must not outlive it (it could finish a file behind a resumed run)."""
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         from pathlib import Path
         from test_save_process import _state
         from glint_track.training.save_process import SaveProcess
         writer = SaveProcess()
-        writer(_state(), Path({str(tmp_path / 'c.pth')!r}))
+        writer(_state(), Path({str(tmp_path / "c.pth")!r}))
         print(writer._proc.pid, flush=True)
         time.sleep(60)
     """)

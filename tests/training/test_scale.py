@@ -31,8 +31,22 @@ def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:
 
 
 def test_torchrun_two_gloo_processes_make_one_run_that_resumes_in_one_process(tiny_h5: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "glint_track",
+        "train",
+        "--h5",
+        str(tiny_h5),
+        *TINY,
+        "--epochs",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finished 2 epochs") == 1  # rank 0 alone reports
@@ -53,7 +67,9 @@ def test_torchrun_two_gloo_processes_make_one_run_that_resumes_in_one_process(ti
 
 
 def _children(parent: str) -> dict[str, mlflow.entities.Run]:
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list")
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list"
+    )
     return {r.info.run_name: r for r in runs}
 
 
@@ -62,8 +78,21 @@ def _parent(output: str) -> str:
 
 
 def test_sweep_runs_children_under_a_parent_and_resume_skips_finished_ones(tiny_h5: Path) -> None:
-    args = ["sweep", "--h5", str(tiny_h5), "--loss", "focal,bce", "--lr", "1e-3", "--parallel", "2", "--epochs", "2",
-            "--no-save-optimizer", *TINY]
+    args = [
+        "sweep",
+        "--h5",
+        str(tiny_h5),
+        "--loss",
+        "focal,bce",
+        "--lr",
+        "1e-3",
+        "--parallel",
+        "2",
+        "--epochs",
+        "2",
+        "--no-save-optimizer",
+        *TINY,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     parent = _parent(result.output)
@@ -92,7 +121,9 @@ def test_sweep_runs_children_under_a_parent_and_resume_skips_finished_ones(tiny_
 
 
 def test_a_failed_child_does_not_stop_the_others_and_the_parent_reports_it(tiny_h5: Path) -> None:
-    result = CliRunner().invoke(main, ["sweep", "--h5", str(tiny_h5), "--lr", "1e-3,-1", "--parallel", "2", "--epochs", "1", *TINY])
+    result = CliRunner().invoke(
+        main, ["sweep", "--h5", str(tiny_h5), "--lr", "1e-3,-1", "--parallel", "2", "--epochs", "1", *TINY]
+    )
     assert result.exit_code == 1
     parent = _parent(result.output)
     children = _children(parent)

@@ -21,7 +21,9 @@ def artifact_names(run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) -> None:
-    result, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--run-name", "tiny", "--image-every", "1")
+    result, run_id = train_tiny(
+        tiny_h5, "--epochs", "2", "--save-freq", "1", "--run-name", "tiny", "--image-every", "1"
+    )
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
     assert Path("mlflow.db").exists()  # MLflow's embedded default store, in the working directory
@@ -30,7 +32,9 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert params["h5"] == str(tiny_h5) and params["base_channels"] == "4"
     tags = run.data.tags
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "tiny" and dataset_input.dataset.digest == tags["glint_track.dataset.digest"][:16]
+    assert (
+        dataset_input.dataset.name == "tiny" and dataset_input.dataset.digest == tags["glint_track.dataset.digest"][:16]
+    )
     assert str(tiny_h5) in dataset_input.dataset.source and "heatmaps" in dataset_input.dataset.schema
     assert tags["glint_track.dataset.samples"] == "32" and len(tags["glint_track.dataset.digest"]) == 64
     for name in ("train_loss", "val_loss", "lr", "epoch_time_s", "images_per_s"):
@@ -58,7 +62,12 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     images = load_glint_file(tiny_h5).images[:3].numpy()
     glints = model.predict(images)
     assert list(glints.columns) == ["image", "glint", "x", "y", "score", "present"] and len(glints) == 3 * 4
-    assert glints["image"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and glints["glint"].tolist()[:4] == ["g1", "g2", "g3", "g4"]
+    assert glints["image"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and glints["glint"].tolist()[:4] == [
+        "g1",
+        "g2",
+        "g3",
+        "g4",
+    ]
     assert glints["x"].between(-1, 32).all() and glints["score"].between(0, 1).all()
     assert len(model.predict(images, params={"threshold": 0.999})) == 12
 
@@ -72,7 +81,9 @@ def test_the_default_recipe_learns_to_find_glints(tmp_path: Path) -> None:
     h5 = write_synthetic(tmp_path / "small.h5", num_samples=128, size=64, num_glints=4, seed=5)
     result = run_cli("train", "--h5", str(h5), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.output.splitlines() if line.startswith("Run ") and " finished 15 epochs" in line)
+    line = next(
+        line for line in result.output.splitlines() if line.startswith("Run ") and " finished 15 epochs" in line
+    )
     f1, error = float(line.split("val F1 ")[1].split(",")[0]), float(line.split("mean glint error ")[1].split(" px")[0])
     assert f1 >= 0.9 and error <= 1.5, line
     assert "finds few glints" not in result.output
@@ -138,21 +149,44 @@ def test_resume_with_another_optimizer_starts_it_afresh(tiny_h5: Path) -> None:
 def test_keep_last_n_deletes_old_epoch_artifacts(tiny_h5: Path, tmp_path: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "4", "--save-freq", "1", "--keep-last-n", "2", "--output-dir", "out")
     names = artifact_names(run_id, "checkpoints")
-    assert {n for n in names if n.startswith("epoch_")} == {"epoch_003.pth", "epoch_004.pth", "epoch_003.pth.sha256", "epoch_004.pth.sha256"}
+    assert {n for n in names if n.startswith("epoch_")} == {
+        "epoch_003.pth",
+        "epoch_004.pth",
+        "epoch_003.pth.sha256",
+        "epoch_004.pth.sha256",
+    }
     assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_003.pth", "epoch_004.pth"]
 
 
 def test_research_script_aliases_are_accepted(tiny_h5: Path) -> None:
     _, run_id = train_tiny(
-        tiny_h5, "--epochs", "1", "--batch", "4", "--no_save_optimizer", "--save_freq", "1", "--keep_last_n", "1", "--output_dir", "legacy"
+        tiny_h5,
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--no_save_optimizer",
+        "--save_freq",
+        "1",
+        "--keep_last_n",
+        "1",
+        "--output_dir",
+        "legacy",
     )
     params = MlflowClient().get_run(run_id).data.params
-    assert (params["batch_size"], params["save_optimizer"], params["save_freq"], params["keep_last_n"]) == ("4", "False", "1", "1")
+    assert (params["batch_size"], params["save_optimizer"], params["save_freq"], params["keep_last_n"]) == (
+        "4",
+        "False",
+        "1",
+        "1",
+    )
     assert params["output_dir"] == "legacy"
 
 
 def test_hybrid_loss_trains_and_logs_each_term(tiny_h5: Path) -> None:
-    _, run_id = train_tiny(tiny_h5, "--epochs", "3", "--loss", "hybrid", "--lam-dice", "0.5", "--scheduler", "cosine", "--lr", "0.003")
+    _, run_id = train_tiny(
+        tiny_h5, "--epochs", "3", "--loss", "hybrid", "--lam-dice", "0.5", "--scheduler", "cosine", "--lr", "0.003"
+    )
     client = MlflowClient()
     for term in ("loss", "focal", "bce", "dice", "div", "agg"):
         for split in ("train", "val"):
@@ -162,7 +196,9 @@ def test_hybrid_loss_trains_and_logs_each_term(tiny_h5: Path) -> None:
     lrs = [m.value for m in client.get_metric_history(run_id, "lr")]
     assert lrs[0] == pytest.approx(0.003) and lrs[-1] < lrs[0]  # cosine schedule applied
     checkpoint, _ = latest_checkpoint(run_id)
-    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(lrs[-1])  # the lr it trained with
+    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(
+        lrs[-1]
+    )  # the lr it trained with
 
 
 @pytest.mark.parametrize(("exception", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
@@ -190,7 +226,7 @@ def test_interrupted_and_failed_runs_are_marked_and_keep_their_checkpoint(
 def test_train_help_documents_every_flag_with_examples() -> None:
     result = run_cli("train", "--help")
     assert result.exit_code == 0 and "Examples:" in result.output
-    from glint_track.cli import train_cmd
+    from glint_track.cli.train import train_cmd
 
     for param in train_cmd.params:
         for opt in param.opts + param.secondary_opts:
@@ -202,5 +238,7 @@ def test_python_dash_m_entry_point() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "glint_track", "--version"], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "glint_track", "--version"], capture_output=True, text=True, check=True, timeout=120
+    )
     assert "glint-track" in out.stdout

@@ -1,0 +1,75 @@
+"""The package's architecture, checked: imports point down the layers, inference never loads training."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import glint_track
+
+PACKAGE = Path(glint_track.__file__).parent
+#: Top to bottom, as in the README's code map: a module may import only from its own layer or those below.
+LAYERS = [
+    "cli",
+    "training",
+    "inference",
+    "engine",
+    "tracking",
+    "data",
+    "checkpoint",
+    "figures",
+    "glints",
+    "model",
+    "errors|files",
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    if top in ("__init__", "__main__"):
+        return -1
+    return next(i for i, names in enumerate(LAYERS) if top in names.split("|"))
+
+
+def _imports() -> dict[str, set[str]]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(("glint_track", *path.relative_to(PACKAGE).with_suffix("").parts))
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("glint_track."):
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names if a.name.startswith("glint_track.")}
+        found[module] = names
+    return found
+
+
+def test_every_import_points_down_the_layers() -> None:
+    upward = [
+        f"{m} imports {i}" for m, names in _imports().items() for i in names if _layer(m) >= 0 and _layer(i) < _layer(m)
+    ]
+    assert upward == []
+
+
+def test_predict_and_the_served_model_load_nothing_of_training() -> None:
+    code = (
+        "import sys, glint_track.inference.predict, glint_track.inference.serving, glint_track.inference.evaluate; "
+        "print(sorted(m for m in sys.modules if m.startswith('glint_track.training')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_module_over_400_lines_and_no_function_over_80() -> None:
+    long_modules, long_functions = [], []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            long_modules.append(path.name)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long_functions.append(f"{path.name}:{node.name}")
+    assert (long_modules, long_functions) == ([], [])

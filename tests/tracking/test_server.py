@@ -1,0 +1,79 @@
+"""Which tracking store is in use, whether it answers, and how its failures read."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sqlite3
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from glint_track.errors import GlintTrackError
+from glint_track.tracking.server import (
+    check_tracking_server,
+    experiment_id_for,
+    is_remote,
+    list_artifact_names,
+    local_artifact_root,
+    local_store_errors,
+    reachable,
+)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free again once closed: nothing listens there
+
+
+def test_remote_stores_are_http_and_local_artifact_roots_are_paths(tmp_path: Path) -> None:
+    assert is_remote("http://host:5000") and is_remote("https://host") and not is_remote("sqlite:///mlflow.db")
+    assert local_artifact_root(f"file://{tmp_path}/1/abc/artifacts") == tmp_path / "1/abc/artifacts"
+    assert local_artifact_root(str(tmp_path / "mlruns")) == tmp_path / "mlruns"
+    assert local_artifact_root("s3://bucket/path") is None and local_artifact_root("mlflow-artifacts:/1/a") is None
+
+
+def test_an_unreachable_server_is_one_line_naming_it_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert not reachable(uri) and reachable("sqlite:///mlflow.db")
+    with pytest.raises(GlintTrackError, match="cannot reach the MLflow tracking server") as info:
+        check_tracking_server()
+    assert uri in info.value.message and "MLFLOW_TRACKING_URI" in info.value.message
+
+
+def test_experiments_are_found_or_made_and_a_deleted_one_is_refused() -> None:
+    client = MlflowClient()
+    made = experiment_id_for("glints", client)
+    assert experiment_id_for("glints", client) == made and client.get_experiment(made).name == "glints"
+    client.delete_experiment(made)
+    with pytest.raises(GlintTrackError, match="experiment 'glints' is deleted"):
+        experiment_id_for("glints", client)
+
+
+def test_artifact_names_of_one_folder(tmp_path: Path) -> None:
+    (tmp_path / "a.pth").write_text("a")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "a.pth"), "checkpoints")
+        mlflow.log_artifact(str(tmp_path / "a.pth"))
+    assert list_artifact_names(run.info.run_id, "checkpoints") == {"a.pth"}
+    assert list_artifact_names(run.info.run_id, None) == {"a.pth", "checkpoints"}
+
+
+def test_a_local_store_that_cannot_be_written_is_one_line_but_other_mlflow_errors_pass() -> None:
+    def storage_failure() -> None:
+        try:
+            raise sqlite3.OperationalError("database or disk is full") from OSError(errno.ENOSPC, "No space left")
+        except sqlite3.OperationalError as e:
+            raise MlflowException(f"(sqlite3.OperationalError) {e}") from e
+
+    with pytest.raises(GlintTrackError, match="cannot be written .*free space there"):
+        with local_store_errors():
+            storage_failure()
+    with pytest.raises(MlflowException, match="no experiment named"):
+        with local_store_errors():
+            raise MlflowException("no experiment named 'x'")
