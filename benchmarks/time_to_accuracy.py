@@ -1,0 +1,373 @@
+"""Time to an accurate model: wall-clock from process start to the first epoch that meets the quality bar.
+
+    python benchmarks/time_to_accuracy.py [--h5 FILE | --samples 4096 --size 256] [--only default,lightning]
+        [--max-epochs 40] [--repeats 2]
+
+The bar (issue 9's): validation F1 ≥ 0.99 and mean localisation error ≤ 0.5 px, on the same seeded split
+(10 %, seed 42) and measured with glint-track's decoder and metrics in every row. Every row runs in a fresh
+process; the clock starts just before that process is started (imports, data loading, workers, compilation
+all count) and stops at the end of the epoch that met the bar.
+
+(a) research    the research script's loop: per-sample Dataset, DataLoader (6 workers, pinned memory), fp32,
+                batch 16, Adam 1e-3, focal loss, the head at PyTorch's default initialisation, a checkpoint
+                every epoch; each checkpoint is decoded with glint-track's decoder between epochs, its time
+                taken off the clock.
+(b) default     `glint-track train --h5 FILE` with no flag but --epochs.
+(r) recipes     `glint-track train` with the flags in RECIPES.
+(p) lightning   what a user would write instead: a LightningModule with the same UNet, loss (peak-bce), split,
+                Adam 1e-3 and batch 16; bf16-mixed, a per-sample DataLoader with 6 workers, MLFlowLogger
+                (log_model="all") and ModelCheckpoint(save_last=True); validation with glint-track's metrics.
+
+The table is printed last; each row's epochs go to WORKDIR/<row>/epochs.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _common import child_env, make_workdir, synthetic_file
+
+F1_BAR, PX_BAR = 0.99, 0.5
+SPLIT, SEED = 0.1, 42
+#: name → the flags a glint-track recipe adds to `glint-track train`
+RECIPES = {
+    "default": [],
+    "fast-focal": ["--batch-size", "256", "--lr", "4e-3", "--compile", "--loss", "focal"],  # issue 16's "fastest"
+    "fast": ["--batch-size", "256", "--lr", "4e-3", "--compile"],  # the README's fastest, default loss
+    "b64": ["--batch-size", "64", "--lr", "2e-3"],
+}
+ROWS = ["research", *RECIPES, "lightning"]
+_EPOCH_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO epoch (\d+)/\d+ ")
+
+
+# -- the rows that are not glint-track: each runs as `python time_to_accuracy.py --row NAME` -----------
+def _split_arrays(h5: Path):
+    from glint_track.data.batches import split_indices
+    from glint_track.data.glint_file import load_glint_file
+    from glint_track.glints import ground_truth
+
+    data = load_glint_file(h5, None)
+    train_idx, val_idx = split_indices(data.num_samples, SPLIT, SEED)
+    truth = ground_truth(data.points, data.present, data.heatmaps)
+    return data, train_idx, val_idx, truth
+
+
+class _PerSample:
+    """The research script's Dataset: one (image, heat-maps) pair per index, as float."""
+
+    def __init__(self, images, heatmaps) -> None:
+        self.images, self.heatmaps = images, heatmaps
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+        import torch
+
+        image = torch.from_numpy(self.images[i]).float().unsqueeze(0) / 255.0
+        return image, torch.from_numpy(self.heatmaps[i].astype(np.float32))
+
+
+def _glint_scores(model, images, truth, device, batch: int = 64) -> dict[str, float]:
+    """Val F1 and mean error of `model` on uint8 `images`, with glint-track's decoder and metrics."""
+    import torch
+
+    from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, GlintMetrics, decode
+
+    metrics = GlintMetrics(truth.xy.shape[1], DEFAULT_MATCH_RADIUS)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = (torch.as_tensor(images[i : i + batch]).float().unsqueeze(1) / 255.0).to(device)
+            index = torch.arange(i, min(i + batch, len(images)))
+            metrics.update(decode(model(x).float().cpu(), DEFAULT_THRESHOLD), truth.take(index))
+    result = metrics.compute()
+    return {"f1": result["f1"], "loc_err": result["loc_err_mean"]}
+
+
+def research(h5: Path, out: Path, max_epochs: int, deadline: float) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from glint_track.model import GlintUNet
+    from glint_track.training.losses import focal_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data, train_idx, val_idx, truth = _split_arrays(h5)
+    images, heatmaps = data.images.numpy(), data.heatmaps.numpy()
+    pin = device.type == "cuda"
+    loader = DataLoader(
+        _PerSample(images[train_idx], heatmaps[train_idx]),
+        batch_size=16,
+        shuffle=True,
+        num_workers=6,
+        pin_memory=pin,
+        persistent_workers=True,
+    )
+    val_loader = DataLoader(
+        _PerSample(images[val_idx], heatmaps[val_idx]),
+        batch_size=16,
+        num_workers=6,
+        pin_memory=pin,
+        persistent_workers=True,
+    )
+    torch.manual_seed(SEED)
+    model = GlintUNet(data.num_glints, 16)
+    model.out_conv.reset_parameters()  # the research model had no prior on its head
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    val_truth, val_images, off_clock = truth.take(torch.as_tensor(val_idx)), images[val_idx], 0.0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = focal_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the research loop printed it every step
+        model.eval()
+        with torch.no_grad():  # its validation: the loss
+            sum(focal_loss(model(x.to(device)), y.to(device)).item() * len(x) for x, y in val_loader)
+        state = {"epoch": epoch, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+        torch.save(state, out / "latest_checkpoint.pth")
+        ended = time.time()
+        scores = _glint_scores(model, val_images, val_truth, device)  # glint-track's decoder: off the clock
+        met = _record(out, epoch, ended - off_clock, scores)
+        off_clock += time.time() - ended
+        if met or time.time() > deadline:
+            return
+
+
+def lightning(h5: Path, out: Path, max_epochs: int, deadline: float) -> None:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+    from torch.utils.data import DataLoader
+
+    from glint_track.model import GlintUNet
+    from glint_track.training.losses import GlintLoss
+
+    data, train_idx, val_idx, truth = _split_arrays(h5)
+    images, heatmaps = data.images.numpy(), data.heatmaps.numpy()
+    val_images, val_truth = images[val_idx], truth.take(torch.as_tensor(val_idx))
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.loss = GlintUNet(data.num_glints, 16), GlintLoss("peak-bce")
+
+        def training_step(self, batch, _):
+            terms = self.loss(self.model(batch[0]), batch[1])
+            self.log("train_loss", terms["loss"])
+            return terms["loss"]
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", self.loss(self.model(batch[0]), batch[1])["loss"])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    class Clock(Callback):
+        def on_validation_epoch_end(self, trainer, module) -> None:
+            if trainer.sanity_checking:
+                return
+            ended, off = time.time(), getattr(self, "off", 0.0)
+            scores = _glint_scores(module.model, val_images, val_truth, module.device)  # off the clock
+            trainer.should_stop = _record(out, trainer.current_epoch + 1, ended - off, scores)
+            self.off = off + time.time() - ended
+            module.model.train()
+
+    def loader(idx, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            _PerSample(images[idx], heatmaps[idx]),
+            batch_size=16,
+            shuffle=shuffle,
+            num_workers=6,
+            pin_memory=True,
+            persistent_workers=True,
+        )
+
+    torch.manual_seed(SEED)
+    logger = MLFlowLogger(experiment_name="lightning", tracking_uri=f"sqlite:///{out / 'mlflow.db'}", log_model="all")
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        precision="bf16-mixed",
+        logger=logger,
+        enable_progress_bar=False,
+        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", monitor="val_loss", save_last=True), Clock()],
+        max_time={"seconds": max(1, int(deadline - time.time()))},
+    )
+    trainer.fit(Module(), loader(train_idx, True), loader(val_idx, False))
+
+
+def _record(out: Path, epoch: int, t: float, scores: dict[str, float]) -> bool:
+    """Append the epoch's end time and scores; True once the bar is met."""
+    with open(out / "epochs.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": epoch, "t": t} | scores) + "\n")
+    return scores["f1"] >= F1_BAR and scores["loc_err"] <= PX_BAR
+
+
+# -- the harness: one fresh process per row, timed from just before it starts ------------------------
+def run_row(name: str, h5: Path, workdir: Path, max_epochs: int, budget_s: float) -> dict:
+    out = workdir / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "epochs.jsonl").unlink(missing_ok=True)
+    env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{out / 'mlflow.db'}")
+    if name in RECIPES:
+        cmd = [
+            sys.executable,
+            "-m",
+            "glint_track",
+            "train",
+            "--h5",
+            str(h5),
+            "--epochs",
+            str(max_epochs),
+            "--output-dir",
+            str(out / "run"),
+            *RECIPES[name],
+        ]
+    else:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--row",
+            name,
+            "--h5",
+            str(h5),
+            "--workdir",
+            str(workdir),
+            "--max-epochs",
+            str(max_epochs),
+            "--budget-s",
+            str(budget_s),
+        ]
+    start = time.time()
+    with open(out / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget_s + 600, check=False)
+    wall = time.time() - start
+    epochs = _glint_track_epochs(out) if name in RECIPES else _read_epochs(out)
+    reached = next((e for e in epochs if e["f1"] >= F1_BAR and e["loc_err"] <= PX_BAR), None)
+    first = epochs[0]["t"] - start if epochs else float("nan")
+    steady = (epochs[-1]["t"] - epochs[0]["t"]) / (len(epochs) - 1) if len(epochs) > 1 else float("nan")
+    return {
+        "row": name,
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "epochs": len(epochs),
+        "first_epoch_s": first,
+        "epoch_s": steady,
+        "bar_epoch": reached and reached["epoch"],
+        "to_bar_s": reached["t"] - start if reached else None,
+        "best_f1": max((e["f1"] for e in epochs), default=float("nan")),
+        "last": epochs[-1] if epochs else None,
+    }
+
+
+def _read_epochs(out: Path) -> list[dict]:
+    path = out / "epochs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _glint_track_epochs(out: Path) -> list[dict]:
+    """Each epoch's end (its log line) and val F1 / mean error (its MLflow metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    log_lines = (
+        (out / "run" / "training.log").read_text().splitlines() if (out / "run" / "training.log").exists() else []
+    )
+    ends = {}
+    for m in filter(None, map(_EPOCH_LINE.match, log_lines)):
+        ends[int(m.group(2))] = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    if not runs:
+        return []
+    run_id = runs[0].info.run_id
+    f1 = {m.step: m.value for m in client.get_metric_history(run_id, "val_f1")}
+    err = {m.step: m.value for m in client.get_metric_history(run_id, "val_loc_err_mean")}
+    return [{"epoch": e, "t": ends[e], "f1": f1[e], "loc_err": err[e]} for e in sorted(ends) if e in f1 and e in err]
+
+
+def table(results: list[dict], header: str) -> str:
+    """Time to the bar per row, and how many times sooner than (a) and (p); a row that never met the bar
+    counts its whole wall time, a lower bound, so its ratio reads "> x"."""
+    by_row = {r["row"]: r for r in results}
+
+    def ratio(r: dict, base: str) -> str:
+        if r["to_bar_s"] is None or base not in by_row:
+            return "—"
+        other = by_row[base]
+        if other["to_bar_s"] is None:
+            return f"> {other['wall_s'] / r['to_bar_s']:.1f}"
+        return f"{other['to_bar_s'] / r['to_bar_s']:.2f}"
+
+    lines = [
+        header,
+        "",
+        "| row | epochs to the bar | s to the bar | × vs (a) | × vs (p) | first epoch s | epoch s | "
+        "best val F1 | last epoch: F1 / px |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        last = r["last"] or {"f1": float("nan"), "loc_err": float("nan")}
+        to_bar = "—" if r["to_bar_s"] is None else f"{r['to_bar_s']:.1f}"
+        lines.append(
+            f"| {r['row']} | {r['bar_epoch'] or '—'} of {r['epochs']} | {to_bar} | {ratio(r, 'research')} | "
+            f"{ratio(r, 'lightning')} | {r['first_epoch_s']:.1f} | {r['epoch_s']:.2f} | {r['best_f1']:.3f} | "
+            f"{last['f1']:.3f} / {last['loc_err']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--h5", type=Path)
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--only", help=f"comma-separated rows of: {', '.join(ROWS)}")
+    parser.add_argument("--max-epochs", type=int, default=40)
+    parser.add_argument("--budget-s", type=float, default=900, help="a row stops after this many seconds")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # in the child process
+    args = parser.parse_args()
+    if args.row:
+        out = args.workdir / args.row
+        {"research": research, "lightning": lightning}[args.row](
+            args.h5, out, args.max_epochs, time.time() + args.budget_s
+        )
+        return
+    workdir = make_workdir(args.workdir, "glint-tta-")
+    h5 = args.h5 or synthetic_file(workdir, "tta", args.samples, args.size)
+    rows = args.only.split(",") if args.only else ROWS
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    tables = []
+    for repeat in range(1, args.repeats + 1):
+        results = []
+        for name in rows:
+            results.append(run_row(name, h5, workdir / f"repeat{repeat}", args.max_epochs, args.budget_s))
+            print(json.dumps(results[-1]), flush=True)
+        header = f"{dt.date.today()} · {gpu} · torch {torch.__version__} · {h5.name} · run {repeat} of {args.repeats}"
+        tables.append(table(results, header))
+    print("\n\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
