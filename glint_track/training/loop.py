@@ -211,8 +211,8 @@ def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, d
             f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
             f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data"
         )
-    if device.type == "cuda" and not cfg.deterministic:
-        torch.backends.cudnn.benchmark = True  # picks the fastest convolution kernels by timing them
+    # cuDNN autotuning (torch.backends.cudnn.benchmark) stays off: on an H100 it added 3-10 s to the first epoch
+    # and gained nothing after it, at batch 16 or 256 (docs/benchmarks.md, issue 16)
     data, resident = place(data, device)
     truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
     loading = {"seed": cfg.seed, "device": device, "num_workers": cfg.num_workers, "resident": resident}
