@@ -1,7 +1,8 @@
-"""Issue 7: DDP under torchrun (gloo on the CPU) and sweeps as MLflow child runs."""
+"""DDP under torchrun (gloo on the CPU), across two "nodes" too, and sweeps as MLflow child runs."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,32 +31,35 @@ def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:
     assert len(left_out) > 1
 
 
-def test_torchrun_two_gloo_processes_make_one_run_that_resumes_in_one_process(tiny_h5: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "glint_track",
-        "train",
-        "--h5",
-        str(tiny_h5),
-        *TINY,
-        "--epochs",
-        "2",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("finished 2 epochs") == 1  # rank 0 alone reports
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_nodes_make_one_run_that_resumes_in_one_process(tiny_h5: Path, tmp_path: Path) -> None:
+    """Two machines as users launch them (README, "Several GPUs"): one torchrun per node, c10d rendezvous,
+    gloo; here both "nodes" on loopback, one process each."""
+    port = _free_port()
+    rendezvous = (
+        f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{port} --rdzv-id t".split()
+    )
+    train = ["-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "2"]
+    logs = [(tmp_path / f"node{n}.out", tmp_path / f"node{n}.err") for n in range(2)]
+    command, nodes = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], []
+    for out, err in logs:
+        with open(out, "w") as o, open(err, "w") as e:
+            nodes.append(subprocess.Popen(command, stdout=o, stderr=e))
+    for node, (_, err) in zip(nodes, logs):
+        assert node.wait(timeout=600) == 0, err.read_text()[-3000:]
+    stdout, stderr = ("".join(path.read_text() for path in paths) for paths in zip(*logs))
+    assert stdout.count("finished 2 epochs") == 1  # global rank 0 alone reports
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["world_size"] == "2" and run.data.params["global_batch_size"] == "16"
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-    assert "× 2 ranks" in proc.stderr
+    assert "× 2 ranks" in stderr
     checkpoint, _ = latest_checkpoint(run.info.run_id)
     assert checkpoint["epoch"] == 2 and not any(k.startswith("module.") for k in checkpoint["model_state_dict"])
 
