@@ -7,6 +7,7 @@ localisation error and the identity-swap rate, overall and per glint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +128,17 @@ class GlintMetrics:
             setattr(self, name, value if current is None else current + value)
         self.errors.append(torch.where(hit, dist, torch.full_like(dist, float("nan"))))
 
+    def combine(
+        self, total: Callable[[torch.Tensor], torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """Merge what every DDP rank accumulated on its shard of the validation set: `total` sums a tensor over
+        the ranks, `gather` concatenates their rows. compute() then gives exactly what one process validating
+        every sample would (counts add up; the median needs every error, so they are gathered)."""
+        counts = torch.stack([getattr(self, name) for name in _COUNTS])
+        for name, value in zip(_COUNTS, total(counts)):
+            setattr(self, name, value)
+        self.errors = [gather(self._errors(flat=False))]
+
     def compute(self) -> dict[str, float]:
         """Overall precision, recall, f1, loc_err_mean, loc_err_median (px), swap_rate."""
         return self._summary(
@@ -160,4 +172,6 @@ class GlintMetrics:
         }
 
 
+#: What GlintMetrics counts per glint channel.
+_COUNTS = ("tp", "fp", "fn", "swaps", "predicted")
 METRIC_NAMES = ("precision", "recall", "f1", "loc_err_mean", "loc_err_median", "swap_rate")

@@ -64,6 +64,21 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of `tensor`, concatenated in rank order (ranks may hold different numbers of rows);
+        `tensor` itself in a plain run."""
+        if not self.enabled:
+            return tensor
+        rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+        sizes = [torch.zeros_like(rows) for _ in range(self.world_size)]
+        dist.all_gather(sizes, rows)
+        counts = [int(size.item()) for size in sizes]
+        padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
     @property
     def agree(self) -> Callable[[bool], bool] | None:
         """What combines a stop flag over the ranks (`any`), or None in a plain run: nothing to agree on."""

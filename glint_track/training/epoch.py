@@ -85,11 +85,16 @@ def validate(
     threshold: float,
     *,
     desc: str,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """The mean of each loss term over `batches` and the glint metrics of the predictions decoded at
-    `threshold` against `truth` (the ground truth of every sample, indexed by the batches)."""
+    `threshold` against `truth` (the ground truth of every sample, indexed by the batches). Under DDP each
+    rank validates its shard; `reduce` (a sum over ranks) and `gather` (rows of every rank) merge them."""
     totals = LossTotals()
     for logits, targets, index in infer(model, progress_bar(batches, desc), precision):
         totals.add(loss_fn(logits, targets), index.shape[0])
         metrics.update(decode(logits, threshold), truth.take(index))
-    return totals.means() | metrics.compute()
+    if reduce is not None and gather is not None:
+        metrics.combine(reduce, gather)
+    return totals.means(reduce) | metrics.compute()

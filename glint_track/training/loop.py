@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +84,8 @@ class TrainingData:
     resident: bool  # on the device (else streamed by loader workers)
     truth: Glints  # of every sample, indexed by the batches
     train_batches: Batches
-    val_batches: Batches
+    val_batches: Batches  # the whole validation set (the logged model is evaluated on it by rank 0)
+    val_shard: Batches  # what this rank validates each epoch: every world-th sample under DDP, else all
     train_count: int
     val_idx: list[int]
 
@@ -121,7 +121,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
         preview = Preview(model, td.data, td.truth, td.val_idx, precision, device, cfg.threshold, cfg.match_radius)
         for epoch in range(plan.start_epoch if plan else 1, cfg.epochs + 1):
             stop.check(ddp.agree)
-            metrics = fit_epoch(epoch, cfg, step_model, optimizer, td, loss_fn, precision, ddp.sum, between_steps)
+            metrics = fit_epoch(epoch, cfg, step_model, optimizer, td, loss_fn, precision, ddp, between_steps)
             is_best = progress.update(epoch, metrics)
             if run is not None:
                 run.save_epoch(parts, epoch, metrics, is_best, preview)
@@ -152,7 +152,7 @@ def fit_epoch(
     td: TrainingData,
     loss_fn: GlintLoss,
     precision: Precision,
-    reduce: Callable[[torch.Tensor], torch.Tensor],
+    ddp: Distributed,
     between_steps: BetweenSteps,
 ) -> dict[str, float]:
     """Train one epoch and validate it; returns what is logged for it (at step = epoch)."""
@@ -167,20 +167,22 @@ def fit_epoch(
         optimizer,
         desc=f"epoch {epoch} train",
         after_step=between_steps,
-        reduce=reduce,
+        reduce=ddp.sum,
     )
     images_per_s = td.train_count / (time.perf_counter() - t0)
     between_steps.epoch_trained()
     glint_metrics = GlintMetrics(td.data.num_glints, cfg.match_radius)
     val_terms = validate(
         step_model,
-        td.val_batches,
+        td.val_shard,
         loss_fn,
         precision,
         glint_metrics,
         td.truth,
         cfg.threshold,
         desc=f"epoch {epoch} val",
+        reduce=ddp.sum if ddp.enabled else None,
+        gather=ddp.gather_rows,
     )
     metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
     return metrics | {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": images_per_s}
@@ -211,6 +213,11 @@ def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, d
             f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
             f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data"
         )
+    if len(val_idx) < ddp.world_size:
+        raise GlintTrackError(
+            f"{len(val_idx)} validation samples cannot give each of {ddp.world_size} GPUs one; "
+            f"use a larger --val-split, fewer GPUs or more data"
+        )
     # cuDNN autotuning (torch.backends.cudnn.benchmark) stays off: on an H100 it added 3-10 s to the first epoch
     # and gained nothing after it, at batch 16 or 256 (docs/benchmarks.md, issue 16)
     data, resident = place(data, device)
@@ -218,7 +225,11 @@ def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, d
     loading = {"seed": cfg.seed, "device": device, "num_workers": cfg.num_workers, "resident": resident}
     train_batches = make_batches(data, train_idx, cfg.batch_size, shuffle=True, shard=ddp.shard, **loading)
     val_batches = make_batches(data, val_idx, cfg.batch_size, shuffle=False, **loading)
-    return TrainingData(data, resident, truth, train_batches, val_batches, len(train_idx), val_idx.tolist())
+    rank, world = ddp.shard
+    val_shard = (
+        make_batches(data, val_idx[rank::world], cfg.batch_size, shuffle=False, **loading) if world > 1 else val_batches
+    )
+    return TrainingData(data, resident, truth, train_batches, val_batches, val_shard, len(train_idx), val_idx.tolist())
 
 
 class BetweenSteps:

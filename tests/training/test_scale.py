@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from conftest import TINY, latest_checkpoint
 from mlflow.tracking import MlflowClient
+from torch.nn.parallel import DistributedDataParallel
 
 from glint_track.cli import main
-from glint_track.data.batches import epoch_indices
+from glint_track.data.batches import epoch_indices, make_batches, split_indices
+from glint_track.data.glint_file import load_glint_file
+from glint_track.engine import Precision
+from glint_track.glints import GlintMetrics, ground_truth
+from glint_track.model import OUTPUT_STRIDE
+from glint_track.training.distributed import Distributed
+from glint_track.training.epoch import validate
+from glint_track.training.losses import GlintLoss
 
 
 def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:
@@ -29,6 +40,58 @@ def test_ddp_shards_cover_the_epoch_once_in_equal_parts() -> None:
         assert len(missing) == 1
         left_out |= missing
     assert len(left_out) > 1
+
+
+class _Brightness(torch.nn.Module):
+    """A stand-in model that finds bright spots, identity-blind: counts, errors and swaps all non-trivial."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels, self.gain = channels, torch.nn.Parameter(torch.tensor(30.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.max_pool2d(x, OUTPUT_STRIDE) * self.gain - 24).expand(-1, self.channels, -1, -1)
+
+
+def _validation(h5: str, ddp: Distributed) -> dict[str, float]:
+    """validate() of this rank's share of the split, merged over the ranks."""
+    data, cpu = load_glint_file(h5, None), torch.device("cpu")
+    _, val_idx = split_indices(data.num_samples, 0.22, 42)  # 7 samples: shards of 4 and 3
+    truth = ground_truth(data.points, data.present, data.heatmaps)
+    model = _Brightness(data.num_glints)
+    rank, world = ddp.shard
+    batches = make_batches(
+        data, val_idx[rank::world], 3, shuffle=False, seed=0, device=cpu, num_workers=0, resident=True
+    )
+    return validate(
+        DistributedDataParallel(model) if ddp.enabled else model,
+        batches,
+        GlintLoss("peak-bce"),
+        Precision.resolve("fp32", cpu, channels_last=False),
+        GlintMetrics(data.num_glints),
+        truth,
+        0.3,
+        desc="val",
+        reduce=ddp.sum if ddp.enabled else None,
+        gather=ddp.gather_rows,
+    )
+
+
+def _rank(rank: int, port: int, h5: str, out: str) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2"}
+    ddp = Distributed.from_env(torch.device("cpu"))
+    torch.save(_validation(h5, ddp), f"{out}.{rank}")
+    ddp.close()
+
+
+def test_validation_sharded_over_ranks_gives_exactly_the_single_process_metrics(tiny_h5: Path, tmp_path: Path) -> None:
+    alone = _validation(str(tiny_h5), Distributed())
+    torch.multiprocessing.spawn(_rank, args=(_free_port(), str(tiny_h5), str(tmp_path / "r")), nprocs=2)
+    merged = [torch.load(tmp_path / f"r.{rank}") for rank in range(2)]
+    assert merged[0] == merged[1]  # every rank reports the same
+    assert 0 < alone["recall"] < 1 and alone["swap_rate"] > 0 and alone["loc_err_median"] > 0
+    for name, value in alone.items():
+        assert merged[0][name] == pytest.approx(value, rel=1e-6), name
 
 
 def _free_port() -> int:
