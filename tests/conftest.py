@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 if "PYTEST_XDIST_WORKER" in os.environ:  # one worker per core: one compute thread each, for it and its subprocesses
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -53,6 +55,21 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, poll_s: fl
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+#: This checkout: the MLproject `mlflow run` runs.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mlflow_run(*params: str) -> subprocess.CompletedProcess:
+    """`mlflow run` of this checkout with `-P` params, as users type it, into the test's tracking store."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():  # else as the README has it: its .venv, not active
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local"]
+    for p in params:
+        args += ["-P", p]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
 def run_cli(*args: str, **kwargs: Any) -> Result:

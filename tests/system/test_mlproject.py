@@ -8,25 +8,12 @@ import sys
 from pathlib import Path
 
 import mlflow
-from conftest import latest_checkpoint
+from conftest import latest_checkpoint, mlflow_run
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def mlflow_run(tmp_path: Path, *params: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
-    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():  # else as the README has it: its .venv, not active
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local"]
-    for p in params:
-        args += ["-P", p]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(tiny_h5: Path, tmp_path: Path) -> None:
+def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(tiny_h5: Path) -> None:
     first = mlflow_run(
-        tmp_path,
         f"h5={tiny_h5}",
         "batch_size=8",
         "val_split=0.25",
@@ -50,7 +37,7 @@ def test_mlflow_run_without_optimizer_state_then_resume_continues_the_same_run(t
     assert "optimizer_state_dict" not in checkpoint and checkpoint["epoch"] == 1
 
     # only the typed parameters change: the loss stays dice, the folder, split and batch size stay the run's
-    second = mlflow_run(tmp_path, "epochs=3", "no_save_optimizer=false", f"resume_run_id={run.info.run_id}")
+    second = mlflow_run("epochs=3", "no_save_optimizer=false", f"resume_run_id={run.info.run_id}")
     assert second.returncode == 0, second.stderr[-3000:]
     (resumed,) = client.search_runs([run.info.experiment_id])  # the same run, no new one
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"

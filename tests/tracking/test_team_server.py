@@ -12,10 +12,9 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY, train_tiny
+from conftest import TINY, mlflow_run, train_tiny
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer, Postgres
-from test_mlproject import mlflow_run
 
 from glint_track.cli import main
 
@@ -71,7 +70,7 @@ def test_postgresql_server_train_resume_elsewhere_and_mlflow_run(
         assert resumed.exit_code == 0, resumed.output
         assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
 
-        project = mlflow_run(tmp_path, "epochs=4", f"resume_run_id={run_id}")  # everything else: the run's own
+        project = mlflow_run("epochs=4", f"resume_run_id={run_id}")  # everything else: the run's own
         assert project.returncode == 0, project.stderr[-3000:]
         assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3, 4]
         assert client.get_run(run_id).info.status == "FINISHED"
