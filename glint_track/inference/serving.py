@@ -5,8 +5,6 @@ image size) returns one row per image and glint: image (index), glint (g1…), x
 score and present. The checkpoint travels as an artifact and is read with weights_only=True.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np
@@ -25,9 +23,10 @@ class GlintPyfunc(PythonModel):
         self.model = GlintUNet.from_checkpoint(checkpoint, "model checkpoint")
         self.threshold = float((context.model_config or {}).get("threshold", DEFAULT_THRESHOLD))
 
-    # No type hints here: MLflow reads them as an input schema and warns that `Any` is none; the model's
-    # signature (tracking/logged_model.py) is the schema.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # MLflow reads these hints at class creation (so no `from __future__ import annotations` here): an ndarray
+    # is a type it infers no schema from, so the model's signature (tracking/logged_model.py) stays the schema,
+    # and without hints it would warn on every training that logs the model.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = np.asarray(model_input)
         if images.ndim == 2:
             images = images[None]

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
+from glint_track.tracking.tags import TAG_EXPERIMENT_KIND, TRAINING_KIND
 
 try:  # the SQL stores' errors (mlflow-skinny installs may lack SQLAlchemy)
     from sqlalchemy.exc import SQLAlchemyError
@@ -139,17 +140,20 @@ def local_artifact_root(artifact_uri: str) -> Path | None:
 
 
 def experiment_id_for(name: str, client: MlflowClient) -> str:
-    """The ID of experiment `name`, created if missing (without setting MLflow's process-wide active experiment)."""
+    """The ID of experiment `name`, created if missing (without setting MLflow's process-wide active experiment),
+    marked as a training experiment unless it already has a kind."""
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
         except MlflowException:  # created by a run started at the same moment
             found = client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage != "active":
         raise GlintTrackError(
             f"experiment {name!r} is deleted; restore it (`mlflow experiments restore`) or pass another --experiment"
         )
+    if TAG_EXPERIMENT_KIND not in found.tags:  # made by `mlflow run`, another tool or an older glint-track
+        client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, TRAINING_KIND)
     return found.experiment_id
 
 

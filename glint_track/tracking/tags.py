@@ -19,3 +19,7 @@ TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 TAG_CONTINUED_IN = "glint_track.continued_in"  # on a run `mlflow run` made that another run trained in
+#: MLflow 3's experiment kind: with this value the UI opens an experiment on its runs table (training), not
+#: on the GenAI overview.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"

@@ -22,6 +22,7 @@ from glint_track.tracking.server import (
     local_store_errors,
     reachable,
 )
+from glint_track.tracking.tags import TAG_EXPERIMENT_KIND
 
 
 def _closed_port() -> int:
@@ -50,6 +51,15 @@ def test_experiments_are_found_or_made_and_a_deleted_one_is_refused() -> None:
     client = MlflowClient()
     made = experiment_id_for("glints", client)
     assert experiment_id_for("glints", client) == made and client.get_experiment(made).name == "glints"
+    assert client.get_experiment(made).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"  # the runs table
+    untagged, other = (
+        client.create_experiment("by mlflow run"),
+        client.create_experiment("genai", tags={TAG_EXPERIMENT_KIND: "x"}),
+    )
+    for name in ("by mlflow run", "genai"):
+        experiment_id_for(name, client)
+    assert client.get_experiment(untagged).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+    assert client.get_experiment(other).tags[TAG_EXPERIMENT_KIND] == "x"  # a kind someone chose is kept
     client.delete_experiment(made)
     with pytest.raises(GlintTrackError, match="experiment 'glints' is deleted"):
         experiment_id_for("glints", client)
