@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def child_env(**extra: str) -> dict[str, str]:
     whatever PYTHONPATH already held (on the lent GPU machine, the carried mlflow)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def train_command(*args: str) -> list[str]:
+    """`glint-track train` with `args`, as this interpreter runs it (`python -m glint_track`)."""
+    return [sys.executable, "-m", "glint_track", "train", *args]
 
 
 #: Its sitecustomize makes a process SIGKILL itself at a chosen point (GLINT_TRACK_TEST_KILL, see there).

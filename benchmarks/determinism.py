@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
-from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors
+from _common import child_env, differing_parts, make_workdir, synthetic_file, tensors, train_command
 
 from glint_track.checkpoint.format import load_checkpoint
 
@@ -54,12 +54,7 @@ def main() -> None:
         for i in range(2):
             out = workdir / f"{flag.strip('-')}_{i}"
             cmd = [
-                sys.executable,
-                "-m",
-                "glint_track",
-                "train",
-                "--h5",
-                str(h5),
+                *train_command("--h5", str(h5)),
                 "--epochs",
                 str(args.epochs),
                 "--batch-size",

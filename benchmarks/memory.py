@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file
+from _common import child_env, make_workdir, synthetic_file, train_command
 
 
 def rollup(pid: int) -> tuple[int, int]:
@@ -39,12 +39,7 @@ def three_runs(h5: Path, workdir: Path, cache: bool) -> dict:
         run_dir = workdir / f"{'cache' if cache else 'nocache'}-{loss}"
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable,
-            "-m",
-            "glint_track",
-            "train",
-            "--h5",
-            str(h5),
+            *train_command("--h5", str(h5)),
             "--loss",
             loss,
             "--epochs",

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file
+from _common import child_env, make_workdir, synthetic_file, train_command
 from mlflow.tracking import MlflowClient
 
 #: name → the flags that recipe adds to `glint-track train` (the default adds none)
@@ -37,12 +37,7 @@ RECIPES = {
 def train(workdir: Path, h5: Path, name: str, flags: list[str], epochs: int, extra: list[str]) -> dict:
     env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
     cmd = [
-        sys.executable,
-        "-m",
-        "glint_track",
-        "train",
-        "--h5",
-        str(h5),
+        *train_command("--h5", str(h5)),
         "--epochs",
         str(epochs),
         "--run-name",

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file
+from _common import child_env, make_workdir, synthetic_file, train_command
 
 from glint_track.data.batches import split_indices
 from glint_track.data.glint_file import load_glint_file
@@ -270,12 +270,7 @@ def cli_runs(h5: Path, workdir: Path, losses: list[str], epochs: int, extra: lis
         run_dir = workdir / f"{loss}-{len(losses)}"
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable,
-            "-m",
-            "glint_track",
-            "train",
-            "--h5",
-            str(h5),
+            *train_command("--h5", str(h5)),
             "--loss",
             loss,
             "--epochs",

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, make_workdir, synthetic_file
+from _common import child_env, make_workdir, synthetic_file, train_command
 
 F1_BAR, PX_BAR = 0.99, 0.5
 SPLIT, SEED = 0.1, 42
@@ -229,12 +229,7 @@ def run_row(name: str, h5: Path, workdir: Path, max_epochs: int, budget_s: float
     env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{out / 'mlflow.db'}")
     if name in RECIPES:
         cmd = [
-            sys.executable,
-            "-m",
-            "glint_track",
-            "train",
-            "--h5",
-            str(h5),
+            *train_command("--h5", str(h5)),
             "--epochs",
             str(max_epochs),
             "--output-dir",

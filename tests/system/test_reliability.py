@@ -29,7 +29,7 @@ from glint_track.training.save_process import SaveProcess
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import differing_parts, with_killpoint  # noqa: E402
+from _common import differing_parts, train_command, with_killpoint  # noqa: E402
 from kill_anywhere import kill_and_resume  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
@@ -349,12 +349,7 @@ def _train_through_outage(
     in flight or next); start it again once the trainer says it is spooling (True), or after that many
     seconds (a float). Returns the finished process and the run ID."""
     cmd = [
-        sys.executable,
-        "-m",
-        "glint_track",
-        "train",
-        "--h5",
-        str(h5),
+        *train_command("--h5", str(h5)),
         *TINY,
         "--epochs",
         str(epochs),
