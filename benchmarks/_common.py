@@ -46,13 +46,14 @@ def train_command(*args: str) -> list[str]:
 KILLPOINTS = ROOT / "tests" / "killpoints"
 
 
-def with_killpoint(env: dict[str, str], point: str | None) -> dict[str, str]:
-    """`env` for a `python -m glint_track` child that SIGKILLs itself at `point` (None: never), this checkout
-    importable."""
-    paths = [str(KILLPOINTS)] * bool(point) + [str(ROOT), env.get("PYTHONPATH", "")]
-    return dict(env, PYTHONPATH=os.pathsep.join(p for p in paths if p)) | (
-        {"GLINT_TRACK_TEST_KILL": point} if point else {}
-    )
+def with_killpoint(env: dict[str, str], point: str | None, *, gate: Path | None = None) -> dict[str, str]:
+    """`env` for a `python -m glint_track` child that SIGKILLs itself at `point` (None: never), and with `gate`
+    waits in that folder before claiming its run (see tests/killpoints), this checkout importable."""
+    hooks = {"GLINT_TRACK_TEST_KILL": point} if point else {}
+    if gate is not None:
+        hooks["GLINT_TRACK_TEST_GATE"] = str(gate)
+    paths = [str(KILLPOINTS)] * bool(hooks) + [str(ROOT), env.get("PYTHONPATH", "")]
+    return dict(env, PYTHONPATH=os.pathsep.join(p for p in paths if p)) | hooks
 
 
 def synthetic_file(workdir: Path, prefix: str, samples: int, size: int) -> Path:

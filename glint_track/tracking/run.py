@@ -105,6 +105,7 @@ class RunTracker:
         continue_run_id: str | None,
         system_metrics: bool = False,
         claim: bool = True,
+        still_current: Callable[[MlflowClient, str], None] | None = None,
     ) -> RunTracker:
         """Start a new run in `experiment`, or continue run `continue_run_id`, after claiming it (one writer
         per run, see lease.py). A run a sweep made for this process (MLFLOW_RUN_ID) is used as the new run.
@@ -114,7 +115,8 @@ class RunTracker:
 
         With `system_metrics`, MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU use in a
         thread of its own and logs them as `system/…` metrics of the run. `claim=False`: a run nobody resumes
-        (an evaluation) needs no claim."""
+        (an evaluation) needs no claim. `still_current(client, run_id)` runs once the claim is held, before the run
+        is touched: it raises when what the caller planned from is out of date (another process trained meanwhile)."""
         system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
         with local_store_errors():
             client = MlflowClient()  # a local store (./mlflow.db) is created or migrated here
@@ -132,6 +134,8 @@ class RunTracker:
             RunLease.acquire(client, continue_run_id) if claim else (None, None)
         )  # before anything is written
         try:
+            if still_current is not None and not new:
+                still_current(client, continue_run_id)
             if not new:
                 report_left_running(client.get_run(continue_run_id), stale)
             run = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)

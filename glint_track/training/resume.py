@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow.tracking import MlflowClient
+
 from glint_track.errors import GlintTrackError
 from glint_track.model import model_shape
 from glint_track.tracking.fetch import ResumeSource, fetch_checkpoint
@@ -36,6 +38,18 @@ class ResumePlan:
     @property
     def same_run(self) -> bool:
         return self.source.run_id is not None
+
+    def check_current(self, client: MlflowClient, run_id: str) -> None:
+        """Called once this process holds the run's claim: refuse when another process trained the run past
+        the checkpoint this plan was read from while this one was starting (its epochs would be trained twice).
+        An epoch's metrics are logged only after its checkpoint, so a later step means a later checkpoint."""
+        done = self.start_epoch - 1
+        trained = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
+        if trained > done:
+            raise GlintTrackError(
+                f"run {run_id} was trained to epoch {trained} by another process while this one was starting from "
+                f"epoch {done}; run the same command again to continue from its latest checkpoint"
+            )
 
     def branch_hint(self) -> str:
         """How to train from this checkpoint in a new run (what a refused change needs)."""

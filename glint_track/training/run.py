@@ -123,7 +123,9 @@ class TrackedRun:
         """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED."""
         save_process = SaveProcess() if save_process_wanted(device) else None  # a wrong setting: exit 2, no run
         continued = plan.source.run_id if plan and plan.same_run else None
-        tracker = RunTracker.start(cfg.experiment, cfg.run_name, continued, cfg.system_metrics)
+        tracker = RunTracker.start(
+            cfg.experiment, cfg.run_name, continued, cfg.system_metrics, still_current=plan and plan.check_current
+        )
         try:
             run = cls(cfg, plan, data, tracker, save_process)
         except BaseException as e:

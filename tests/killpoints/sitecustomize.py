@@ -6,6 +6,10 @@ Put this folder first on PYTHONPATH and set GLINT_TRACK_TEST_KILL to one of
                       exists; by this process or by its save process);
   log_model           halfway through uploading the files of the MLflow model.
 The process then dies as under `kill -9`: no handler, no `finally`, no atexit.
+
+GLINT_TRACK_TEST_GATE=<folder> holds the process just before it claims its MLflow run (its plan, and on a
+resume its checkpoint, already read): it writes <folder>/<pid>.waiting and goes on once <folder>/<pid>.go or
+<folder>/all.go exists, so a test decides which process claims when.
 """
 
 from __future__ import annotations
@@ -80,6 +84,28 @@ def _in_log_model() -> None:
 
     LocalArtifactRepository.log_artifacts = log_artifacts
 
+
+def _gate(folder: Path) -> None:
+    import time
+
+    from glint_track.tracking.lease import RunLease
+
+    real = RunLease.acquire.__func__
+
+    def acquire(cls, *args, **kwargs):
+        (folder / f"{os.getpid()}.waiting").touch()
+        deadline = time.monotonic() + 120
+        while not ((folder / f"{os.getpid()}.go").exists() or (folder / "all.go").exists()):
+            if time.monotonic() > deadline:
+                raise SystemExit("test gate: never opened")
+            time.sleep(0.01)
+        return real(cls, *args, **kwargs)
+
+    RunLease.acquire = classmethod(acquire)
+
+
+if os.environ.get("GLINT_TRACK_TEST_GATE"):
+    _gate(Path(os.environ["GLINT_TRACK_TEST_GATE"]))
 
 _point = os.environ.get("GLINT_TRACK_TEST_KILL", "")
 if _point.startswith("publish:"):

@@ -23,12 +23,13 @@ from glint_track.tracking.run import RunTracker
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import child_env  # noqa: E402
+from _common import child_env, with_killpoint  # noqa: E402
 
 
-def start_training(cwd: Path, *args: str) -> subprocess.Popen:
-    """`python -m glint_track train …` in `cwd` (its ./mlflow.db), stderr captured."""
-    env = child_env(XDG_CACHE_HOME=str(cwd / "cache"), GLINT_TRACK_LEASE_TTL_S="8")
+def start_training(cwd: Path, *args: str, gate: Path | None = None) -> subprocess.Popen:
+    """`python -m glint_track train …` in `cwd` (its ./mlflow.db), stderr captured; with `gate`, it waits there
+    before claiming its run (see tests/killpoints)."""
+    env = with_killpoint(child_env(XDG_CACHE_HOME=str(cwd / "cache"), GLINT_TRACK_LEASE_TTL_S="8"), None, gate=gate)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         env.pop(var, None)
     return subprocess.Popen(
@@ -141,11 +142,47 @@ def test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over(tiny_h5: Pa
     assert len(writers) == 3 and f"pid {first.pid}" in writers["glint_track.writer.2"]  # who trained which part
 
 
+def wait_at_gate(gate: Path, count: int, procs: list[subprocess.Popen]) -> list[int]:
+    """Wait until `count` processes wait at `gate`; returns their pids."""
+    deadline = time.monotonic() + 120
+    while len(waiting := sorted(int(f.stem) for f in gate.glob("*.waiting"))) < count:
+        assert time.monotonic() < deadline, "no process reached the gate"
+        for p in procs:
+            assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    return waiting
+
+
 def test_two_resumes_started_together_train_once(tiny_h5: Path, tmp_path: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "1")
-    procs = [start_training(tmp_path, "--resume", run_id, "--epochs", "3") for _ in range(2)]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [start_training(tmp_path, "--resume", run_id, "--epochs", "3", gate=gate) for _ in range(2)]
+    wait_at_gate(gate, 2, procs)  # both have read the checkpoint of epoch 1 and are about to claim the run
+    (gate / "all.go").touch()
     outputs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outputs
+    (refused,) = [err for p, (_, err) in zip(procs, outputs) if p.returncode == 2]
+    assert "Traceback" not in refused and refused.strip().splitlines()[-1].startswith(f"Error: run {run_id} "), refused
     assert steps(run_id) == [1, 2, 3]
     assert len(MlflowClient().search_logged_models([MlflowClient().get_run(run_id).info.experiment_id])) == 2
+
+
+def test_a_resume_that_read_an_older_checkpoint_refuses_instead_of_training_epochs_twice(
+    tiny_h5: Path, tmp_path: Path
+) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    late = start_training(tmp_path, "--resume", run_id, "--epochs", "3", gate=gate)
+    (pid,) = wait_at_gate(gate, 1, [late])  # it planned from epoch 1
+    train_tiny(tiny_h5, "--resume", run_id, "--epochs", "2")  # meanwhile another process trains epoch 2 and ends
+    (gate / f"{pid}.go").touch()
+    _, err = late.communicate(timeout=300)
+    assert late.returncode == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and f"Error: run {run_id} was trained to epoch 2 by another process" in line, err
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and steps(run_id) == [1, 2]
+    assert MlflowClient().get_run(run_id).data.tags.get("glint_track.writer") is None  # its claim was let go
