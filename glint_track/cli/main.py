@@ -14,6 +14,7 @@ from glint_track.cli.sweep import sweep_cmd, sync_cmd
 from glint_track.cli.tools import evaluate_cmd, inspect_cmd, pack_cmd, predict_cmd, synth_cmd
 from glint_track.cli.train import train_cmd
 from glint_track.errors import GlintTrackError
+from glint_track.logs import log_formatter, route_third_party
 
 
 class _Group(click.Group):
@@ -44,19 +45,21 @@ def main(debug: bool) -> None:
 
     Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
     """
-    _log_to_stderr(logging.DEBUG if debug else logging.INFO)
+    _log_to_stderr(debug)
 
 
-def _log_to_stderr(level: int) -> None:
-    """Plain timestamped log lines on stderr; replaces the handler of an earlier call (e.g. in tests)."""
+def _log_to_stderr(debug: bool) -> None:
+    """Plain timestamped log lines on stderr, MLflow's and warnings only with --debug (see logs.py);
+    replaces the handler of an earlier call (e.g. in tests)."""
     global _console
     logger = logging.getLogger("glint_track")
     if _console is not None:
         logger.removeHandler(_console)
     _console = logging.StreamHandler(sys.stderr)
-    _console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    _console.setFormatter(log_formatter())
     logger.addHandler(_console)
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    route_third_party(_console, debug)
 
 
 _console: logging.Handler | None = None

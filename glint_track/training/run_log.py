@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from glint_track.files import os_reason
+from glint_track.logs import log_formatter
 
 
 class RunLogHandler(logging.FileHandler):
@@ -19,7 +20,7 @@ class RunLogHandler(logging.FileHandler):
         super().__init__(
             path, delay=True
         )  # opened at the first line: a folder that cannot be written fails there, quietly
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.setFormatter(log_formatter())
         self.failed: str | None = None  # why the file stopped being written
 
     def emit(self, record: logging.LogRecord) -> None:

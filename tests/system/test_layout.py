@@ -22,7 +22,7 @@ LAYERS = [
     "figures",
     "glints",
     "model",
-    "errors|files",
+    "errors|files|logs",
 ]
 
 

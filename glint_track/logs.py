@@ -1,0 +1,37 @@
+"""One log format for the terminal and the run's training.log, and third-party lines kept out of both.
+
+MLflow logs its housekeeping (database set-up, the system-metrics thread, signature checks) at INFO in a
+format and colours of its own, and libraries raise Python warnings about their own internals: neither
+tells a user anything about their training. Both are shown with --debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def log_formatter() -> logging.Formatter:
+    return logging.Formatter(LOG_FORMAT)
+
+
+def route_third_party(handler: logging.Handler, debug: bool) -> None:
+    """MLflow's log lines go through `handler` (our format, no colours), its warnings and errors only unless
+    `debug`; Python warnings become log records, shown only with `debug`. Called before MLflow is imported
+    (commands import it when they need it), or after: either way MLflow's own handler is not used."""
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # read once, when MLflow is imported
+    mlflow_log = logging.getLogger("mlflow")
+    for old in list(mlflow_log.handlers):  # MLflow's own coloured handler, if it was imported already
+        mlflow_log.removeHandler(old)
+    mlflow_log.addHandler(handler)
+    mlflow_log.setLevel(logging.INFO if debug else logging.WARNING)
+    mlflow_log.propagate = False
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    for old in list(warnings_log.handlers):
+        warnings_log.removeHandler(old)
+    warnings_log.addHandler(handler)
+    warnings_log.setLevel(logging.WARNING if debug else logging.CRITICAL)
+    warnings_log.propagate = False
