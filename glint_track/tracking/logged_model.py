@@ -14,9 +14,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from glint_track.glints import DEFAULT_THRESHOLD
 
 
-def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_name: str | None) -> None:
+def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_name: str | None) -> str:
     """A pyfunc MLflow model under `model/` that takes uint8 images N×H×W and returns glints (see
-    serving.py), carrying glint-track's code so it loads anywhere."""
+    serving.py), carrying glint-track's code so it loads anywhere. Returns its model ID."""
     h, w = image_size
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w))]),
@@ -33,7 +33,7 @@ def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_n
         params=ParamSchema([ParamSpec("threshold", "double", DEFAULT_THRESHOLD)]),
     )
     package = Path(__file__).parents[1]
-    mlflow.pyfunc.log_model(
+    info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(package / "inference" / "pyfunc_entry.py"),
         artifacts={"checkpoint": str(checkpoint)},
@@ -51,3 +51,4 @@ def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_n
         ],
         registered_model_name=registered_name,
     )
+    return info.model_id

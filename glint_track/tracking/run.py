@@ -47,7 +47,7 @@ from glint_track.tracking.server import (
     tracking_uri,
 )
 from glint_track.tracking.spool import Spool
-from glint_track.tracking.tags import TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY
+from glint_track.tracking.tags import TAG_HISTORY, TAG_MODEL_EPOCH, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY
 
 log = logging.getLogger(__name__)
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
@@ -160,10 +160,17 @@ class RunTracker:
         if is_remote(tracking_uri()):
             self.spool = Spool.create(directory, self.run_id, tracking_uri())
 
-    def log_config(self, config: dict[str, Any], from_epoch: int = 1, invocation: Collection[str] = ()) -> None:
-        """Log settings as params and `train_args.json`. Params cannot change, so on a continued run a
-        setting whose value differs becomes the tag `glint_track.override.<name>` = "<value> from epoch N",
-        except the `invocation` settings (how this process was started, not what it trains)."""
+    def log_config(
+        self,
+        config: dict[str, Any],
+        from_epoch: int = 1,
+        invocation: Collection[str] = (),
+        everything: dict[str, Any] | None = None,
+    ) -> None:
+        """Log settings as params, in their order, and `everything` (default: the same) as `train_args.json`.
+        Params cannot change, so on a continued run a setting whose value differs becomes the tag
+        `glint_track.override.<name>` = "<value> from epoch N", except the `invocation` settings (how this
+        process was started, not what it trains)."""
         existing = self.client.get_run(self.run_id).data.params
         new = {k: v for k, v in config.items() if k not in existing}
         if new:
@@ -175,7 +182,7 @@ class RunTracker:
         }
         if changed:
             self.set_tags(changed)
-        self.log_dict(config, "train_args.json")
+        self.log_dict(config if everything is None else everything, "train_args.json")
 
     def add_history(self, line: str) -> None:
         """A line of the run's history (a resume and what it changed), shown in its description."""
@@ -217,9 +224,10 @@ class RunTracker:
     def metric_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
-    def has_complete_model(self) -> bool:
-        """Whether the run already holds a fully logged model. Models a killed process left half-logged
-        (PENDING, or FAILED) are deleted first, so that finishing the run leaves exactly one."""
+    def has_model_of(self, epoch: int) -> bool:
+        """Whether the run already holds a fully logged model of the checkpoint of `epoch`. Models a killed
+        process left half-logged (PENDING, or FAILED) are deleted first, so that finishing the run leaves
+        exactly one."""
         models = self.client.search_logged_models(
             [self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'"
         )
@@ -227,7 +235,10 @@ class RunTracker:
             if model.status != LoggedModelStatus.READY:
                 log.info("deleting model %s, which a stopped process left %s", model.model_id, model.status)
                 self.client.delete_logged_model(model.model_id)
-        return any(model.status == LoggedModelStatus.READY for model in models)
+        return any(
+            model.status == LoggedModelStatus.READY and model.tags.get(TAG_MODEL_EPOCH) == str(epoch)
+            for model in models
+        )
 
     # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
     # so the background checkpoint writer can call them; each may be spooled.
@@ -254,11 +265,19 @@ class RunTracker:
     def delete_artifact(self, artifact_path: str) -> None:
         self._call("delete", {"path": artifact_path})
 
-    def log_model(self, checkpoint: Path, image_size: tuple[int, int], registered_name: str | None = None) -> None:
-        """The best checkpoint as a pyfunc MLflow model under `model/` (see `log_pyfunc_model`)."""
+    def log_model(
+        self, checkpoint: Path, epoch: int, image_size: tuple[int, int], registered_name: str | None = None
+    ) -> None:
+        """The checkpoint of `epoch` as the run's pyfunc MLflow model under `model/` (see `log_pyfunc_model`),
+        replacing the one an earlier part of the run logged: a run has one model, whatever its resumes."""
         self._call(
             "model",
-            {"name": checkpoint.name, "image_size": list(image_size), "registered_name": registered_name},
+            {
+                "name": checkpoint.name,
+                "epoch": epoch,
+                "image_size": list(image_size),
+                "registered_name": registered_name,
+            },
             checkpoint,
         )
 
@@ -377,14 +396,41 @@ def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) 
     elif op == "model":
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
-            log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
+            model_id = log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
         else:  # replayed by `glint-track sync`: the run's final status is the spooled `end` that follows
             with mlflow.start_run(run_id=run_id):
-                log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
+                model_id = log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
+        if args.get("epoch") is not None:
+            client.set_logged_model_tags(model_id, {TAG_MODEL_EPOCH: str(args["epoch"])})
+        retire_older_models(tracker, model_id)
     elif op == "end":
         client.set_terminated(run_id, args["status"])
     else:
         raise GlintTrackError(f"unknown spooled call {op!r}; this spool was written by a newer glint-track")
+
+
+def retire_older_models(tracker: RunTracker, current: str) -> None:
+    """Delete the models an earlier part of the run logged, now that `current` replaces them; a model with
+    versions in the Model Registry stays (they point at it)."""
+    client, run_id = tracker.client, tracker.run_id
+    older = [
+        m
+        for m in client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if m.model_id != current
+    ]
+    if not older:
+        return
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+        registered = {v.model_id or v.source.removeprefix("models:/") for v in versions}  # stores that leave model_id
+    except MlflowException as e:  # the registry cannot say which are in use: delete none
+        log.warning("the run keeps its earlier models: listing Model Registry versions failed (%s)", e)
+        return
+    for model in older:
+        if model.model_id in registered:
+            log.info("model %s of this run stays: the Model Registry has versions of it", model.model_id)
+        else:
+            client.delete_logged_model(model.model_id)
 
 
 def _description(summary: str, history: str) -> str:

@@ -23,3 +23,5 @@ TAG_CONTINUED_IN = "glint_track.continued_in"  # on a run `mlflow run` made that
 #: on the GenAI overview.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
+
+TAG_MODEL_EPOCH = "glint_track.epoch"  # on a logged model: the epoch of the checkpoint it packages

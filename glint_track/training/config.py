@@ -14,7 +14,7 @@ from typing import Any, get_args, get_type_hints
 from glint_track.data.glint_file import default_cache_dir
 from glint_track.errors import GlintTrackError, shown
 from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD
-from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights
+from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights, knobs_read
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -32,6 +32,25 @@ INVOCATION = frozenset({"resume"})
 _RUN_ONLY = frozenset({"experiment", "run_name", "output_dir"})
 #: What the research script did without a flag (it had no scheduler and always used Adam).
 _RESEARCH_FIXED = {"optimizer": "adam", "scheduler": "none", "weight_decay": 0.0, "loss": "focal"}
+#: The params a run page lists first (MLflow shows them in the order they were logged): what decides the model.
+_PARAMS_FIRST = (
+    "loss",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "scheduler",
+    "step_size",
+    "step_gamma",
+    "weight_decay",
+    "momentum",
+    *(f.name for f in fields(LossWeights)),
+    "base_channels",
+    "h5",
+    "val_split",
+    "seed",
+    "precision",
+)
 
 
 @dataclass
@@ -87,6 +106,16 @@ class TrainConfig(LossWeights):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def params(self) -> dict[str, Any]:
+        """The settings as the MLflow run lists them: what decides the model first, and without the settings
+        this run does not use (another loss's knobs, momentum without SGD, step decay without the step
+        scheduler), which would read as if they had an effect. train_args.json and checkpoints keep all."""
+        unused = {f.name for f in fields(LossWeights)} - set(knobs_read(self.loss))
+        unused |= {"momentum"} if self.optimizer != "sgd" else set()
+        unused |= {"step_size", "step_gamma"} if self.scheduler != "step" else set()
+        values = self.to_dict()
+        return {k: values[k] for k in dict.fromkeys([*_PARAMS_FIRST, *values]) if k not in unused}
 
     def run_folder(self, run_id: str) -> Path:
         """The run's local folder: --output-dir, else runs/<run id>."""

@@ -8,7 +8,7 @@ dict of scalar tensors: `loss` is what is optimised, the other entries are its t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import combinations
 
 import torch
@@ -103,6 +103,11 @@ class LossWeights:
     agg_wf: float = 1.0
     agg_wb: float = 0.0
     agg_wd: float = 0.0
+
+
+def knobs_read(name: str) -> tuple[str, ...]:
+    """The LossWeights fields that loss `name` reads; the others do not change its value."""
+    return {"focal": ("alpha", "gamma"), "hybrid": tuple(f.name for f in fields(LossWeights))}.get(name, ())
 
 
 class GlintLoss(nn.Module):

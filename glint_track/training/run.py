@@ -83,6 +83,7 @@ class TrackedRun:
         self.cfg, self.plan, self.data, self.tracker = cfg, plan, data, tracker
         self.lease = tracker.lease
         self.same_run = plan is not None and plan.same_run
+        self.lr_each_epoch = True  # decided by describe() (see _chart_lr)
         self.output_dir = cfg.run_folder(tracker.run_id)
         cfg.output_dir = str(self.output_dir)
         cfg.experiment = tracker.experiment_name  # `mlflow run` may have chosen it
@@ -149,13 +150,11 @@ class TrackedRun:
         start = plan.start_epoch if plan else 1
         if plan and not plan.same_run:
             tracker.set_tags({TAG_RESUMED_FROM: plan.source.label})
-        tracker.log_config(
-            cfg.to_dict() | {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size},
-            start,
-            INVOCATION,
-        )
+        scale = {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size}
+        tracker.log_config(cfg.params() | scale, start, INVOCATION, everything=cfg.to_dict() | scale)
         if self.same_run and plan.changed:
             tracker.add_history(f"Resumed at epoch {start} with {describe_changes(plan.changed)}.")
+        self.lr_each_epoch = self._chart_lr(start)
         tags = {
             "glint_track.dataset.path": str(data.path.resolve()),
             "glint_track.dataset.samples": data.num_samples,
@@ -168,6 +167,26 @@ class TrackedRun:
         tracker.set_tags(tags)
         tracker.log_dataset(data)
 
+    def _chart_lr(self, start: int) -> bool:
+        """Whether `lr` is logged each epoch. A constant learning rate is logged once, at step 0 (the UI shows
+        it as a bar with its value; as a flat line its axis would read -1…1). Once it varies (a scheduler, or
+        a resume that changed it) it is logged every epoch, the epochs before the change with the old value."""
+        cfg, plan, tracker = self.cfg, self.plan, self.tracker
+        steps = tracker.metric_steps("lr") if self.same_run else set()
+        changed = self.same_run and bool({"lr", "scheduler"} & set(plan.changed))
+        if cfg.scheduler == "none" and not changed and not any(steps):
+            tracker.log_metrics({"lr": cfg.lr}, step=0)
+            return False
+        if changed and steps == {0}:  # constant until this resume
+            old_lr = plan.changed["lr"][0] if "lr" in plan.changed else cfg.lr
+            for epoch in range(1, start):
+                tracker.log_metrics({"lr": old_lr}, epoch)
+        return True
+
+    def _tracked(self, metrics: dict[str, float]) -> dict[str, float]:
+        """An epoch's metrics as the run logs them (see _chart_lr)."""
+        return metrics if self.lr_each_epoch else {k: v for k, v in metrics.items() if k != "lr"}
+
     def complete_resumed(self, progress: TrainProgress) -> None:
         """Finish what a process killed while saving its last checkpoint left undone."""
         if not self.same_run:
@@ -176,7 +195,7 @@ class TrackedRun:
         checkpoint, done = resume.checkpoint, int(resume.checkpoint["epoch"])
         metrics = {k: v for k, v in (checkpoint.get("metrics") or {}).items() if isinstance(v, (int, float))}
         if metrics and done not in self.tracker.metric_steps("train_loss"):
-            self.tracker.log_metrics(metrics, done)
+            self.tracker.log_metrics(self._tracked(metrics), done)
         best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
         self.checkpointer.complete(checkpoint, best_is_this)
 
@@ -189,7 +208,7 @@ class TrackedRun:
         self.writer.hold()  # until the next epoch's first steps are on the GPU (see BackgroundWriter)
         self.checkpointer.save(parts, cfg.to_dict(), epoch, is_best)
         self.writer.submit(
-            self.tracker.log_metrics, metrics, epoch
+            self.tracker.log_metrics, self._tracked(metrics), epoch
         )  # after the checkpoint: a resume never logs a step twice
         if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
             self.writer.submit(self.tracker.log_image, preview.grid(), f"val_images/epoch_{epoch:03d}.png")
@@ -222,8 +241,8 @@ class TrackedRun:
             cfg.threshold,
             desc="best val",
         )
-        if not (finishing and epoch in tracker.metric_steps("best_val_loss")):
-            tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=epoch)
+        # step 0: values of the run's model, not of an epoch; the UI draws one bar with the latest value
+        tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=0)
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
         tracker.log_image(preview.heatmaps(), "figures/heatmaps_best.png")
         curves = threshold_sweep(model, val_batches, precision, preview.truth, data.num_glints, cfg.match_radius)
@@ -232,8 +251,8 @@ class TrackedRun:
             threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
             "figures/threshold_curves.png",
         )
-        if not (finishing and tracker.has_complete_model()):  # a stopped process may have logged it already
-            tracker.log_model(logged, data.image_size, cfg.register_model)
+        if not (finishing and tracker.has_model_of(epoch)):  # a stopped process may have logged it already
+            tracker.log_model(logged, epoch, data.image_size, cfg.register_model)
         return glints | {"epoch": epoch}
 
     def close(self, status: str) -> Path | None:

@@ -81,7 +81,7 @@ def test_models_a_stopped_process_left_half_logged_are_deleted() -> None:
     client = MlflowClient()
     pending = client.create_logged_model(tracker.experiment_id, name="model", source_run_id=tracker.run_id)
     assert pending.status == LoggedModelStatus.PENDING
-    assert not tracker.has_complete_model()
+    assert not tracker.has_model_of(1)
     left = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{tracker.run_id}'")
     assert left == []
     tracker.finish("FINISHED", wait_s=0)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, TINY
+import mlflow
+from conftest import REPO, TINY, latest_checkpoint, run_cli, train_tiny
+from mlflow.tracking import MlflowClient
 
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
 
@@ -30,3 +32,38 @@ def test_the_terminal_and_training_log_hold_our_lines_only(tiny_h5: Path, tmp_pa
         [*cmd[:3], "--debug", *cmd[3:]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert debug.returncode == 0 and "INFO Started monitoring system metrics" in debug.stderr, debug.stderr
+
+
+def test_a_resumed_run_has_one_model_its_summary_as_bars_and_params_that_apply_first(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--monitor", "val_f1", "--monitor-mode", "max")
+    assert run_cli("train", "--resume", run_id, "--epochs", "3").exit_code == 0
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    (model,) = client.search_logged_models([run.info.experiment_id])  # the first part's model was replaced
+    best_epoch = latest_checkpoint(run_id, "best_model.pth")[0]["epoch"]
+    assert model.source_run_id == run_id and model.tags["glint_track.epoch"] == str(best_epoch)
+    for key in [k for k in run.data.metrics if k.startswith("best_val_")]:  # one bar each, never a trend
+        assert {m.step for m in client.get_metric_history(run_id, key)} == {0}, key
+    assert {m.step for m in client.get_metric_history(run_id, "lr")} == {0}  # constant: one value, one bar
+    assert [m.step for m in client.get_metric_history(run_id, "val_f1")] == [1, 2, 3]
+    params = list(run.data.params)
+    assert params.index("loss") < params.index("epochs") < params.index("lr") < params.index("h5")
+    assert not {"alpha", "gamma", "lam_focal", "lam_dice", "momentum", "step_size"} & set(params)  # not used by it
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")["lam_focal"] == 1.0  # kept, all of them
+
+
+def test_a_focal_run_lists_the_knobs_focal_reads(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--loss", "focal", "--optimizer", "sgd")
+    params = MlflowClient().get_run(run_id).data.params
+    assert {"alpha", "gamma", "momentum"} <= set(params) and not {"lam_dice", "div_mode"} & set(params)
+
+
+def test_a_model_with_registered_versions_is_never_deleted_by_a_resume(tiny_h5: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1", "--register-model", "glints")
+    assert run_cli("train", "--resume", run_id, "--epochs", "2").exit_code == 0
+    client = MlflowClient()
+    versions = client.search_model_versions("name='glints'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # the resume registered its model too
+    kept = {m.model_id for m in client.search_logged_models([client.get_run(run_id).info.experiment_id])}
+    assert kept == {v.source.removeprefix("models:/") for v in versions}  # each version's model is kept
+    assert mlflow.pyfunc.load_model("models:/glints/1") is not None

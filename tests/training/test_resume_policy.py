@@ -24,7 +24,8 @@ def test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so(tiny_h
     result = run_cli("train", "--resume", run_id, "--epochs", "3", "--lr", "0.0001")
     assert result.exit_code == 0, result.output
     assert "lr 0.003 → 0.0001" in result.output
-    assert history(run_id, "lr") == {1: 0.003, 2: 0.003, 3: pytest.approx(0.0001)}
+    # constant, lr was one value at step 0; now it changed, every epoch has its own
+    assert history(run_id, "lr") == {0: 0.003, 1: 0.003, 2: 0.003, 3: pytest.approx(0.0001)}
     checkpoint, _ = latest_checkpoint(run_id)
     assert checkpoint["optimizer_state_dict"]["state"][0]["step"] == 3 * 3  # Adam's moments went on (3 steps an epoch)
     assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.0001)
@@ -124,7 +125,7 @@ def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None
     assert result.exit_code == 0, result.output
     new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
     assert new_run != source_run and sorted(history(source_run, "val_loss")) == [1, 2, 3]
-    assert history(new_run, "lr") == {2: 0.0005} and MlflowClient().get_run(new_run).data.params["lr"] == "0.0005"
+    assert history(new_run, "lr") == {0: 0.0005} and MlflowClient().get_run(new_run).data.params["lr"] == "0.0005"
 
 
 def test_a_typed_loss_applies_and_its_best_checkpoint_starts_afresh(tiny_h5: Path) -> None:
