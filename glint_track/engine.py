@@ -92,9 +92,15 @@ def infer(model: torch.nn.Module, batches: Iterable[Batch], precision: Precision
 
 
 def threshold_sweep(
-    model: torch.nn.Module, batches: Batches, precision: Precision, truth: Glints, num_glints: int, match_radius: float
+    model: torch.nn.Module,
+    batches: Batches,
+    precision: Precision,
+    truth: Glints,
+    num_glints: int,
+    match_radius: float,
+    in_use: float,
 ) -> dict[str, list[float]]:
-    """Precision, recall and F1 at detection thresholds 0.05 … 0.95 over the validation set."""
+    """Precision, recall and F1 over the validation set at detection thresholds 0.02 … 0.98 and `in_use`."""
     preds, truths = [], []
     for logits, _, index in infer(model, batches, precision):
         preds.append(decode(logits))  # positions and scores; each threshold below picks the present ones
@@ -104,7 +110,7 @@ def threshold_sweep(
         torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths])
     )
     curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
-    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
+    for t in sorted({*np.round(np.arange(0.02, 0.99, 0.02), 2).tolist(), in_use}):
         metrics = GlintMetrics(num_glints, match_radius)
         metrics.update(Glints(xy, score, score >= t), gt)
         result = metrics.compute()

@@ -53,6 +53,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 @stacked(*TRAIN_OPTIONS)
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
+    from glint_track.tracking.ui import run_url, runs_table_url
     from glint_track.training.loop import train
     from glint_track.training.resume import AlreadyFinished
     from glint_track.training.run import POOR_ADVICE, POOR_F1
@@ -83,15 +84,12 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
         return
     click.echo(f"\n{_summary_line(result)}")
     click.echo(f"  Local copy:  {result.output_dir}")
-    if result.tracking_uri.startswith(("http://", "https://")):
-        click.echo(
-            "  Open:        "
-            f"{result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-        )
-    else:
-        click.echo(
-            f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-        )
+    remote = result.tracking_uri.startswith(("http://", "https://"))
+    ui = result.tracking_uri if remote else "http://127.0.0.1:5000"
+    if not remote:
+        click.echo(f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open")
+    click.echo(f"  Runs:        {runs_table_url(ui, result.experiment_id)}")
+    click.echo(f"  This run:    {run_url(ui, result.experiment_id, result.run_id)}")
     click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
     if result.glints is not None and result.glints["f1"] < POOR_F1:
         click.echo(f"Warning: val F1 {result.glints['f1']:.3f}. {POOR_ADVICE}", err=True)

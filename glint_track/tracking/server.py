@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
 from glint_track.tracking.tags import TAG_EXPERIMENT_KIND, TRAINING_KIND
+from glint_track.tracking.ui import store_runs_view
 
 try:  # the SQL stores' errors (mlflow-skinny installs may lack SQLAlchemy)
     from sqlalchemy.exc import SQLAlchemyError
@@ -145,7 +146,9 @@ def experiment_id_for(name: str, client: MlflowClient) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
+            created = client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
+            store_runs_view(client, created)
+            return created
         except MlflowException:  # created by a run started at the same moment
             found = client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage != "active":
@@ -154,6 +157,7 @@ def experiment_id_for(name: str, client: MlflowClient) -> str:
         )
     if TAG_EXPERIMENT_KIND not in found.tags:  # made by `mlflow run`, another tool or an older glint-track
         client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, TRAINING_KIND)
+    store_runs_view(client, found.experiment_id)
     return found.experiment_id
 
 

@@ -19,9 +19,10 @@ TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 TAG_CONTINUED_IN = "glint_track.continued_in"  # on a run `mlflow run` made that another run trained in
-#: MLflow 3's experiment kind: with this value the UI opens an experiment on its runs table (training), not
-#: on the GenAI overview.
+#: MLflow 3's experiment kind: a model-training experiment. (Which view the UI opens follows the browser's
+#: GenAI / Model training switch; the links glint-track prints choose it, see tracking/ui.py.)
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 
 TAG_MODEL_EPOCH = "glint_track.epoch"  # on a logged model: the epoch of the checkpoint it packages
+TAG_EPOCHS = "glint_track.epochs"  # on a run: the epochs it has trained so far (its `epochs` param keeps the first)

@@ -23,7 +23,7 @@ from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, Glints, decode
 from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
-from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_RESUMED_FROM
+from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_EPOCHS, TAG_RESUMED_FROM
 from glint_track.training.background import BackgroundWriter
 from glint_track.training.checkpointer import Checkpointer, TrainProgress
 from glint_track.training.config import INVOCATION, TrainConfig
@@ -210,6 +210,7 @@ class TrackedRun:
         self.writer.submit(
             self.tracker.log_metrics, self._tracked(metrics), epoch
         )  # after the checkpoint: a resume never logs a step twice
+        self.writer.submit(self.tracker.set_tags, {TAG_EPOCHS: epoch})  # the runs table's "epochs" column
         if (is_best and cfg.image_every == 0) or (cfg.image_every and epoch % cfg.image_every == 0):
             self.writer.submit(self.tracker.log_image, preview.grid(), f"val_images/epoch_{epoch:03d}.png")
 
@@ -245,10 +246,12 @@ class TrackedRun:
         tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=0)
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
         tracker.log_image(preview.heatmaps(), "figures/heatmaps_best.png")
-        curves = threshold_sweep(model, val_batches, precision, preview.truth, data.num_glints, cfg.match_radius)
+        curves = threshold_sweep(
+            model, val_batches, precision, preview.truth, data.num_glints, cfg.match_radius, cfg.threshold
+        )
         tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(
-            threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"]),
+            threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"], cfg.threshold),
             "figures/threshold_curves.png",
         )
         if not (finishing and tracker.has_model_of(epoch)):  # a stopped process may have logged it already

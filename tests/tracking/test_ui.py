@@ -3,6 +3,7 @@ how the run reads in the MLflow UI (params, metrics, logged models, pictures).""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,8 +11,14 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import torch
 from conftest import REPO, TINY, latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
+
+from glint_track.figures import crop_around, grid_shape, threshold_curves, validation_grid
+from glint_track.glints import Glints
+from glint_track.tracking.ui import VIEW_KEY, VIEW_TAG
 
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
 
@@ -67,3 +74,44 @@ def test_a_model_with_registered_versions_is_never_deleted_by_a_resume(tiny_h5: 
     kept = {m.model_id for m in client.search_logged_models([client.get_run(run_id).info.experiment_id])}
     assert kept == {v.source.removeprefix("models:/") for v in versions}  # each version's model is kept
     assert mlflow.pyfunc.load_model("models:/glints/1") is not None
+
+
+def test_grids_have_no_empty_tile() -> None:
+    for n in range(1, 17):
+        cols, rows = grid_shape(n)
+        assert cols * rows == n and cols >= rows, n
+    assert grid_shape(8) == (4, 2)
+
+
+def test_validation_pictures_crop_around_the_glints_at_a_readable_scale() -> None:
+    n, size, tile = 8, 128, 320
+    xy = torch.tensor([[40.0, 60.0], [52.0, 60.0], [46.0, 70.0]]).expand(n, 3, 2).clone()
+    truth = Glints(xy, torch.ones(n, 3), torch.ones(n, 3, dtype=torch.bool))
+    pred = Glints(xy + 0.5, torch.ones(n, 3), torch.ones(n, 3, dtype=torch.bool))
+    images = torch.rand(n, 1, size, size) * 0.2 + 0.4
+    grid = validation_grid(images, pred, truth, match_radius=2.0, tile=tile)
+    assert grid.width == 4 * tile and grid.height > 2 * tile
+    pixels = np.asarray(grid)
+    tiles = [pixels[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(2) for c in range(4)]
+    assert all(t.mean() > 30 for t in tiles)  # every tile shows an image: none is left black
+    x0, y0, side = crop_around(xy[0] + 0.5, size, size, margin=8.0)
+    assert side <= size / 2 and x0 <= 40 and x0 + side >= 53 and y0 <= 60 and y0 + side >= 71
+    assert tile / side >= 2 * tile / size  # glints at least twice as large as in the whole image
+
+
+def test_the_threshold_figure_is_drawn_around_the_threshold_in_use() -> None:
+    thresholds = sorted({*np.round(np.arange(0.02, 0.99, 0.02), 2).tolist(), 0.3})
+    high = [0.999] * len(thresholds)
+    picture = threshold_curves(thresholds, high, high, high, in_use=0.3)
+    assert picture.width > 400 and picture.height > 300
+
+
+def test_the_printed_links_open_the_training_view_with_glint_columns(tiny_h5: Path) -> None:
+    result, run_id = train_tiny(tiny_h5, "--epochs", "2")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    view = json.loads(client.get_experiment(run.info.experiment_id).tags[VIEW_TAG])
+    assert view["selectedColumns"][:2] == ["metrics.`val_f1`", "metrics.`val_loc_err_mean`"]
+    assert run.data.tags["glint_track.epochs"] == "2"  # what the table's epochs column shows
+    table = f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    assert table in result.output and f"/runs/{run_id}?workflowType=machine_learning" in result.output

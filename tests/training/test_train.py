@@ -43,7 +43,7 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert artifact_names(run_id, "val_images") == {"epoch_001.png", "epoch_002.png"}
     assert artifact_names(run_id, "figures") == {"heatmaps_best.png", "threshold_curves.png", "threshold_curves.json"}
     curves = mlflow.artifacts.load_dict(f"runs:/{run_id}/figures/threshold_curves.json")
-    assert len(curves["threshold"]) == len(curves["f1"]) == 19
+    assert len(curves["threshold"]) == len(curves["f1"]) == 49 and 0.3 in curves["threshold"]  # 0.02…0.98, in use
     files = {"latest_checkpoint.pth", "best_model.pth", "epoch_001.pth", "epoch_002.pth"}
     assert artifact_names(run_id, "checkpoints") == files | {f"{name}.sha256" for name in files}
     args = mlflow.artifacts.load_dict(f"runs:/{run_id}/train_args.json")
