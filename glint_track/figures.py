@@ -198,3 +198,31 @@ def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
         draw.text((cx + r + 1, cy - r - 1), str(c + 1), fill=colour)
     return img
+
+
+def sweep_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics: tuple[str, ...]) -> Image.Image:
+    """One panel per metric with one line per sweep child (`curves`: child label → metric → (epoch, value)),
+    so the parent run shows at a glance which settings learn fastest and end best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), dpi=110, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, series in curves.items():
+            points = sorted(series.get(metric, []))
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=2.5, linewidth=1.2, label=label[:40])
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
+    fig.canvas.draw()
+    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return image

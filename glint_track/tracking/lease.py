@@ -2,10 +2,13 @@
 
 A claim is the param `glint_track.writer.N`. Params cannot change, so when two processes claim the same N
 at once the tracking store keeps one and refuses the other: the compare-and-set that tags lack (SQLite,
-PostgreSQL and `mlflow server` all enforce it). The tag `glint_track.writer` says who holds the run and
-when it last showed a sign of life (a heartbeat every TTL/4). The next claimant takes over a claim whose
-process is gone: on the same host at once (its pid is dead), from another host once the heartbeat is
-older than the TTL (GLINT_TRACK_LEASE_TTL_S, 120 s). The params stay as the run's record of who trained it.
+PostgreSQL and `mlflow server` all enforce it). A run this process has just created needs no contest (no
+one else can know its ID yet): its first claim is the tag `glint_track.writer.1`, so that runs compared
+in the UI differ in their settings only, not in who trained them. The tag `glint_track.writer` says who
+holds the run and when it last showed a sign of life (a heartbeat every TTL/4). The next claimant takes
+over a claim whose process is gone: on the same host at once (its pid is dead), from another host once
+the heartbeat is older than the TTL (GLINT_TRACK_LEASE_TTL_S, 120 s). The `glint_track.writer.N` params
+and tag stay as the run's record of who trained each part.
 """
 
 from __future__ import annotations
@@ -80,9 +83,9 @@ class RunLease:
         self._thread.start()
 
     @classmethod
-    def acquire(cls, client: MlflowClient, run_id: str) -> tuple[RunLease, Holder | None]:
-        """Claim the run; returns the lease and the stale holder it took over, if any (to report).
-        Refuses in one line while another live process holds it."""
+    def acquire(cls, client: MlflowClient, run_id: str, *, new: bool = False) -> tuple[RunLease, Holder | None]:
+        """Claim the run (`new`: one this process created); returns the lease and the stale holder it took
+        over, if any (to report). Refuses in one line while another live process holds it."""
         run = client.get_run(run_id)
         previous = Holder.parse(run.data.tags.get(TAG))
         if previous is not None and previous.alive():
@@ -93,12 +96,13 @@ class RunLease:
             )
         claims = [
             int(k[len(PARAM_PREFIX) :])
-            for k in run.data.params
+            for k in [*run.data.params, *run.data.tags]
             if k.startswith(PARAM_PREFIX) and k[len(PARAM_PREFIX) :].isdigit()
         ]
         holder = Holder(socket.gethostname(), os.getpid(), max(claims, default=0) + 1, time.time())
+        record = client.set_tag if new else client.log_param
         try:
-            client.log_param(run_id, f"{PARAM_PREFIX}{holder.claim}", f"{holder.host} pid {holder.pid}")
+            record(run_id, f"{PARAM_PREFIX}{holder.claim}", f"{holder.host} pid {holder.pid}")
         except MlflowException as e:
             if "Changing param values is not allowed" not in str(e):
                 raise

@@ -131,7 +131,7 @@ class RunTracker:
                 tags = resolve_tags() | (provenance(project) if project is not None else {})
                 continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         lease, stale = (
-            RunLease.acquire(client, continue_run_id) if claim else (None, None)
+            RunLease.acquire(client, continue_run_id, new=new) if claim else (None, None)
         )  # before anything is written
         try:
             if still_current is not None and not new:

@@ -110,10 +110,12 @@ class TrainConfig(LossWeights):
     def params(self) -> dict[str, Any]:
         """The settings as the MLflow run lists them: what decides the model first, and without the settings
         this run does not use (another loss's knobs, momentum without SGD, step decay without the step
-        scheduler), which would read as if they had an effect. train_args.json and checkpoints keep all."""
+        scheduler), which would read as if they had an effect, and without the local folder, which differs
+        from run to run without meaning anything. train_args.json and checkpoints keep all."""
         unused = {f.name for f in fields(LossWeights)} - set(knobs_read(self.loss))
         unused |= {"momentum"} if self.optimizer != "sgd" else set()
         unused |= {"step_size", "step_gamma"} if self.scheduler != "step" else set()
+        unused.add("output_dir")  # where this machine keeps a copy (the tag glint_track.local_copy): not a setting
         values = self.to_dict()
         return {k: values[k] for k in dict.fromkeys([*_PARAMS_FIRST, *values]) if k not in unused}
 

@@ -23,7 +23,7 @@ from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, Glints, decode
 from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
-from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_EPOCHS, TAG_RESUMED_FROM
+from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_EPOCHS, TAG_LOCAL_COPY, TAG_RESUMED_FROM
 from glint_track.training.background import BackgroundWriter
 from glint_track.training.checkpointer import Checkpointer, TrainProgress
 from glint_track.training.config import INVOCATION, TrainConfig
@@ -161,6 +161,7 @@ class TrackedRun:
             TAG_DATASET_DIGEST: data.digest,
             "glint_track.dataset.glints": data.num_glints,
             "glint_track.version": __version__,
+            TAG_LOCAL_COPY: cfg.output_dir,
         }
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.checkpoint.format import ARTIFACT_DIR, LATEST
 from glint_track.data.glint_file import default_cache_dir, load_glint_file
 from glint_track.errors import GlintTrackError
+from glint_track.figures import sweep_curves
 from glint_track.tracking.server import check_tracking_server, experiment_id_for, list_artifact_names, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 #: Epoch metrics that are bookkeeping, not results: left out of the summary.
 _NOT_SUMMARISED = {"lr", "epoch_time_s"}
 _HIGHER_IS_BETTER = ("f1", "precision", "recall", "images_per_s")
+#: The per-epoch curves the parent run's picture compares across children.
+_COMPARED = ("val_f1", "val_loc_err_mean", "val_loss")
 
 
 @dataclass
@@ -251,6 +254,11 @@ def _summarise(client: MlflowClient, parent: str, spec: SweepSpec, children: lis
     writer.writerows(rows)
     client.log_text(parent, out.getvalue(), "summary.csv")
     client.log_dict(parent, rows, "summary.json")
+    curves = {
+        c.label: {m: [(h.step, h.value) for h in client.get_metric_history(c.run_id, m)] for m in _COMPARED}
+        for c in children
+    }
+    client.log_image(parent, sweep_curves(curves, _COMPARED), "figures/children.png")
     done = [c for c in children if c.status == "FINISHED" and spec.monitor in c.best]
     failed = [c for c in children if c.status != "FINISHED"]
     tags = {

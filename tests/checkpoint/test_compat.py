@@ -129,7 +129,7 @@ def test_research_checkpoint_resumes_with_its_adam_state_into_a_new_run(
     assert resumed["optimizer_state_dict"]["state"][head]["step"] == 2 + 3  # 24 training images / batch 8
     assert "no optimizer state" not in result.output
     # a new run in its own folder: the research run's folder is untouched
-    assert Path(run.data.params["output_dir"]) == Path("runs") / run_id
+    assert Path(run.data.tags["glint_track.local_copy"]) == Path("runs") / run_id
     assert source.read_bytes() == before and sorted(p.name for p in source.parent.iterdir()) == [name]
 
 

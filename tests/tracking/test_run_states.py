@@ -138,8 +138,9 @@ def test_one_writer_per_run_and_a_killed_writers_claim_is_taken_over(tiny_h5: Pa
     assert f"was left RUNNING by pid {first.pid}" in third.output
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and steps(run_id) == list(range(1, killed_at + 2))
-    writers = {k: v for k, v in run.data.params.items() if k.startswith("glint_track.writer.")}
+    writers = {k: v for k, v in (run.data.params | run.data.tags).items() if k.startswith("glint_track.writer.")}
     assert len(writers) == 3 and f"pid {first.pid}" in writers["glint_track.writer.2"]  # who trained which part
+    assert "glint_track.writer.1" in run.data.tags  # the new run's own claim: no param to set runs apart
 
 
 def wait_at_gate(gate: Path, count: int, procs: list[subprocess.Popen]) -> list[int]:

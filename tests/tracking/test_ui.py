@@ -115,3 +115,10 @@ def test_the_printed_links_open_the_training_view_with_glint_columns(tiny_h5: Pa
     assert run.data.tags["glint_track.epochs"] == "2"  # what the table's epochs column shows
     table = f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
     assert table in result.output and f"/runs/{run_id}?workflowType=machine_learning" in result.output
+
+
+def test_two_runs_compared_in_the_ui_differ_in_the_params_that_differ_and_no_other(tiny_h5: Path) -> None:
+    runs = [MlflowClient().get_run(train_tiny(tiny_h5, "--epochs", "1", "--lr", lr)[1]) for lr in ("1e-3", "2e-3")]
+    a, b = (r.data.params for r in runs)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"lr"}  # not who trained it, nor where
+    assert all(r.data.tags["glint_track.local_copy"] == f"runs/{r.info.run_id}" for r in runs)

@@ -9,6 +9,7 @@ import sys
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from glint_track.errors import GlintTrackError
 from glint_track.training.sweep import Child, SweepSpec, _best_values, _child_command, _summarise, parse_axes, table
@@ -96,3 +97,5 @@ def test_best_values_take_the_lowest_loss_and_the_highest_f1_and_the_parent_name
     ]
     lines = table(children, "val_loss").splitlines()
     assert len(lines) == 4 and lines[1].split()[-1] == "0.2" and lines[3].split()[-1] == "FAILED"
+    picture = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="figures/children.png")
+    assert Image.open(picture).width > 800  # one panel per compared metric, one line per child

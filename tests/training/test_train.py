@@ -180,7 +180,7 @@ def test_research_script_aliases_are_accepted(tiny_h5: Path) -> None:
         "1",
         "1",
     )
-    assert params["output_dir"] == "legacy"
+    assert MlflowClient().get_run(run_id).data.tags["glint_track.local_copy"] == "legacy"
 
 
 def test_hybrid_loss_trains_and_logs_each_term(tiny_h5: Path) -> None:
