@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 LISTENING = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")  # uvicorn, gunicorn
@@ -151,3 +152,15 @@ class Postgres:
                 timeout=60,
             )
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def chromium_or_skip() -> str:
+    """The path of Chromium for Playwright; the test is skipped (with the fix) where either is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install -e '.[test]')")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    return path

@@ -4,7 +4,6 @@ checked in a real browser. Skipped, with the reason, where PostgreSQL or Chromiu
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY, mlflow_run, train_tiny
 from mlflow.tracking import MlflowClient
-from servers import MlflowServer, Postgres
+from servers import MlflowServer, Postgres, chromium_or_skip
 
 from glint_track.cli import main
 
@@ -105,24 +104,13 @@ def test_system_metrics_can_be_turned_off(tiny_h5: Path) -> None:
     assert not any(k.startswith("system/") for k in mlflow.get_run(off).data.metrics)
 
 
-def _chromium() -> str:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("Playwright is not installed (pip install -e '.[test]')")
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    return path
-
-
 @pytest.mark.timeout(400)
 def test_the_run_page_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Params (save_optimizer too), metric names, checkpoints/latest_checkpoint.pth and a logged image, as a
     user sees them in the MLflow UI. GLINT_TRACK_SAVE_SCREENSHOTS=1 also refreshes docs/ui-run.png."""
     from playwright.sync_api import expect, sync_playwright
 
-    chromium = _chromium()
+    chromium = chromium_or_skip()
     server = MlflowServer(tmp_path)
     server.start()
     try:

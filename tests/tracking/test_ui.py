@@ -12,9 +12,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from conftest import REPO, TINY, latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
+from servers import MlflowServer, chromium_or_skip
 
 from glint_track.figures import crop_around, grid_shape, threshold_curves, validation_grid
 from glint_track.glints import Glints
@@ -122,3 +124,51 @@ def test_two_runs_compared_in_the_ui_differ_in_the_params_that_differ_and_no_oth
     a, b = (r.data.params for r in runs)
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"lr"}  # not who trained it, nor where
     assert all(r.data.tags["glint_track.local_copy"] == f"runs/{r.info.run_id}" for r in runs)
+
+
+@pytest.mark.timeout(400)
+def test_the_mlflow_ui_in_a_real_browser(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed link opens the training view's runs table with glint columns (not MLflow 3's GenAI
+    overview); a resumed run's page shows one model and its summary metrics as bars. With
+    GLINT_TRACK_SAVE_SCREENSHOTS=1 it refreshes docs/ui-runs.png and docs/ui-metrics.png."""
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = chromium_or_skip()
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        _, other = train_tiny(tiny_h5, "--epochs", "2", "--run-name", "lr-2e-3", "--lr", "2e-3")
+        result, run_id = train_tiny(tiny_h5, "--epochs", "2", "--run-name", "glint-demo")
+        resumed = run_cli("train", "--resume", run_id, "--epochs", "3")
+        assert resumed.exit_code == 0, resumed.output
+        link = next(line.split()[-1] for line in resumed.output.splitlines() if line.strip().startswith("Runs:"))
+        shots = REPO / "docs" if os.environ.get("GLINT_TRACK_SAVE_SCREENSHOTS") else tmp_path
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 2000, "height": 900})
+            page.goto(link)
+            expect(page.get_by_text("glint-demo", exact=True).first).to_be_visible(timeout=30000)
+            close = page.get_by_role("button", name="Close")
+            if close.count():  # MLflow's assistant panel: out of the way of the table (its columns load as shown)
+                close.first.click()
+            for column in ("val_f1", "val_loc_err_mean", "val_loss", "loss", "glint_track.epochs"):
+                expect(page.get_by_test_id(f"sort-header-{column}")).to_be_attached(timeout=30000)
+            assert page.get_by_text("Token Usage").count() == 0  # not the GenAI overview
+            page.screenshot(path=str(shots / "ui-runs.png"))
+
+            experiment = mlflow.get_run(run_id).info.experiment_id
+            page.set_viewport_size({"width": 1600, "height": 2600})  # every chart drawn, none lazily left out
+            page.goto(
+                f"{server.uri}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning"
+            )
+            expect(page.get_by_text("best_val_f1", exact=True).first).to_be_visible(timeout=30000)
+            page.wait_for_timeout(3000)
+            metrics = mlflow.get_run(run_id).data.metrics
+            drawn = [k for k, v in metrics.items() if k.startswith("best_val_") and np.isfinite(v)] + ["lr"]
+            assert page.locator(".barlayer").count() >= len(drawn)  # each a bar with its value, never a trend
+            page.screenshot(path=str(shots / "ui-metrics.png"), clip={"x": 0, "y": 0, "width": 1600, "height": 1300})
+            browser.close()
+    finally:
+        server.stop()
+    assert other != run_id
