@@ -27,3 +27,4 @@ TRAINING_KIND = "custom_model_development"
 TAG_MODEL_EPOCH = "glint_track.epoch"  # on a logged model: the epoch of the checkpoint it packages
 TAG_EPOCHS = "glint_track.epochs"  # on a run: the epochs it has trained so far (its `epochs` param keeps the first)
 TAG_LOCAL_COPY = "glint_track.local_copy"  # on a run: the folder where the training machine keeps its files
+TAG_TRAIN_TIME = "glint_track.train_time_s"  # on a run: seconds its processes spent, without the idle time between

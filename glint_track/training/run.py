@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, Glints, decode
 from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
-from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_EPOCHS, TAG_LOCAL_COPY, TAG_RESUMED_FROM
+from glint_track.tracking.tags import (
+    TAG_DATASET_DIGEST,
+    TAG_EPOCHS,
+    TAG_LOCAL_COPY,
+    TAG_RESUMED_FROM,
+    TAG_TRAIN_TIME,
+)
 from glint_track.training.background import BackgroundWriter
 from glint_track.training.checkpointer import Checkpointer, TrainProgress
 from glint_track.training.config import INVOCATION, TrainConfig
@@ -83,6 +90,9 @@ class TrackedRun:
         self.cfg, self.plan, self.data, self.tracker = cfg, plan, data, tracker
         self.lease = tracker.lease
         self.same_run = plan is not None and plan.same_run
+        self.started = time.monotonic()  # the run's training time: this process's part, added at close()
+        earlier = tracker.client.get_run(tracker.run_id).data.tags.get(TAG_TRAIN_TIME) if self.same_run else None
+        self.earlier_s = float(earlier) if earlier and earlier.replace(".", "", 1).isdigit() else 0.0
         self.lr_each_epoch = True  # decided by describe() (see _chart_lr)
         self.output_dir = cfg.run_folder(tracker.run_id)
         cfg.output_dir = str(self.output_dir)
@@ -287,6 +297,8 @@ class TrackedRun:
         except Exception as e:
             log.error("uploading the training log failed (%s)", os_reason(e))
             status = "FAILED"
+        # MLflow's Duration runs from the first start to the last end, idle time between resumes included
+        self.tracker.set_tags({TAG_TRAIN_TIME: f"{self.earlier_s + time.monotonic() - self.started:.0f}"})
         pending = self.tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
         if not pending:
             return None

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -45,9 +46,12 @@ def test_the_terminal_and_training_log_hold_our_lines_only(tiny_h5: Path, tmp_pa
 
 def test_a_resumed_run_has_one_model_its_summary_as_bars_and_params_that_apply_first(tiny_h5: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--monitor", "val_f1", "--monitor-mode", "max")
+    time.sleep(5)  # idle between the run and its resume
     assert run_cli("train", "--resume", run_id, "--epochs", "3").exit_code == 0
     client = MlflowClient()
     run = client.get_run(run_id)
+    duration_s = (run.info.end_time - run.info.start_time) / 1000  # MLflow's Duration: the idle time counts
+    assert 0 < float(run.data.tags["glint_track.train_time_s"]) <= duration_s - 4
     (model,) = client.search_logged_models([run.info.experiment_id])  # the first part's model was replaced
     best_epoch = latest_checkpoint(run_id, "best_model.pth")[0]["epoch"]
     assert model.source_run_id == run_id and model.tags["glint_track.epoch"] == str(best_epoch)
