@@ -3,11 +3,17 @@ and precision/recall against the detection threshold."""
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from glint_track.glints import Glints
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: One colour per glint channel (g1 … g8, then repeating), readable on a grey eye image.
 COLOURS = [
@@ -21,10 +27,6 @@ COLOURS = [
     (255, 80, 200),
 ]
 FOUND, MISSED, SWAPPED, SPURIOUS = (60, 220, 60), (255, 60, 60), (255, 160, 0), (240, 230, 40)
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
 
 
 def grid_shape(n: int) -> tuple[int, int]:
@@ -72,7 +74,7 @@ def validation_grid(
     truth = Glints(truth.xy.cpu(), truth.score.cpu(), truth.present.cpu())
     n = images.shape[0]
     cols, rows = grid_shape(n)
-    font, legend_h = _font(max(14, tile // 18)), max(24, tile // 12)
+    font, legend_h = ImageFont.load_default(size=max(14, tile // 18)), max(24, tile // 12)
     grid = Image.new("RGB", (cols * tile, rows * tile + legend_h), (0, 0, 0))
     for i in range(n):
         img = _tile(images[i], i, pred, truth, match_radius, tile, font)
@@ -149,11 +151,7 @@ def threshold_curves(
     """Precision, recall and F1 against the detection threshold, the threshold in use marked with its values
     and the thresholds where F1 is at its best shaded; the y axis spans what the curves cover (a good model's are all
     near 1, where a 0…1 axis would show flat lines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for values, label, width in ((precision, "precision", 1.5), (recall, "recall", 1.5), (f1, "F1", 2.5)):
         ax.plot(thresholds, values, label=label, linewidth=width)
@@ -179,10 +177,7 @@ def threshold_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", fontsize=8)
     fig.tight_layout()
-    fig.canvas.draw()
-    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-    plt.close(fig)
-    return image
+    return _image_of(fig)
 
 
 def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale: float = 1.0) -> Image.Image:
@@ -203,13 +198,9 @@ def draw_glints(gray: np.ndarray, glints: list[tuple[int, float, float]], scale:
 def sweep_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics: tuple[str, ...]) -> Image.Image:
     """One panel per metric with one line per sweep child (`curves`: child label → metric → (epoch, value)),
     so the parent run shows at a glance which settings learn fastest and end best."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), dpi=110, squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), dpi=110, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, series in curves.items():
             points = sorted(series.get(metric, []))
@@ -222,7 +213,22 @@ def sweep_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
+    return _image_of(fig)
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot, drawing off-screen; imported when a chart is drawn (it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _image_of(fig: Figure) -> Image.Image:
+    """The figure as an RGB picture; the figure is closed."""
     fig.canvas.draw()
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-    plt.close(fig)
+    _pyplot().close(fig)
     return image

@@ -22,16 +22,16 @@ def route_third_party(handler: logging.Handler, debug: bool) -> None:
     `debug`; Python warnings become log records, shown only with `debug`. Called before MLflow is imported
     (commands import it when they need it), or after: either way MLflow's own handler is not used."""
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # read once, when MLflow is imported
-    mlflow_log = logging.getLogger("mlflow")
-    for old in list(mlflow_log.handlers):  # MLflow's own coloured handler, if it was imported already
-        mlflow_log.removeHandler(old)
-    mlflow_log.addHandler(handler)
-    mlflow_log.setLevel(logging.INFO if debug else logging.WARNING)
-    mlflow_log.propagate = False
+    _only_through(logging.getLogger("mlflow"), handler, logging.INFO if debug else logging.WARNING)
     logging.captureWarnings(True)
-    warnings_log = logging.getLogger("py.warnings")
-    for old in list(warnings_log.handlers):
-        warnings_log.removeHandler(old)
-    warnings_log.addHandler(handler)
-    warnings_log.setLevel(logging.WARNING if debug else logging.CRITICAL)
-    warnings_log.propagate = False
+    _only_through(logging.getLogger("py.warnings"), handler, logging.WARNING if debug else logging.CRITICAL)
+
+
+def _only_through(logger: logging.Logger, handler: logging.Handler, level: int) -> None:
+    """`logger`'s records at `level` and above through `handler` alone (MLflow's own coloured handler, if it
+    was imported already, removed)."""
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

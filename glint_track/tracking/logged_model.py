@@ -9,12 +9,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from glint_track.glints import DEFAULT_THRESHOLD
+from glint_track.tracking.tags import TAG_MODEL_EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +82,17 @@ def retire_older_models(client: MlflowClient, experiment_id: str, run_id: str, c
             log.info("model %s of this run stays: the Model Registry has versions of it", model.model_id)
         else:
             client.delete_logged_model(model.model_id)
+
+
+def model_of(client: MlflowClient, experiment_id: str, run_id: str, epoch: int) -> bool:
+    """Whether run `run_id` already holds a fully logged model of the checkpoint of `epoch`. Models a killed
+    process left half-logged (PENDING, or FAILED) are deleted first, so that finishing the run leaves exactly
+    one."""
+    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    for model in models:
+        if model.status != LoggedModelStatus.READY:
+            log.info("deleting model %s, which a stopped process left %s", model.model_id, model.status)
+            client.delete_logged_model(model.model_id)
+    return any(
+        model.status == LoggedModelStatus.READY and model.tags.get(TAG_MODEL_EPOCH) == str(epoch) for model in models
+    )

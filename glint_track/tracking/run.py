@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -33,6 +33,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
 from glint_track.model import OUTPUT_STRIDE
 from glint_track.tracking.lease import RunLease
+from glint_track.tracking.logged_model import model_of
 from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
 from glint_track.tracking.send import ARTIFACT_OPS, send
 from glint_track.tracking.server import (
@@ -46,7 +47,7 @@ from glint_track.tracking.server import (
     tracking_uri,
 )
 from glint_track.tracking.spool import Spool
-from glint_track.tracking.tags import TAG_HISTORY, TAG_MODEL_EPOCH, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY
+from glint_track.tracking.tags import TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY, TAG_TRAIN_TIME
 
 log = logging.getLogger(__name__)
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
@@ -88,6 +89,7 @@ class RunTracker:
         # the run's description so far, read now: later it is written while the server may be away (spool)
         self.history: str = run.data.tags.get(TAG_HISTORY, "")
         self.summary: str = run.data.tags.get(TAG_SUMMARY, "")
+        self.train_time_s: float = _seconds(run.data.tags.get(TAG_TRAIN_TIME))  # earlier processes' share
         self.spool: Spool | None = None
         self.lease: RunLease | None = None  # this process's claim on the run (set by start)
         self._lock = threading.Lock()  # the writer thread and the training thread both log
@@ -133,9 +135,9 @@ class RunTracker:
             RunLease.acquire(client, continue_run_id, new=new) if claim else (None, None)
         )  # before anything is written
         try:
-            if still_current is not None and not new:
-                still_current(client, continue_run_id)
             if not new:
+                if still_current is not None:
+                    still_current(client, continue_run_id)
                 report_left_running(client.get_run(continue_run_id), stale)
             run = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
             if run_name and not new:
@@ -236,20 +238,8 @@ class RunTracker:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def has_model_of(self, epoch: int) -> bool:
-        """Whether the run already holds a fully logged model of the checkpoint of `epoch`. Models a killed
-        process left half-logged (PENDING, or FAILED) are deleted first, so that finishing the run leaves
-        exactly one."""
-        models = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'"
-        )
-        for model in models:
-            if model.status != LoggedModelStatus.READY:
-                log.info("deleting model %s, which a stopped process left %s", model.model_id, model.status)
-                self.client.delete_logged_model(model.model_id)
-        return any(
-            model.status == LoggedModelStatus.READY and model.tags.get(TAG_MODEL_EPOCH) == str(epoch)
-            for model in models
-        )
+        """Whether the run already holds a fully logged model of the checkpoint of `epoch` (see model_of)."""
+        return model_of(self.client, self.experiment_id, self.run_id, epoch)
 
     # The methods below address the run by ID, not through MLflow's active run (which is thread-local),
     # so the background checkpoint writer can call them; each may be spooled.
@@ -381,6 +371,13 @@ class RunTracker:
             return False
         log.info("the MLflow tracking server at %s is back: sent %d spooled calls", tracking_uri(), sent)
         return True
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        return max(0.0, float(text or 0))
+    except ValueError:  # a tag someone edited by hand
+        return 0.0
 
 
 def _same(a: float, b: float) -> bool:

@@ -91,8 +91,6 @@ class TrackedRun:
         self.lease = tracker.lease
         self.same_run = plan is not None and plan.same_run
         self.started = time.monotonic()  # the run's training time: this process's part, added at close()
-        earlier = tracker.client.get_run(tracker.run_id).data.tags.get(TAG_TRAIN_TIME) if self.same_run else None
-        self.earlier_s = float(earlier) if earlier and earlier.replace(".", "", 1).isdigit() else 0.0
         self.lr_each_epoch = True  # decided by describe() (see _chart_lr)
         self.output_dir = cfg.run_folder(tracker.run_id)
         cfg.output_dir = str(self.output_dir)
@@ -297,7 +295,7 @@ class TrackedRun:
             log.error("uploading the training log failed (%s)", os_reason(e))
             status = "FAILED"
         # MLflow's Duration runs from the first start to the last end, idle time between resumes included
-        self.tracker.set_tags({TAG_TRAIN_TIME: f"{self.earlier_s + time.monotonic() - self.started:.0f}"})
+        self.tracker.set_tags({TAG_TRAIN_TIME: f"{self.tracker.train_time_s + time.monotonic() - self.started:.0f}"})
         pending = self.tracker.finish(status, float(os.environ.get("GLINT_TRACK_SYNC_WAIT_S", "60")))
         if not pending:
             return None
