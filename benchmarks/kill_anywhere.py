@@ -190,8 +190,13 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
         # the odd attempts die (SIGKILL, from a thread of their own) while writing their 1st-3rd checkpoint
         # (tests/killpoints), the even ones are killed from here at a random moment: start-up, steps, saving,
         # uploading, logging metrics, deleting old epoch files
-        deadline = time.perf_counter() + (startup + 30.0 if aimed else delay)
+        # an aimed attempt gets 30 s of training to reach its write, counted from the end of its start-up (which
+        # a loaded machine can stretch far beyond the reference's; a start-up that never ends is cut at 300 s)
+        deadline = time.perf_counter() + (300.0 if aimed else delay)
+        training = not aimed
         while report.kills < kills and time.perf_counter() < deadline and proc.poll() is None:
+            if not training and RUN_LINE.search(log.read_text()):
+                training, deadline = True, time.perf_counter() + 30.0
             time.sleep(0.01)
         killed = report.kills < kills and proc.poll() in (None, -signal.SIGKILL)
         if killed and proc.poll() is None:
