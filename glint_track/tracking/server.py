@@ -16,6 +16,7 @@ from urllib.request import url2pathname
 
 import mlflow
 import requests
+from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -24,7 +25,8 @@ from glint_track.files import os_reason
 from glint_track.tracking.tags import TAG_EXPERIMENT_KIND, TRAINING_KIND
 from glint_track.tracking.ui import store_runs_view
 
-try:  # the SQL stores' errors (mlflow-skinny installs may lack SQLAlchemy)
+try:  # the SQL stores' errors (mlflow-skinny installs may lack SQLAlchemy, and then have no SQL store)
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     _SQL_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError,)
@@ -40,10 +42,47 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
+#: How long to wait for another process creating or migrating the local store (a migration takes seconds).
+STORE_LOCK_TIMEOUT_S = 600
 
 
 def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
+
+
+def open_tracking_store() -> None:
+    """Open the tracking store before a run is touched: a local store is created or migrated under a lock, a
+    remote server is checked to answer."""
+    if is_remote(tracking_uri()):
+        check_tracking_server()
+    else:
+        open_local_store()
+
+
+def open_local_store() -> None:
+    """Create or migrate a local SQLite store while holding `<db>.lock`: MLflow creates its tables on first use,
+    and two processes doing that at once (a sweep's children, a training and a script reading its runs) fail
+    with "table … already exists" or leave the file half-migrated for good."""
+    database = sqlite_path(tracking_uri())
+    if database is None:
+        return
+    lock = FileLock(f"{database}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        with local_store_errors(), lock:
+            MlflowClient().search_experiments(max_results=1)  # MLflow keeps the opened store for the process
+    except Timeout as e:
+        raise GlintTrackError(
+            f"another process has held {lock.lock_file} for {STORE_LOCK_TIMEOUT_S} s while creating or migrating "
+            f"the MLflow store {database}; wait for it to finish or stop it, then run again"
+        ) from e
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:` tracking URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    database = make_url(uri).database
+    return Path(database).absolute() if database and database != ":memory:" else None
 
 
 def check_tracking_server() -> None:
@@ -52,8 +91,6 @@ def check_tracking_server() -> None:
     MLflow's own client retries for minutes before giving up; a user who mistyped a URI should know now.
     """
     uri = tracking_uri()
-    if not is_remote(uri):
-        return
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))

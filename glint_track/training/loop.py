@@ -20,7 +20,7 @@ from glint_track.engine import Precision, resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.glints import GlintMetrics, Glints, ground_truth
 from glint_track.model import count_parameters
-from glint_track.tracking.server import check_tracking_server, tracking_uri
+from glint_track.tracking.server import open_tracking_store, tracking_uri
 from glint_track.tracking.sync import send_spool_if_pending
 from glint_track.training.checkpointer import TrainProgress
 from glint_track.training.config import TrainConfig
@@ -93,7 +93,7 @@ class TrainingData:
 def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> TrainResult | None:
     """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint.
     Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None)."""
-    check_tracking_server()
+    open_tracking_store()
     cfg, plan = settings(cli_cfg, explicit)
     device = resolve_device(cfg.device)
     ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun

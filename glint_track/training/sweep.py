@@ -32,7 +32,7 @@ from glint_track.checkpoint.format import ARTIFACT_DIR, LATEST
 from glint_track.data.glint_file import default_cache_dir, load_glint_file
 from glint_track.errors import GlintTrackError
 from glint_track.figures import sweep_curves
-from glint_track.tracking.server import check_tracking_server, experiment_id_for, list_artifact_names, tracking_uri
+from glint_track.tracking.server import experiment_id_for, list_artifact_names, open_tracking_store, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def run_sweep(
     workdir: Path = Path("sweeps"),
 ) -> tuple[str, list[Child]]:
     """Run (or finish) a sweep; returns the parent run ID and its children, each with its status."""
-    check_tracking_server()
+    open_tracking_store()
     client = MlflowClient()
     if resume:
         parent, spec, known = _reopen(client, resume)

@@ -2,8 +2,8 @@
 
 Put this folder first on PYTHONPATH and set GLINT_TRACK_TEST_KILL to one of
   publish:<file>:<n>  after the n-th upload of checkpoints/<file> by this process (before the next file);
-  write:<n>           while the n-th checkpoint file of this process is being written (its temp file
-                      exists; by this process or by its save process);
+  write:<n>           once the n-th checkpoint file this process (or its save process) writes is in its temp
+                      file, before the rename;
   log_model           halfway through uploading the files of the MLflow model.
 The process then dies as under `kill -9`: no handler, no `finally`, no atexit.
 
@@ -39,33 +39,28 @@ def _after_publish(name: str, count: int) -> None:
 
 
 def _while_writing(count: int) -> None:
-    import threading
-    import time
+    """save_atomic writes every checkpoint file, in the trainer or in its save process (`python -c …`, which
+    inherits this environment): its count-th call in either writes the temp file, then the trainer dies there.
+    (Watching the folder for the temp file from a thread missed writes shorter than a GIL switch.)"""
+    import sys
 
-    from glint_track.training.checkpointer import Checkpointer
+    import torch
 
-    real_init, calls = Checkpointer.__init__, []
+    from glint_track.checkpoint import format as checkpoint_format
 
-    def watch(folder: Path) -> None:  # polls far faster than another process could
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if any(folder.glob(".*.tmp")):
-                _die()
-            time.sleep(0.0001)
+    real, calls = checkpoint_format.save_atomic, []
 
-    def init(self, *args, **kwargs) -> None:
-        real_init(self, *args, **kwargs)
-        serialize = self.serializer
+    def save_atomic(state, path: Path) -> None:
+        calls.append(path)
+        if len(calls) < count:
+            return real(state, path)
+        with checkpoint_format.atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            if sys.argv[0] == "-c":  # the save process: its parent is the trainer
+                os.kill(os.getppid(), signal.SIGKILL)
+            _die()
 
-        def serializer(state, path: Path) -> str:
-            calls.append(path)
-            if len(calls) == count:
-                threading.Thread(target=watch, args=(path.parent,), daemon=True).start()
-            return serialize(state, path)
-
-        self.serializer = serializer
-
-    Checkpointer.__init__ = init
+    checkpoint_format.save_atomic = save_atomic
 
 
 def _in_log_model() -> None:

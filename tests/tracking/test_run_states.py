@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.checkpoint.format import load_checkpoint
 from glint_track.cli import main
 from glint_track.tracking.run import RunTracker
+from glint_track.tracking.server import open_local_store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -32,6 +33,7 @@ def start_training(cwd: Path, *args: str, gate: Path | None = None) -> subproces
     env = with_killpoint(child_env(XDG_CACHE_HOME=str(cwd / "cache"), GLINT_TRACK_LEASE_TTL_S="8"), None, gate=gate)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         env.pop(var, None)
+    open_local_store()  # the test reads ./mlflow.db while the child trains: one of them creates it, not both
     return subprocess.Popen(
         [sys.executable, "-m", "glint_track", "train", *args],
         cwd=cwd,
