@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,8 @@ from glint_track.checkpoint.format import ARTIFACT_DIR, BEST, EPOCH_FILE, LATEST
 from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
-from glint_track.tracking.server import get_run, list_artifact_names, tracking_uri
+from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, tracking_uri
 from glint_track.tracking.tags import TAG_DATASET_DIGEST
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -92,7 +89,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
                 f"{source}: no such artifact in run {run_id}; list the run's checkpoints in the MLflow UI"
             ) from e
         return ResumeSource(checkpoint, None, source)
-    if not _RUN_ID.match(source):
+    if not RUN_ID.match(source):
         raise GlintTrackError(
             f"{option} {source!r} is neither an existing checkpoint file, a runs:/ URI nor an MLflow run ID (32 hex "
             "digits); "

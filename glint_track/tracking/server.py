@@ -7,6 +7,7 @@ directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
+#: What an MLflow run ID looks like (what a user pastes from the UI or a training log).
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: How long to wait for another process creating or migrating the local store (a migration takes seconds).
 STORE_LOCK_TIMEOUT_S = 600
 
@@ -53,10 +56,8 @@ def tracking_uri() -> str:
 def open_tracking_store() -> None:
     """Open the tracking store before a run is touched: a local store is created or migrated under a lock, a
     remote server is checked to answer."""
-    if is_remote(tracking_uri()):
-        check_tracking_server()
-    else:
-        open_local_store()
+    check_tracking_server()
+    open_local_store()
 
 
 def open_local_store() -> None:
@@ -64,7 +65,7 @@ def open_local_store() -> None:
     and two processes doing that at once (a sweep's children, a training and a script reading its runs) fail
     with "table … already exists" or leave the file half-migrated for good."""
     database = sqlite_path(tracking_uri())
-    if database is None:
+    if database is None:  # a server, or another kind of store
         return
     lock = FileLock(f"{database}.lock", timeout=STORE_LOCK_TIMEOUT_S)
     try:
@@ -91,6 +92,8 @@ def check_tracking_server() -> None:
     MLflow's own client retries for minutes before giving up; a user who mistyped a URI should know now.
     """
     uri = tracking_uri()
+    if not is_remote(uri):
+        return
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
