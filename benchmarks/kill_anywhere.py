@@ -234,9 +234,15 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":
         problems.append(f"run status {run.info.status}")
-    for key in ("train_loss", "val_loss", "val_f1", "lr"):
+    for key, expected in (
+        ("train_loss", list(range(1, epochs + 1))),
+        ("val_loss", list(range(1, epochs + 1))),
+        ("val_f1", list(range(1, epochs + 1))),
+        ("lr", [0]),  # constant: one value for the run
+        ("best_val_f1", [0]),
+    ):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-        if steps != list(range(1, epochs + 1)):
+        if steps != expected:
             problems.append(f"{key} steps {steps}")
     folder = _artifact_dir(workdir, run_id)
     if leftovers := [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]:

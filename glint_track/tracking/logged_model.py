@@ -3,15 +3,20 @@ with glint-track's code, its signature and an input example, so it loads anywher
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from glint_track.glints import DEFAULT_THRESHOLD
+
+log = logging.getLogger(__name__)
 
 
 def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_name: str | None) -> str:
@@ -52,3 +57,26 @@ def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_n
         registered_model_name=registered_name,
     )
     return info.model_id
+
+
+def retire_older_models(client: MlflowClient, experiment_id: str, run_id: str, current: str) -> None:
+    """Delete the models an earlier part of run `run_id` logged, now that model `current` replaces them; a
+    model with versions in the Model Registry stays (they point at it)."""
+    older = [
+        m
+        for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if m.model_id != current
+    ]
+    if not older:
+        return
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+        registered = {v.model_id or v.source.removeprefix("models:/") for v in versions}  # stores that leave model_id
+    except MlflowException as e:  # the registry cannot say which are in use: delete none
+        log.warning("the run keeps its earlier models: listing Model Registry versions failed (%s)", e)
+        return
+    for model in older:
+        if model.model_id in registered:
+            log.info("model %s of this run stays: the Model Registry has versions of it", model.model_id)
+        else:
+            client.delete_logged_model(model.model_id)

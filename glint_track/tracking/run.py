@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -20,22 +21,20 @@ import mlflow
 import numpy as np
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Param, RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 
 import glint_track
-from glint_track.checkpoint.format import copy_atomic
 from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
 from glint_track.model import OUTPUT_STRIDE
 from glint_track.tracking.lease import RunLease
-from glint_track.tracking.logged_model import log_pyfunc_model
 from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
+from glint_track.tracking.send import ARTIFACT_OPS, send
 from glint_track.tracking.server import (
     DEFAULT_EXPERIMENT_ID,
     experiment_id_for,
@@ -221,6 +220,18 @@ class RunTracker:
                 raise
             self.client.log_inputs(self.run_id, datasets=inputs)
 
+    def log_summary(self, values: dict[str, float]) -> None:
+        """Values of the run as a whole (not of an epoch) at step 0, where the UI draws each as one bar; only
+        those that differ from what the run holds, so a resume that changed nothing adds no point."""
+        try:
+            held = self.client.get_run(self.run_id).data.metrics
+        except Exception as e:  # the server is away: log them all (spooled)
+            log.debug("reading the run's metrics failed (%s)", e)
+            held = {}
+        changed = {k: v for k, v in values.items() if k not in held or not _same(held[k], v)}
+        if changed:
+            self.log_metrics(changed, step=0)
+
     def metric_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
@@ -372,65 +383,8 @@ class RunTracker:
         return True
 
 
-#: Tracking calls that write to the artifact store (the others write to the tracking store).
-ARTIFACT_OPS = ("artifact", "delete", "model")
-
-
-def send(tracker: RunTracker, op: str, args: dict[str, Any], file: Path | None) -> None:
-    """Perform one tracking call, live or replayed from a spool."""
-    client, run_id = tracker.client, tracker.run_id
-    if op == "metrics":
-        client.log_batch(
-            run_id, metrics=[Metric(k, v, args["timestamp"], args["step"]) for k, v in args["metrics"].items()]
-        )
-    elif op == "tags":
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args["tags"].items()])
-    elif op == "artifact":
-        local_root = local_artifact_root(tracker.artifact_uri)
-        if local_root is not None:  # a file store: copied atomically, so a crash never leaves half a file
-            copy_atomic(file, local_root / (args["dir"] or "") / args["name"])
-        else:
-            client.log_artifact(run_id, str(file), args["dir"])
-    elif op == "delete":
-        get_artifact_repository(tracker.artifact_uri).delete_artifacts(args["path"])
-    elif op == "model":
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            model_id = log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
-        else:  # replayed by `glint-track sync`: the run's final status is the spooled `end` that follows
-            with mlflow.start_run(run_id=run_id):
-                model_id = log_pyfunc_model(file, tuple(args["image_size"]), args["registered_name"])
-        if args.get("epoch") is not None:
-            client.set_logged_model_tags(model_id, {TAG_MODEL_EPOCH: str(args["epoch"])})
-        retire_older_models(tracker, model_id)
-    elif op == "end":
-        client.set_terminated(run_id, args["status"])
-    else:
-        raise GlintTrackError(f"unknown spooled call {op!r}; this spool was written by a newer glint-track")
-
-
-def retire_older_models(tracker: RunTracker, current: str) -> None:
-    """Delete the models an earlier part of the run logged, now that `current` replaces them; a model with
-    versions in the Model Registry stays (they point at it)."""
-    client, run_id = tracker.client, tracker.run_id
-    older = [
-        m
-        for m in client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-        if m.model_id != current
-    ]
-    if not older:
-        return
-    try:
-        versions = client.search_model_versions(f"run_id = '{run_id}'")
-        registered = {v.model_id or v.source.removeprefix("models:/") for v in versions}  # stores that leave model_id
-    except MlflowException as e:  # the registry cannot say which are in use: delete none
-        log.warning("the run keeps its earlier models: listing Model Registry versions failed (%s)", e)
-        return
-    for model in older:
-        if model.model_id in registered:
-            log.info("model %s of this run stays: the Model Registry has versions of it", model.model_id)
-        else:
-            client.delete_logged_model(model.model_id)
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _description(summary: str, history: str) -> str:

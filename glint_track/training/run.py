@@ -186,7 +186,7 @@ class TrackedRun:
         steps = tracker.metric_steps("lr") if self.same_run else set()
         changed = self.same_run and bool({"lr", "scheduler"} & set(plan.changed))
         if cfg.scheduler == "none" and not changed and not any(steps):
-            tracker.log_metrics({"lr": cfg.lr}, step=0)
+            tracker.log_summary({"lr": cfg.lr})
             return False
         if changed and steps == {0}:  # constant until this resume
             old_lr = plan.changed["lr"][0] if "lr" in plan.changed else cfg.lr
@@ -253,8 +253,7 @@ class TrackedRun:
             cfg.threshold,
             desc="best val",
         )
-        # step 0: values of the run's model, not of an epoch; the UI draws one bar with the latest value
-        tracker.log_metrics({f"best_val_{k}": v for k, v in glints.items()}, step=0)
+        tracker.log_summary({f"best_val_{k}": v for k, v in glints.items()})  # the logged model's
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
         tracker.log_image(preview.heatmaps(), "figures/heatmaps_best.png")
         curves = threshold_sweep(

@@ -22,7 +22,7 @@ from glint_track.checkpoint.format import load_checkpoint
 from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.cli import main
 from glint_track.files import file_digest
-from glint_track.tracking import run as tracking
+from glint_track.tracking import send as tracking  # where tracking calls are performed
 from glint_track.training.checkpointer import Checkpointer, TrainProgress
 from glint_track.training.save_process import SaveProcess
 

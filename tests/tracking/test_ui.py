@@ -57,7 +57,7 @@ def test_a_resumed_run_has_one_model_its_summary_as_bars_and_params_that_apply_f
     assert model.source_run_id == run_id and model.tags["glint_track.epoch"] == str(best_epoch)
     for key in [k for k in run.data.metrics if k.startswith("best_val_")]:  # one bar each, never a trend
         assert {m.step for m in client.get_metric_history(run_id, key)} == {0}, key
-    assert {m.step for m in client.get_metric_history(run_id, "lr")} == {0}  # constant: one value, one bar
+    assert [m.step for m in client.get_metric_history(run_id, "lr")] == [0]  # constant: one value, one bar
     assert [m.step for m in client.get_metric_history(run_id, "val_f1")] == [1, 2, 3]
     params = list(run.data.params)
     assert params.index("loss") < params.index("epochs") < params.index("lr") < params.index("h5")
