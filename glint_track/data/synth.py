@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from glint_track.data.eye_render import render_sample
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
 from glint_track.model import OUTPUT_STRIDE
@@ -174,7 +175,7 @@ def _sensor(img: np.ndarray, rng: np.random.Generator, size: int, d: float) -> n
 
 def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float) -> tuple[np.ndarray, ...]:
     """Sample i of a data set: its own random stream, so it does not depend on the count or on workers."""
-    image, points, radii = synth_sample(np.random.default_rng([seed, i]), size, num_glints, difficulty)
+    image, points, radii = render_sample(np.random.default_rng([seed, i]), size, num_glints, difficulty)
     hm = size // OUTPUT_STRIDE
     return image, points, radii, render_heatmaps(glints_of(points, radii), num_glints, (size, size), (hm, hm))
 
