@@ -40,7 +40,7 @@ class Scene:
     leds: np.ndarray
     focal_px: float
     centre_px: tuple[float, float]
-    opening: float  # lid aperture height / 10 mm: 1 wide open, 0 closed
+    opening: float  # the upper lid sits 1.5 + 4.5 × this mm above the eye's centre (the lower one 4.5 mm below)
     intensities: dict[str, float]
 
     @classmethod
@@ -57,7 +57,7 @@ class Scene:
         leds[:, :2] += rng.normal(0, 0.3, (num_glints, 2))  # mounting tolerance
         opening = float(np.clip(rng.uniform(0.8, 1.1) - d * rng.uniform(0, 0.6) - 0.8 * max(pitch, 0), 0.15, 1.1))
         intensities = {
-            "skin": rng.uniform(0.55, 0.8),
+            "skin": rng.uniform(0.5, 0.7),  # bright, yet below the glints once auto-exposure has set the gain
             "sclera": rng.uniform(0.38, 0.52),
             "iris": rng.uniform(0.24, 0.36),
             "pupil": rng.uniform(0.02, 0.07),
@@ -178,7 +178,7 @@ def _glints(
     for (x, y), r, shown in zip(xy, radii, visible):
         if shown:
             _blob(img, x, y, 0.7 * r, scene.intensities["glint"])
-            _blob(img, x, y, 2.5 * r, rng.uniform(0.1, 0.25), add=True)  # bloom: scattered light around it
+            _blob(img, x, y, 1.5 * r, rng.uniform(0.05, 0.15), add=True)  # bloom: scattered light around it
     xy = xy.astype(np.float32)
     xy[~visible] = np.nan
     return xy, radii
@@ -196,6 +196,19 @@ def _glasses(scene: Scene, rng: np.random.Generator, img: np.ndarray, difficulty
         _blob(img, x, y, rng.uniform(0.4, 0.9) * ppm, rng.uniform(0.5, 1.4))
 
 
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (defocus) of a float image: one shifted, weighted sum per kernel tap."""
+    if sigma < 0.3:
+        return img
+    r = int(3 * sigma) + 1
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
+    k /= k.sum()
+    H, W = img.shape
+    p = np.pad(img, r, mode="edge")
+    rows = sum(w * p[:, j : j + W] for j, w in enumerate(k))
+    return sum(w * rows[j : j + H] for j, w in enumerate(k))
+
+
 def _motion_blur(img: np.ndarray, length: float, angle: float) -> np.ndarray:
     """The image smeared over `length` pixels along `angle` (the eye moved during the exposure)."""
     steps = int(np.ceil(length))
@@ -209,8 +222,6 @@ def _motion_blur(img: np.ndarray, length: float, angle: float) -> np.ndarray:
 
 def _sensor(img: np.ndarray, rng: np.random.Generator, difficulty: float, bits: int) -> np.ndarray:
     """Defocus and motion blur, lens vignetting, gain, shot and read noise, quantisation to `bits`."""
-    from glint_track.data.synth import _blur  # the separable Gaussian both generators use
-
     size, d = img.shape[0], difficulty
     s = size / 128
     img = _blur(img, rng.uniform(0.2, 0.4 + 0.8 * d) * s)

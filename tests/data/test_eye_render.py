@@ -3,8 +3,11 @@ LEDs, determinism."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from glint_track.data.eye_model import (
     LIMBUS_RADIUS_MM,
@@ -113,3 +116,19 @@ def test_difficulty_spans_gaze_lids_and_blur(difficulty: float) -> None:
     gaze = max(np.degrees(np.arccos(-s.eye.gaze[2])) for s in scenes)
     closed = min(s.opening for s in scenes)
     assert (gaze < 20 and closed > 0.4) if difficulty == 0 else (gaze > 25 and closed < 0.4)
+
+
+def test_synth_bits_keeps_the_sensor_depth_in_labelme_pngs_that_pack_to_the_hdf5_images(tmp_path: Path) -> None:
+    import h5py
+
+    from glint_track.data.pack import pack_labelme
+    from glint_track.data.synth import write_synthetic
+
+    folder = tmp_path / "labelme"
+    synth = write_synthetic(tmp_path / "synth.h5", num_samples=3, size=SIZE, num_glints=4, labelme_dir=folder, bits=12)
+    png = np.asarray(Image.open(folder / "synth_000000.png"))
+    assert png.dtype.itemsize == 2 and 255 < png.max() <= 4095
+    pack_labelme(folder, tmp_path / "packed.h5", num_glints=4)
+    with h5py.File(synth) as a, h5py.File(tmp_path / "packed.h5") as b:
+        assert a.attrs["sensor_bits"] == 12 and np.array_equal(a["images"][:], b["images"][:])
+        assert np.allclose(a["points"][:], b["points"][:], equal_nan=True, atol=1e-3)
