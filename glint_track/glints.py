@@ -45,7 +45,8 @@ def decode(maps: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, logits: boo
     log_p = F.logsigmoid(maps.float()) if logits else p.clamp_min(1e-6).log()
     n, c, h, w = p.shape
     score, flat = p.flatten(2).max(-1)
-    iy, ix = flat // w, flat % w
+    iy = flat // w
+    ix = flat - iy * w  # not flat % w: the ONNX exporter cannot take the remainder by a symbolic size
     window = _window(p, iy, ix, radius=2)  # N×C×5×5 around each peak
     log_window = _window(log_p, iy, ix, radius=1)
     centre = log_window[..., 1, 1]

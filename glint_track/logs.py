@@ -1,8 +1,8 @@
 """One log format for the terminal and the run's training.log, and third-party lines kept out of both.
 
 MLflow logs its housekeeping (database set-up, the system-metrics thread, signature checks) at INFO in a
-format and colours of its own, and libraries raise Python warnings about their own internals: neither
-tells a user anything about their training. Both are shown with --debug.
+format and colours of its own, torch's ONNX exporter at WARNING, and libraries raise Python warnings about
+their own internals: none tells a user anything about their model. All are shown with --debug.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def route_third_party(handler: logging.Handler, debug: bool) -> None:
     _only_through(logging.getLogger("mlflow"), handler, logging.INFO if debug else logging.WARNING)
     logging.captureWarnings(True)
     _only_through(logging.getLogger("py.warnings"), handler, logging.WARNING if debug else logging.CRITICAL)
+    # the ONNX exporter notes at WARNING which optional operator sets (torchvision's) it skips
+    _only_through(logging.getLogger("torch.onnx"), handler, logging.WARNING if debug else logging.ERROR)
 
 
 def _only_through(logger: logging.Logger, handler: logging.Handler, level: int) -> None:

@@ -11,7 +11,7 @@ import click
 
 from glint_track import __version__
 from glint_track.cli.sweep import sweep_cmd, sync_cmd
-from glint_track.cli.tools import evaluate_cmd, inspect_cmd, pack_cmd, predict_cmd, synth_cmd
+from glint_track.cli.tools import evaluate_cmd, export_cmd, inspect_cmd, pack_cmd, predict_cmd, synth_cmd
 from glint_track.cli.train import train_cmd
 from glint_track.errors import GlintTrackError
 from glint_track.logs import log_formatter, route_third_party
@@ -65,5 +65,15 @@ def _log_to_stderr(debug: bool) -> None:
 _console: logging.Handler | None = None
 
 
-for command in (train_cmd, sweep_cmd, sync_cmd, evaluate_cmd, predict_cmd, pack_cmd, inspect_cmd, synth_cmd):
+for command in (
+    train_cmd,
+    sweep_cmd,
+    sync_cmd,
+    evaluate_cmd,
+    predict_cmd,
+    export_cmd,
+    pack_cmd,
+    inspect_cmd,
+    synth_cmd,
+):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""`glint-track evaluate`, `predict`, `pack`, `inspect` and `synth`: parse options and call the library."""
+"""`glint-track evaluate`, `predict`, `export`, `pack`, `inspect` and `synth`: parse options and call the library."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from glint_track.data.glint_file import COMPRESSIONS
 from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE
 from glint_track.data.synth import SENSOR_BITS
 from glint_track.errors import GlintTrackError
+from glint_track.inference.backends import BACKENDS
 from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
 
 
@@ -84,17 +85,18 @@ def evaluate_cmd(
     "--model",
     "model_ref",
     required=True,
-    help="A run ID (its best_model.pth), a runs:/<id>/<path> URI, or a checkpoint file.",
+    help="A run ID (its best_model.pth), a models:/ or runs:/<id>/<path> URI, a checkpoint file, or with "
+    "--backend onnx an .onnx file.",
 )
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
     required=True,
-    help="preds.csv or preds.json: one row per image and glint.",
+    help="preds.csv or preds.json: one row per frame and glint.",
 )
 @click.option(
-    "--overlay-dir", type=click.Path(file_okay=False), help="Also write each image with its numbered glints drawn."
+    "--overlay-dir", type=click.Path(file_okay=False), help="Also write each frame with its numbered glints drawn."
 )
 @click.option(
     "--threshold",
@@ -106,6 +108,16 @@ def evaluate_cmd(
 @click.option(
     "--input-size", type=Size(), help="Model input H[xW] [default: the training images' size from the checkpoint]."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="torch",
+    show_default=True,
+    envvar="GLINT_TRACK_BACKEND",
+    help="torch, or onnx: ONNX Runtime on the exported graph (the model's model.onnx, else exported now); the same "
+    "rows either way.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Frames per call.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict_cmd(
     model_ref: str,
@@ -114,22 +126,75 @@ def predict_cmd(
     overlay_dir: str | None,
     threshold: float,
     input_size: tuple[int, int] | None,
+    backend: str,
+    batch_size: int,
     device: str,
 ) -> None:
-    """Glint coordinates (in each image's own pixels) for image files or folders of any size.
+    """Glint coordinates (in each frame's own pixels) for images, folders of images and videos (with the `video`
+    extra), of any size; rows are written as frames are decoded.
 
     \b
     Examples:
       glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
+      glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv
       glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
     """
     from glint_track.inference.predict import predict
 
-    rows = predict(
-        model_ref, list(inputs), Path(out), Path(overlay_dir) if overlay_dir else None, threshold, input_size, device
+    done = predict(
+        model_ref,
+        list(inputs),
+        Path(out),
+        Path(overlay_dir) if overlay_dir else None,
+        threshold,
+        input_size,
+        device,
+        backend,
+        batch_size,
     )
-    images = len({r["image"] for r in rows})
-    click.echo(f"{sum(r['present'] for r in rows)} glints found in {images} images → {out}")
+    click.echo(f"{done.glints} glints found in {done.frames} frames → {out}")
+
+
+@click.command("export")
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="A run ID (its MLflow model), a models:/ URI, a runs:/<id>/<path> URI, or a checkpoint file.",
+)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
+@click.option(
+    "--threshold",
+    type=PROBABILITY,
+    default=D.threshold,
+    show_default=True,
+    help="Peak probability from which the graph's `present` output says a glint is there.",
+)
+@click.option(
+    "--attach/--no-attach",
+    default=True,
+    show_default=True,
+    help="Also add the file to the MLflow model it came from (run ID or models:/), so a registered version carries it.",
+)
+def export_cmd(model_ref: str, out: str, threshold: float, attach: bool) -> None:
+    """The model and its glint decoder as one ONNX graph: uint8 frames N×H×W in (any N, H and W multiples of 16),
+    heat-maps, glint positions, scores and presence out. Checked against PyTorch before it is kept.
+
+    \b
+    Examples:
+      glint-track export --model 5308fe93de8b4c3f9a278246725680ea --out glints.onnx
+      glint-track export --model best_model.pth --out glints.onnx
+    """
+    from glint_track.inference.export import MODEL_FILE, export
+    from glint_track.tracking.server import check_tracking_server
+
+    check_tracking_server()
+    result = export(model_ref, Path(out), threshold, attach)
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB)")
+    for check in result.checks:
+        click.echo(f"  ONNX Runtime vs PyTorch on {check.line()}")
+    if result.model_id is not None:
+        click.echo(f"  added to MLflow model {result.model_id} as {MODEL_FILE}")
 
 
 @click.command("pack")

@@ -112,7 +112,7 @@ def _image_source(json_path: Path, record: dict[str, Any], root: Path) -> Path |
     )
 
 
-def _open_gray(source: Path | bytes) -> np.ndarray:
+def open_gray(source: Path | bytes) -> np.ndarray:
     """The image as H×W uint8 grayscale: its size checked before decoding; 16-bit and float images
     scaled to 8 bits by their bit depth (the smallest of 8…16 bits that holds the brightest pixel), not clipped."""
     try:
@@ -173,7 +173,7 @@ def _read_sample(
 ) -> tuple[_Sample, list[str]]:
     """One annotated image, resized to `size` (H, W) with its glints scaled alike; plus warnings."""
     record = _read_record(json_path)
-    gray0 = _open_gray(_image_source(json_path, record, root))
+    gray0 = open_gray(_image_source(json_path, record, root))
     H0, W0 = gray0.shape
     H, W = size or (H0, W0)
     gray = _resize(gray0, (H, W))
@@ -196,7 +196,7 @@ def _read_sample(
 def _first_image_size(json_paths: list[Path], root: Path) -> tuple[int, int] | None:
     for path in json_paths:
         try:
-            return _open_gray(_image_source(path, _read_record(path), root)).shape
+            return open_gray(_image_source(path, _read_record(path), root)).shape
         except UNUSABLE:
             continue
     return None

@@ -33,6 +33,16 @@ def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float, bi
     return raw, to_8_bits(raw, bits), points, radii, heatmaps
 
 
+def example_frames(count: int, size: tuple[int, int], num_glints: int, seed: int = 0) -> np.ndarray:
+    """`count` 8-bit eye images (count×H×W) to run a model on, e.g. to check an export: rendered square at the
+    larger side, the middle cropped out."""
+    h, w = size
+    side = max(h, w)
+    images = [render_sample(np.random.default_rng([seed, i]), side, num_glints)[0] for i in range(count)]
+    top, left = (side - h) // 2, (side - w) // 2
+    return np.stack(images)[:, top : top + h, left : left + w]
+
+
 def to_8_bits(raw: np.ndarray, bits: int) -> np.ndarray:
     """A `bits`-deep sensor image as the uint8 image training reads (full scale to 255)."""
     if bits == 8:

@@ -1,37 +1,121 @@
-"""`glint-track predict`: glint coordinates for image files of any size, as CSV or JSON, with overlays."""
+"""`glint-track predict`: glint coordinates for images, image folders and videos of any size, written as frames
+are decoded (CSV or JSON, in batches), with a progress bar on a terminal and optional overlays."""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-import torch
 from PIL import Image
+from tqdm import tqdm
 
-from glint_track.engine import resolve_device
+from glint_track.data.pack import MAX_IMAGE_PIXELS, Unusable, open_gray
 from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
-from glint_track.files import IMAGE_SUFFIXES
-from glint_track.glints import DEFAULT_THRESHOLD, decode
-from glint_track.model import GlintUNet
-from glint_track.tracking.fetch import fetch_checkpoint
+from glint_track.files import IMAGE_SUFFIXES, atomic_path
+from glint_track.glints import DEFAULT_THRESHOLD
+from glint_track.inference.backends import Detector, open_detector
+from glint_track.model import SIZE_MULTIPLE
+
+#: Video files predict decodes frame by frame (with the `video` extra: PyAV).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+FIELDS = ("image", "glint", "x", "y", "score", "present")
 
 
-def image_files(inputs: list[str]) -> list[Path]:
-    """The images named, and those directly inside the folders named, in order."""
+@dataclass
+class Frame:
+    name: str  # the image file, or `video.mp4#<frame index>`
+    gray: np.ndarray  # H×W uint8, the original size
+
+
+@dataclass
+class Predicted:
+    frames: int
+    glints: int
+
+
+def sources(inputs: list[str]) -> list[Path]:
+    """The images and videos named, and those directly inside the folders named, in order."""
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes)
         elif item.is_file():
             files.append(item)
         else:
-            raise GlintTrackError(f"{item}: no such image or folder; pass image files or folders of images")
+            raise GlintTrackError(f"{item}: no such image, video or folder; pass image or video files, or folders")
     if not files:
-        raise GlintTrackError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
+        raise GlintTrackError(f"no images or videos ({', '.join(suffixes)}) in {', '.join(inputs)}")
     return files
+
+
+def frames(files: list[Path]) -> Iterator[Frame]:
+    for path in files:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            yield from _video_frames(path)
+            continue
+        try:
+            yield Frame(str(path), open_gray(path))
+        except Unusable as e:
+            raise GlintTrackError(f"{path}: {e}; remove it or convert it to PNG") from e
+        except Exception as e:  # noqa: BLE001 - PIL's decoders raise many kinds on bad bytes
+            raise GlintTrackError(f"{path}: not a readable image ({e}); remove it or convert it to PNG") from e
+
+
+def frame_count(files: list[Path]) -> int | None:
+    """How many frames `files` hold, for the progress bar (None when a video does not say)."""
+    total = 0
+    for path in files:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            total += 1
+            continue
+        with _open_video(path) as container:
+            count = container.streams.video[0].frames if container.streams.video else 0
+        if not count:
+            return None
+        total += count
+    return total
+
+
+def _open_video(path: Path):  # noqa: ANN202 - PyAV's container type is only known once it is imported
+    try:
+        import av
+    except ImportError as e:
+        raise GlintTrackError(f"{path}: reading videos needs PyAV; `pip install 'glint-track[video]'`") from e
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as e:
+        raise GlintTrackError(f"{path}: not a readable video ({e}); convert it to MP4 or to PNG frames") from e
+
+
+def _video_frames(path: Path) -> Iterator[Frame]:
+    import av
+
+    decoded = 0
+    with _open_video(path) as container:
+        if not container.streams.video:
+            raise GlintTrackError(f"{path}: holds no video stream; pass a video or image files")
+        stream = container.streams.video[0]
+        if stream.width * stream.height > MAX_IMAGE_PIXELS:
+            raise GlintTrackError(
+                f"{path}: its frames are {stream.width}×{stream.height}, over the {MAX_IMAGE_PIXELS:,} pixels "
+                "accepted; crop or scale the video"
+            )
+        try:
+            for frame in container.decode(video=0):
+                yield Frame(f"{path}#{decoded}", frame.to_ndarray(format="gray"))
+                decoded += 1
+        except av.FFmpegError as e:
+            raise GlintTrackError(
+                f"{path}: decoding failed after {decoded} frames ({e}); convert it to MP4 or to PNG frames"
+            ) from e
 
 
 def predict(
@@ -42,55 +126,113 @@ def predict(
     threshold: float = DEFAULT_THRESHOLD,
     input_size: tuple[int, int] | None = None,
     device_name: str = "auto",
-) -> list[dict]:
-    """One row per image and glint: image, glint (g1…), x, y (original image pixels), score, present."""
+    backend: str = "torch",
+    batch_size: int = 16,
+) -> Predicted:
+    """One row per frame and glint: image, glint (g1…), x, y (the frame's own pixels), score, present. Frames are
+    resized to `input_size` (default: the training images' size) and run `batch_size` at a time."""
     if out.suffix.lower() not in (".csv", ".json"):
         raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
-    source = fetch_checkpoint(model_ref, prefer_best=True, option="--model")
-    device = resolve_device(device_name)
-    model = GlintUNet.from_checkpoint(source.checkpoint, model_ref).to(device)
-    trained_size = source.checkpoint.get("model_info", {}).get("image_size")
-    rows: list[dict] = []
-    for path in image_files(inputs):
-        try:
-            with Image.open(path) as img:
-                gray = img.convert("L")
-        except OSError as e:
-            raise GlintTrackError(f"{path}: not a readable image ({e}); remove it or convert it to PNG") from e
-        W0, H0 = gray.size
-        H, W = input_size or tuple(trained_size or (max(16, round(H0 / 16) * 16), max(16, round(W0 / 16) * 16)))
-        x = torch.from_numpy(np.asarray(gray.resize((W, H), Image.Resampling.BILINEAR), np.float32) / 255.0)
-        with torch.no_grad():
-            glints = decode(model(x[None, None].to(device)), threshold)
-        sx, sy = W0 / W, H0 / H
-        found = []
-        for c in range(model.num_glints):
-            gx, gy = glints.xy[0, c].tolist()
-            xo, yo = (gx + 0.5) * sx - 0.5, (gy + 0.5) * sy - 0.5  # back to the original image's pixels
-            present = bool(glints.present[0, c])
-            rows.append(
+    files = sources(inputs)
+    detector = open_detector(model_ref, backend, device_name)
+    done = Predicted(0, 0)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f, _Rows(f, out.suffix.lower()) as rows:
+        bar = tqdm(total=frame_count(files), unit="frame", disable=not sys.stderr.isatty())
+        for batch in _batches(frames(files), batch_size, input_size or detector.trained_size):
+            for frame, found in _detect(detector, batch, threshold):
+                rows.write(found)
+                done.frames += 1
+                done.glints += sum(r["present"] for r in found)
+                if overlay_dir is not None:
+                    _overlay(overlay_dir, frame, found)
+            bar.update(len(batch))
+        bar.close()
+    return done
+
+
+def _batches(stream: Iterator[Frame], size: int, input_size: tuple[int, int] | None) -> Iterator[list[Frame]]:
+    """Consecutive frames that resize to the same model input, at most `size` at a time."""
+    batch: list[Frame] = []
+    for frame in stream:
+        if batch and (len(batch) == size or _input_size(batch[0], input_size) != _input_size(frame, input_size)):
+            yield batch
+            batch = []
+        batch.append(frame)
+    if batch:
+        yield batch
+
+
+def _input_size(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    h0, w0 = frame.gray.shape
+    return input_size or (
+        max(SIZE_MULTIPLE, round(h0 / SIZE_MULTIPLE) * SIZE_MULTIPLE),
+        max(SIZE_MULTIPLE, round(w0 / SIZE_MULTIPLE) * SIZE_MULTIPLE),
+    )
+
+
+def _detect(
+    detector: Detector, batch: list[Frame], threshold: float
+) -> Iterator[tuple[Frame, list[dict[str, object]]]]:
+    h, w = _input_size(batch[0], detector.trained_size)
+    inputs = np.stack([_resized(frame.gray, (h, w)) for frame in batch])
+    xy, score = detector(inputs)
+    for frame, xy_n, score_n in zip(batch, xy, score):
+        h0, w0 = frame.gray.shape
+        sx, sy = w0 / w, h0 / h
+        yield (
+            frame,
+            [
                 {
-                    "image": str(path),
+                    "image": frame.name,
                     "glint": f"g{c + 1}",
-                    "x": round(xo, 3),
-                    "y": round(yo, 3),
-                    "score": round(float(glints.score[0, c]), 4),
-                    "present": present,
+                    "x": round(float((gx + 0.5) * sx - 0.5), 3),  # back to the frame's own pixels
+                    "y": round(float((gy + 0.5) * sy - 0.5), 3),
+                    "score": round(float(s), 4),
+                    "present": bool(s >= threshold),
                 }
-            )
-            if present:
-                found.append((c, xo, yo))
-        if overlay_dir is not None:
-            overlay_dir.mkdir(parents=True, exist_ok=True)
-            draw_glints(np.asarray(gray), found, scale=max(1.0, 256 / max(H0, W0))).save(
-                overlay_dir / f"{path.stem}.png"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=1))
-    else:
-        with open(out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return rows
+                for c, ((gx, gy), s) in enumerate(zip(xy_n, score_n))
+            ],
+        )
+
+
+def _resized(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if gray.shape == (h, w):
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _overlay(folder: Path, frame: Frame, rows: list[dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    found = [(c, r["x"], r["y"]) for c, r in enumerate(rows) if r["present"]]
+    h0, w0 = frame.gray.shape
+    name = Path(frame.name.replace("#", "_")).stem
+    draw_glints(frame.gray, found, scale=max(1.0, 256 / max(h0, w0))).save(folder / f"{name}.png")
+
+
+class _Rows:
+    """Rows written as they come: CSV with a header, or one JSON array."""
+
+    def __init__(self, f: IO[str], suffix: str) -> None:
+        self.f, self.json, self.count = f, suffix == ".json", 0
+        self.csv = None if self.json else csv.DictWriter(f, fieldnames=list(FIELDS))
+
+    def __enter__(self) -> _Rows:
+        if self.csv is not None:
+            self.csv.writeheader()
+        else:
+            self.f.write("[")
+        return self
+
+    def write(self, rows: list[dict[str, object]]) -> None:
+        if self.csv is not None:
+            self.csv.writerows(rows)
+        else:
+            for row in rows:
+                self.f.write(("," if self.count else "") + "\n " + json.dumps(row))
+                self.count += 1
+        self.f.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.json:
+            self.f.write("\n]\n")

@@ -15,7 +15,9 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
+from glint_track.errors import GlintTrackError
 from glint_track.glints import DEFAULT_THRESHOLD
+from glint_track.tracking.server import RUN_ID, get_run
 from glint_track.tracking.tags import TAG_MODEL_EPOCH
 
 log = logging.getLogger(__name__)
@@ -96,3 +98,29 @@ def model_of(client: MlflowClient, experiment_id: str, run_id: str, epoch: int) 
     return any(
         model.status == LoggedModelStatus.READY and model.tags.get(TAG_MODEL_EPOCH) == str(epoch) for model in models
     )
+
+
+def model_id_of(client: MlflowClient, ref: str) -> str | None:
+    """The logged model a reference names: a run ID → the run's model; `models:/m-…` → that model;
+    `models:/<name>/<version>` or `models:/<name>@<alias>` → the registered version's model. None for a
+    checkpoint file, a runs:/ URI, or a run that has no model (it stopped before logging one)."""
+    if ref.startswith("models:/"):
+        name = ref.removeprefix("models:/").strip("/")
+        try:
+            if name.startswith("m-") and "/" not in name:
+                return client.get_logged_model(name).model_id
+            if "@" in name:
+                version = client.get_model_version_by_alias(*name.split("@", 1))
+            else:
+                version = client.get_model_version(*name.split("/", 1))
+        except (MlflowException, TypeError) as e:
+            raise GlintTrackError(f"{ref}: no such model; check the name and version in the MLflow UI") from e
+        return version.model_id or version.source.removeprefix("models:/")  # stores that leave model_id empty
+    if not RUN_ID.match(ref):
+        return None
+    run = get_run(ref)
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{ref}'", order_by=[{"field_name": "creation_time"}]
+    )
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    return ready[-1].model_id if ready else None

@@ -1,0 +1,129 @@
+"""ONNX export and the two predict backends: the graph gives PyTorch's heat-maps and glints at any batch and size,
+predict writes the same rows either way (images and videos), and a run's export travels in its MLflow model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from conftest import fails_cleanly, run_cli, train_tiny
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from glint_track.data.synth import example_frames
+from glint_track.inference.export import OUTPUTS, DeployedGlints
+from glint_track.model import GlintUNet
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> tuple[Path, GlintUNet]:
+    """A 4-glint model with a random head: distinct peaks, some of them 'present'."""
+    torch.manual_seed(0)
+    model = GlintUNet(4, 4)
+    torch.nn.init.normal_(model.out_conv.weight, std=50.0)  # an untrained model's features are tiny
+    torch.nn.init.constant_(model.out_conv.bias, -2.0)
+    path = tmp_path / "model.pth"
+    torch.save({"model_state_dict": model.state_dict(), "model_info": {"image_size": [32, 32]}}, path)
+    return path, model.eval()
+
+
+def exported(model: Path, out: Path, *args: str) -> str:
+    result = run_cli("export", "--model", str(model), "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_onnx_graph_gives_pytorchs_heatmaps_and_glints_at_any_batch_and_size(
+    model_file: tuple[Path, GlintUNet], tmp_path: Path
+) -> None:
+    path, model = model_file
+    output = exported(path, tmp_path / "glints.onnx")
+    assert "wrote" in output and output.count("ONNX Runtime vs PyTorch on") == 2, output
+    graph = onnx.load(tmp_path / "glints.onnx")
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["glint_track.glints"] == "g1,g2,g3,g4" and meta["glint_track.trained_size"] == "32x32"
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.UINT8]
+    session = onnxruntime.InferenceSession(str(tmp_path / "glints.onnx"), providers=["CPUExecutionProvider"])
+    presence = []
+    for shape in [(1, 32, 32), (3, 48, 64), (2, 64, 32)]:  # sizes it was not traced at
+        frames = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        ours = session.run(list(OUTPUTS), {"images": frames})
+        with torch.no_grad():
+            ref = [t.numpy() for t in DeployedGlints(model, 0.3)(torch.from_numpy(frames))]
+        assert [o.shape for o in ours] == [r.shape for r in ref]
+        assert np.abs(ours[0] - ref[0]).max() < 1e-5  # probabilities
+        assert np.abs(ours[1] - ref[1]).max() < 1e-3  # every glint's position, present or not (px)
+        assert np.array_equal(ours[3], ref[3])
+        presence += ref[3].ravel().tolist()
+    assert 0 < np.mean(presence) < 1  # both present and absent glints were compared
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_writes_the_same_rows_with_either_backend_for_images_and_videos(
+    model_file: tuple[Path, GlintUNet], tmp_path: Path
+) -> None:
+    import av
+
+    path, _ = model_file
+    frames = example_frames(5, (32, 32), 4, seed=3)
+    (tmp_path / "frames").mkdir()
+    for i, image in enumerate(frames[:2]):
+        Image.fromarray(np.kron(image, np.ones((2, 2), np.uint8))).save(tmp_path / "frames" / f"f{i}.png")  # 64²
+    with av.open(str(tmp_path / "clip.mkv"), "w") as video:  # lossless, so the frames are what was encoded
+        stream = video.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "gray"
+        for image in frames:
+            video.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="gray")))
+        video.mux(stream.encode())
+    exported(path, tmp_path / "glints.onnx")
+    runs = {
+        "torch": ["--model", str(path)],
+        "onnx": ["--model", str(tmp_path / "glints.onnx"), "--backend", "onnx"],
+    }
+    for backend, model in runs.items():
+        result = run_cli(
+            "predict", *model, str(tmp_path / "frames"), str(tmp_path / "clip.mkv"), "--out", f"{backend}.csv"
+        )
+        assert result.exit_code == 0 and "in 7 frames" in result.output, result.output
+    torch_rows, onnx_rows = _rows(Path("torch.csv")), _rows(Path("onnx.csv"))
+    assert len(torch_rows) == 7 * 4 and [r["image"] for r in torch_rows][-1].endswith("clip.mkv#4")
+    for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert (a["image"], a["glint"], a["present"]) == (b["image"], b["glint"], b["present"])
+        assert abs(float(a["x"]) - float(b["x"])) < 2e-3 and abs(float(a["y"]) - float(b["y"])) < 2e-3
+    first = [r for r in torch_rows if r["image"].endswith("f0.png")]
+    assert max(float(r["x"]) for r in first) > 32  # the 64² image's own pixels, not the model's 32²
+
+
+def test_a_runs_export_travels_in_its_mlflow_model_and_predict_onnx_uses_it(tiny_h5: Path, tmp_path: Path) -> None:
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    output = exported(run_id, tmp_path / "glints.onnx")
+    model_id = output.split("added to MLflow model ")[1].split()[0]
+    client = MlflowClient()
+    assert client.get_logged_model(model_id).source_run_id == run_id
+    assert "model.onnx" in {a.path for a in client.list_logged_model_artifacts(model_id)}
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(example_frames(1, (32, 32), 4)[0]).save(frames / "f0.png")
+    result = run_cli("--debug", "predict", "--model", run_id, "--backend", "onnx", str(frames), "--out", "p.csv")
+    assert result.exit_code == 0 and "exporting it now" not in result.output, result.output
+
+
+def test_export_and_backend_mistakes_are_one_line_each(model_file: tuple[Path, GlintUNet], tmp_path: Path) -> None:
+    path, _ = model_file
+    fails_cleanly(["export", "--model", str(path), "--out", "glints.txt"], "use a file name ending in .onnx")
+    (tmp_path / "m.onnx").write_bytes(b"not onnx")
+    Image.fromarray(example_frames(1, (32, 32), 4)[0]).save(tmp_path / "f0.png")
+    predict = ["predict", "--out", "p.csv", "--model"]
+    fails_cleanly([*predict, str(tmp_path / "m.onnx"), str(tmp_path / "f0.png")], "--backend onnx")
+    (tmp_path / "broken.mp4").write_bytes(bytes(64))
+    fails_cleanly([*predict, str(path), str(tmp_path / "broken.mp4")], "not a readable video")
+    assert not Path("p.csv").exists()
