@@ -1,0 +1,191 @@
+"""How fast the deployed detector answers: latency per call (p50/p99) and frames per second, uint8 frames in,
+glints out, for PyTorch eager, torch.compile, ONNX Runtime (fp32, and int8 quantised on calibration frames) on this
+machine's CPU, and ONNX Runtime CUDA / TensorRT where a GPU and those providers are there.
+
+    python benchmarks/latency.py --model <run id | checkpoint> [--sizes 128,256] [--batches 1,32] [--iters 200]
+
+Each configuration is timed call by call after a warm-up, in this one process (one thing runs at a time). The
+positions each backend finds are compared with PyTorch fp32's on synthetic eye images (max and mean |Δ| over the
+glints both call present). The table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from glint_track.data.synth import example_frames  # noqa: E402
+from glint_track.inference.export import INPUT, DeployedGlints, write_onnx  # noqa: E402
+from glint_track.model import GlintUNet  # noqa: E402
+
+Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # frames → (xy, score)
+
+
+def torch_runner(model: GlintUNet, compiled: bool) -> Run:
+    deployed = DeployedGlints(model, 0.3).eval()
+    call = torch.compile(deployed, dynamic=False) if compiled else deployed
+
+    def run(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            _, xy, score, _ = call(torch.from_numpy(frames))
+        return xy.numpy(), score.numpy()
+
+    return run
+
+
+def onnx_runner(path: Path, providers: list[str]) -> Run:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+
+    def run(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xy, score = session.run(["xy", "score"], {INPUT: frames})
+        return xy, score
+
+    return run
+
+
+def quantise(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
+    """Static int8 (QDQ, per-channel weights) with activation ranges from `calibration` frames."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{INPUT: frame[None]} for frame in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Frames(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "ConvTranspose"],
+    )
+    return out
+
+
+def time_calls(run: Run, frames: np.ndarray, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run(frames)
+    seconds = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run(frames)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def agreement(run: Run, reference: Run, frames: np.ndarray, threshold: float = 0.3) -> tuple[float, float]:
+    """(max, mean) |Δ| in px of the glint positions both call present, against the reference."""
+    xy, score = run(frames)
+    ref_xy, ref_score = reference(frames)
+    both = (score >= threshold) & (ref_score >= threshold)
+    if not both.any():
+        return float("nan"), float("nan")
+    distance = np.linalg.norm(xy - ref_xy, axis=-1)[both]
+    return float(distance.max()), float(distance.mean())
+
+
+def load_model(ref: str | None) -> GlintUNet:
+    if ref is None:
+        return GlintUNet().eval()
+    from glint_track.tracking.fetch import fetch_checkpoint
+
+    return GlintUNet.from_checkpoint(fetch_checkpoint(ref, prefer_best=True, option="--model").checkpoint, ref)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="run ID or checkpoint (default: an untrained UNet: timing only)")
+    ap.add_argument("--sizes", default="128,256")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--only", help="comma-separated backends (default: all available)")
+    args = ap.parse_args()
+    model = load_model(args.model)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="glint-latency-") as tmp:
+        for size in sizes:
+            frames = example_frames(max(batches), (size, size), model.num_glints, seed=1)
+            fp32 = Path(tmp) / f"fp32_{size}.onnx"
+            write_onnx(model, fp32, (size, size))
+            runners = backends(model, fp32, Path(tmp) / f"int8_{size}.onnx", size, args.only)
+            reference = runners["torch eager"]
+            for name, run in runners.items():
+                err_max, err_mean = agreement(run, reference, frames)
+                for batch in batches:
+                    calls = np.array(time_calls(run, frames[:batch], args.iters, args.warmup))
+                    rows.append((name, size, batch, calls, err_max, err_mean))
+                    print(f"{name} {size}² batch {batch}: p50 {1e3 * np.median(calls):.2f} ms", flush=True)
+    print_table(rows, args)
+
+
+def backends(model: GlintUNet, fp32: Path, int8: Path, size: int, only: str | None) -> dict[str, Run]:
+    import onnxruntime
+
+    wanted = set(only.split(",")) if only else None
+    makers: dict[str, Callable[[], Run]] = {
+        "torch eager": lambda: torch_runner(model, compiled=False),
+        "torch.compile": lambda: torch_runner(model, compiled=True),
+        "onnxruntime cpu fp32": lambda: onnx_runner(fp32, ["CPUExecutionProvider"]),
+        "onnxruntime cpu int8": lambda: onnx_runner(
+            quantise(fp32, int8, example_frames(32, (size, size), model.num_glints, seed=2)), ["CPUExecutionProvider"]
+        ),
+    }
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        makers["onnxruntime cuda fp32"] = lambda: onnx_runner(fp32, ["CUDAExecutionProvider"])
+    if "TensorrtExecutionProvider" in available:
+        makers["onnxruntime tensorrt"] = lambda: onnx_runner(fp32, ["TensorrtExecutionProvider"])
+    names = ["torch eager"] + [n for n in makers if n != "torch eager" and (wanted is None or n in wanted)]
+    return {name: makers[name]() for name in names}
+
+
+def print_table(rows: list, args: argparse.Namespace) -> None:
+    cpu = platform.processor() or platform.machine()
+    print(
+        f"\n{dt.date.today()} · {cpu}, {os.cpu_count()} cores · torch {torch.__version__} · "
+        f"onnxruntime {__import__('onnxruntime').__version__} · model {args.model or 'untrained UNet'} · "
+        f"{args.iters} calls after {args.warmup} warm-up"
+    )
+    print(
+        "| backend | size | batch | p50 ms / call | p99 ms / call | ms / frame (p50) | frames/s "
+        "| Δ px vs eager max / mean |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, size, batch, calls, err_max, err_mean in rows:
+        p50, p99 = np.percentile(calls, [50, 99]) * 1e3
+        print(
+            f"| {name} | {size}² | {batch} | {p50:.2f} | {p99:.2f} | {p50 / batch:.2f} | "
+            f"{batch / calls.mean():,.0f} | {err_max:.3f} / {err_mean:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
