@@ -109,6 +109,27 @@ def agreement(run: Run, reference: Run, frames: np.ndarray, threshold: float = 0
     return float(distance.max()), float(distance.mean())
 
 
+def windowed(run: Run, reference: Run, frames: np.ndarray, window: int) -> tuple[Run, np.ndarray]:
+    """`run` on the window×window square around each frame's glints (as `predict --window` places it from the
+    frame before; here from the reference's glints in the same frame), and those windows."""
+    xy, score = reference(frames)
+    h, w = frames.shape[1:]
+    corners = []
+    for points, found in zip(xy, score >= 0.3):
+        cx, cy = points[found].mean(0) if found.any() else (w / 2, h / 2)
+        corners.append(
+            (int(np.clip(round(cy - window / 2), 0, h - window)), int(np.clip(round(cx - window / 2), 0, w - window)))
+        )
+    crops = np.stack([f[top : top + window, left : left + window] for f, (top, left) in zip(frames, corners)])
+    offsets = np.array([(left, top) for top, left in corners], np.float32)[:, None, :]
+
+    def placed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the crops of `frames`, back in frame pixels
+        found_xy, found_score = run(crops[: len(batch)])
+        return found_xy + offsets[: len(batch)], found_score
+
+    return placed, crops
+
+
 def load_model(ref: str | None) -> GlintUNet:
     if ref is None:
         return GlintUNet().eval()
@@ -125,6 +146,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--only", help="comma-separated backends (default: all available)")
+    ap.add_argument("--window", type=int, default=96, help="also time `predict --window` squares of this side (0: no)")
     args = ap.parse_args()
     model = load_model(args.model)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -141,8 +163,13 @@ def main() -> None:
                 err_max, err_mean = agreement(run, reference, frames)
                 for batch in batches:
                     calls = np.array(time_calls(run, frames[:batch], args.iters, args.warmup))
-                    rows.append((name, size, batch, calls, err_max, err_mean))
+                    rows.append((name, f"{size}²", batch, calls, err_max, err_mean))
                     print(f"{name} {size}² batch {batch}: p50 {1e3 * np.median(calls):.2f} ms", flush=True)
+                if args.window and args.window < size:
+                    placed, crops = windowed(run, reference, frames, args.window)
+                    err_max, err_mean = agreement(placed, reference, frames)
+                    calls = np.array(time_calls(run, crops[:1], args.iters, args.warmup))
+                    rows.append((name, f"{args.window}² window in {size}²", 1, calls, err_max, err_mean))
     print_table(rows, args)
 
 
@@ -182,7 +209,7 @@ def print_table(rows: list, args: argparse.Namespace) -> None:
     for name, size, batch, calls, err_max, err_mean in rows:
         p50, p99 = np.percentile(calls, [50, 99]) * 1e3
         print(
-            f"| {name} | {size}² | {batch} | {p50:.2f} | {p99:.2f} | {p50 / batch:.2f} | "
+            f"| {name} | {size} | {batch} | {p50:.2f} | {p99:.2f} | {p50 / batch:.2f} | "
             f"{batch / calls.mean():,.0f} | {err_max:.3f} / {err_mean:.4f} |"
         )
 

@@ -118,6 +118,12 @@ def evaluate_cmd(
     "rows either way.",
 )
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Frames per call.")
+@click.option(
+    "--window",
+    type=click.IntRange(SIZE_MULTIPLE),
+    help="Real-time mode for videos and image sequences: each frame on its own, on a square of this side (model-input "
+    "pixels, a multiple of 16, e.g. 96) around the previous frame's glints; the whole frame when they were lost.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict_cmd(
     model_ref: str,
@@ -128,6 +134,7 @@ def predict_cmd(
     input_size: tuple[int, int] | None,
     backend: str,
     batch_size: int,
+    window: int | None,
     device: str,
 ) -> None:
     """Glint coordinates (in each frame's own pixels) for images, folders of images and videos (with the `video`
@@ -136,7 +143,7 @@ def predict_cmd(
     \b
     Examples:
       glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
-      glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv
+      glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv --window 96
       glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
     """
     from glint_track.inference.predict import predict
@@ -151,6 +158,7 @@ def predict_cmd(
         device,
         backend,
         batch_size,
+        window,
     )
     click.echo(f"{done.glints} glints found in {done.frames} frames → {out}")
 

@@ -32,6 +32,7 @@ FIELDS = ("image", "glint", "x", "y", "score", "present")
 class Frame:
     name: str  # the image file, or `video.mp4#<frame index>`
     gray: np.ndarray  # H×W uint8, the original size
+    sequence: str  # what it is a frame of: its video, or its image's folder
 
 
 @dataclass
@@ -62,7 +63,7 @@ def frames(files: list[Path]) -> Iterator[Frame]:
             yield from _video_frames(path)
             continue
         try:
-            yield Frame(str(path), open_gray(path))
+            yield Frame(str(path), open_gray(path), str(path.parent))
         except Unusable as e:
             raise GlintTrackError(f"{path}: {e}; remove it or convert it to PNG") from e
         except Exception as e:  # noqa: BLE001 - PIL's decoders raise many kinds on bad bytes
@@ -110,7 +111,7 @@ def _video_frames(path: Path) -> Iterator[Frame]:
             )
         try:
             for frame in container.decode(video=0):
-                yield Frame(f"{path}#{decoded}", frame.to_ndarray(format="gray"))
+                yield Frame(f"{path}#{decoded}", frame.to_ndarray(format="gray"), str(path))
                 decoded += 1
         except av.FFmpegError as e:
             raise GlintTrackError(
@@ -128,38 +129,83 @@ def predict(
     device_name: str = "auto",
     backend: str = "torch",
     batch_size: int = 16,
+    window: int | None = None,
 ) -> Predicted:
     """One row per frame and glint: image, glint (g1…), x, y (the frame's own pixels), score, present. Frames are
-    resized to `input_size` (default: the training images' size) and run `batch_size` at a time."""
+    resized to `input_size` (default: the training images' size) and run `batch_size` at a time; with `window`,
+    one at a time, each on the window×window square (model-input pixels) around the previous frame's glints."""
     if out.suffix.lower() not in (".csv", ".json"):
         raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
+    if window is not None and window % SIZE_MULTIPLE:
+        raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 96")
     files = sources(inputs)
     detector = open_detector(model_ref, backend, device_name)
+    size = input_size or detector.trained_size
     done = Predicted(0, 0)
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f, _Rows(f, out.suffix.lower()) as rows:
         bar = tqdm(total=frame_count(files), unit="frame", disable=not sys.stderr.isatty())
-        for batch in _batches(frames(files), batch_size, input_size or detector.trained_size):
-            for frame, found in _detect(detector, batch, threshold):
-                rows.write(found)
-                done.frames += 1
-                done.glints += sum(r["present"] for r in found)
-                if overlay_dir is not None:
-                    _overlay(overlay_dir, frame, found)
-            bar.update(len(batch))
+        stream = (
+            _windowed(detector, frames(files), size, window, threshold)
+            if window
+            else _batched(detector, frames(files), size, batch_size)
+        )
+        for frame, (xy, score), (h, w) in stream:
+            found = _rows(frame, xy, score, (h, w), threshold)
+            rows.write(found)
+            done.frames += 1
+            done.glints += sum(r["present"] for r in found)
+            if overlay_dir is not None:
+                _overlay(overlay_dir, frame, found)
+            bar.update(1)
         bar.close()
     return done
 
 
-def _batches(stream: Iterator[Frame], size: int, input_size: tuple[int, int] | None) -> Iterator[list[Frame]]:
-    """Consecutive frames that resize to the same model input, at most `size` at a time."""
+Detected = tuple[Frame, tuple[np.ndarray, np.ndarray], tuple[int, int]]  # frame, (xy C×2, score C), model input
+
+
+def _batched(
+    detector: Detector, stream: Iterator[Frame], size: tuple[int, int] | None, batch_size: int
+) -> Iterator[Detected]:
+    """Consecutive frames that resize to the same model input, `batch_size` per call."""
     batch: list[Frame] = []
     for frame in stream:
-        if batch and (len(batch) == size or _input_size(batch[0], input_size) != _input_size(frame, input_size)):
-            yield batch
+        if batch and (len(batch) == batch_size or _input_size(batch[0], size) != _input_size(frame, size)):
+            yield from _run(detector, batch, size)
             batch = []
         batch.append(frame)
     if batch:
-        yield batch
+        yield from _run(detector, batch, size)
+
+
+def _run(detector: Detector, batch: list[Frame], size: tuple[int, int] | None) -> Iterator[Detected]:
+    h, w = _input_size(batch[0], size)
+    xy, score = detector(np.stack([_resized(frame.gray, (h, w)) for frame in batch]))
+    for i, frame in enumerate(batch):
+        yield frame, (xy[i], score[i]), (h, w)
+
+
+def _windowed(
+    detector: Detector, stream: Iterator[Frame], size: tuple[int, int] | None, window: int, threshold: float
+) -> Iterator[Detected]:
+    """Each frame on the window around the glints of the frame before it in its video or folder: the whole frame
+    first, and again after a frame where fewer than half the glints were found."""
+    centre, sequence = None, None
+    for frame in stream:
+        h, w = _input_size(frame, size)
+        image = _resized(frame.gray, (h, w))
+        if frame.sequence != sequence or window >= min(h, w):
+            centre, sequence = None, frame.sequence
+        top = left = 0
+        if centre is not None:
+            top = int(np.clip(round(centre[1] - window / 2), 0, h - window))
+            left = int(np.clip(round(centre[0] - window / 2), 0, w - window))
+            image = image[top : top + window, left : left + window]
+        xy, score = detector(np.ascontiguousarray(image[None]))
+        xy, score = xy[0] + np.array([left, top], np.float32), score[0]
+        found = score >= threshold
+        centre = tuple(xy[found].mean(0)) if found.sum() * 2 >= len(found) else None
+        yield frame, (xy, score), (h, w)
 
 
 def _input_size(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -170,29 +216,22 @@ def _input_size(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, 
     )
 
 
-def _detect(
-    detector: Detector, batch: list[Frame], threshold: float
-) -> Iterator[tuple[Frame, list[dict[str, object]]]]:
-    h, w = _input_size(batch[0], detector.trained_size)
-    inputs = np.stack([_resized(frame.gray, (h, w)) for frame in batch])
-    xy, score = detector(inputs)
-    for frame, xy_n, score_n in zip(batch, xy, score):
-        h0, w0 = frame.gray.shape
-        sx, sy = w0 / w, h0 / h
-        yield (
-            frame,
-            [
-                {
-                    "image": frame.name,
-                    "glint": f"g{c + 1}",
-                    "x": round(float((gx + 0.5) * sx - 0.5), 3),  # back to the frame's own pixels
-                    "y": round(float((gy + 0.5) * sy - 0.5), 3),
-                    "score": round(float(s), 4),
-                    "present": bool(s >= threshold),
-                }
-                for c, ((gx, gy), s) in enumerate(zip(xy_n, score_n))
-            ],
-        )
+def _rows(
+    frame: Frame, xy: np.ndarray, score: np.ndarray, size: tuple[int, int], threshold: float
+) -> list[dict[str, object]]:
+    h0, w0 = frame.gray.shape
+    sx, sy = w0 / size[1], h0 / size[0]
+    return [
+        {
+            "image": frame.name,
+            "glint": f"g{c + 1}",
+            "x": round(float((gx + 0.5) * sx - 0.5), 3),  # back to the frame's own pixels
+            "y": round(float((gy + 0.5) * sy - 0.5), 3),
+            "score": round(float(s), 4),
+            "present": bool(s >= threshold),
+        }
+        for c, ((gx, gy), s) in enumerate(zip(xy, score))
+    ]
 
 
 def _resized(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:

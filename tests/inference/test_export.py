@@ -127,3 +127,23 @@ def test_export_and_backend_mistakes_are_one_line_each(model_file: tuple[Path, G
     (tmp_path / "broken.mp4").write_bytes(bytes(64))
     fails_cleanly([*predict, str(path), str(tmp_path / "broken.mp4")], "not a readable video")
     assert not Path("p.csv").exists()
+
+
+def test_predict_window_starts_each_sequence_on_the_whole_frame_and_stays_in_frame_pixels(
+    model_file: tuple[Path, GlintUNet], tmp_path: Path
+) -> None:
+    path, _ = model_file
+    (tmp_path / "seq").mkdir()
+    for i, image in enumerate(example_frames(4, (64, 64), 4, seed=5)):  # resized to the model's 32²
+        Image.fromarray(image).save(tmp_path / "seq" / f"f{i}.png")
+    outputs = {}
+    for name, extra in {"whole": [], "window": ["--window", "16"], "wide": ["--window", "32"]}.items():
+        result = run_cli("predict", "--model", str(path), str(tmp_path / "seq"), "--out", f"{name}.csv", *extra)
+        assert result.exit_code == 0, result.output
+        outputs[name] = _rows(Path(f"{name}.csv"))
+    assert outputs["wide"] == outputs["whole"]  # a window as large as the input is the whole frame
+    assert outputs["window"][:4] == outputs["whole"][:4]  # the first frame of a sequence: no window yet
+    assert len(outputs["window"]) == 16
+    present = [r for r in outputs["window"] if r["present"] == "True"]
+    assert present and all(-0.5 <= float(r[k]) <= 63.5 for r in present for k in ("x", "y"))  # the frame's pixels
+    fails_cleanly(["predict", "--model", str(path), str(tmp_path / "seq"), "--out", "p.csv", "--window", "40"], "16")
