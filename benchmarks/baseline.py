@@ -52,8 +52,8 @@ def identity_free(detections: list[np.ndarray], truth: torch.Tensor, radius: flo
 #: another camera: median size, top-hat size, threshold offset, smallest blob.
 TUNING_GRID = {
     "denoise": (1, 3),
-    "tophat": (9, 15, 25),
-    "c": (-9.0, -13.0, -20.0, -30.0, -40.0),
+    "tophat": (9, 15),
+    "c": (-13.0, -40.0, -70.0, -100.0, -130.0, -160.0),
     "area_min": (1, 2, 3, 5),
 }
 

@@ -130,6 +130,15 @@ def windowed(run: Run, reference: Run, frames: np.ndarray, window: int) -> tuple
     return placed, crops
 
 
+def truth_error(run: Run, frames: np.ndarray, truth: np.ndarray, threshold: float = 0.3) -> str:
+    """Mean distance (px) to the annotated glints it finds, and how many of them it finds."""
+    xy, score = run(frames)
+    annotated = ~np.isnan(truth[..., 0])
+    found = annotated & (score >= threshold)
+    mean = np.linalg.norm(xy - truth, axis=-1)[found].mean() if found.any() else float("nan")
+    return f"{mean:.3f} ({found.sum()}/{annotated.sum()})"
+
+
 def load_model(ref: str | None) -> GlintUNet:
     if ref is None:
         return GlintUNet().eval()
@@ -147,6 +156,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--only", help="comma-separated backends (default: all available)")
     ap.add_argument("--window", type=int, default=96, help="also time `predict --window` squares of this side (0: no)")
+    ap.add_argument("--h5", type=Path, help="a labelled file: its images of the same size also score each row's error")
     args = ap.parse_args()
     model = load_model(args.model)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -154,23 +164,39 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="glint-latency-") as tmp:
         for size in sizes:
-            frames = example_frames(max(batches), (size, size), model.num_glints, seed=1)
+            frames, truth = test_frames(args.h5, size, max(batches), model.num_glints)
             fp32 = Path(tmp) / f"fp32_{size}.onnx"
             write_onnx(model, fp32, (size, size))
             runners = backends(model, fp32, Path(tmp) / f"int8_{size}.onnx", size, args.only)
             reference = runners["torch eager"]
             for name, run in runners.items():
-                err_max, err_mean = agreement(run, reference, frames)
+                quality = (
+                    *agreement(run, reference, frames),
+                    truth_error(run, frames, truth) if truth is not None else "",
+                )
                 for batch in batches:
                     calls = np.array(time_calls(run, frames[:batch], args.iters, args.warmup))
-                    rows.append((name, f"{size}²", batch, calls, err_max, err_mean))
+                    rows.append((name, f"{size}²", batch, calls, *quality))
                     print(f"{name} {size}² batch {batch}: p50 {1e3 * np.median(calls):.2f} ms", flush=True)
                 if args.window and args.window < size:
                     placed, crops = windowed(run, reference, frames, args.window)
-                    err_max, err_mean = agreement(placed, reference, frames)
+                    truth_err = truth_error(placed, frames, truth) if truth is not None else ""
+                    quality = (*agreement(placed, reference, frames), truth_err)
                     calls = np.array(time_calls(run, crops[:1], args.iters, args.warmup))
-                    rows.append((name, f"{args.window}² window in {size}²", 1, calls, err_max, err_mean))
+                    rows.append((name, f"{args.window}² window in {size}²", 1, calls, *quality))
     print_table(rows, args)
+
+
+def test_frames(h5: Path | None, size: int, count: int, num_glints: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first frames (and their annotated glints) of `h5` when its images are size², else synthetic ones."""
+    if h5 is not None:
+        from glint_track.data.glint_file import load_glint_file
+
+        data = load_glint_file(h5)
+        if data.images.shape[1:] == (size, size) and data.points is not None:
+            count = max(count, min(len(data.images), 128))
+            return data.images[:count].numpy(), data.points[:count].numpy()
+    return example_frames(count, (size, size), num_glints, seed=1), None
 
 
 def backends(model: GlintUNet, fp32: Path, int8: Path, size: int, only: str | None) -> dict[str, Run]:
@@ -203,14 +229,14 @@ def print_table(rows: list, args: argparse.Namespace) -> None:
     )
     print(
         "| backend | size | batch | p50 ms / call | p99 ms / call | ms / frame (p50) | frames/s "
-        "| Δ px vs eager max / mean |"
+        "| Δ px vs eager max / mean | error px vs annotation (found) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, size, batch, calls, err_max, err_mean in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, size, batch, calls, err_max, err_mean, truth_err in rows:
         p50, p99 = np.percentile(calls, [50, 99]) * 1e3
         print(
             f"| {name} | {size} | {batch} | {p50:.2f} | {p99:.2f} | {p50 / batch:.2f} | "
-            f"{batch / calls.mean():,.0f} | {err_max:.3f} / {err_mean:.4f} |"
+            f"{batch / calls.mean():,.0f} | {err_max:.3f} / {err_mean:.4f} | {truth_err} |"
         )
 
 
