@@ -12,6 +12,7 @@ glints both call present). The table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -73,17 +74,18 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
             return next(self.items, None)
 
     prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(out),
-        Frames(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv", "ConvTranspose"],
-    )
+    with contextlib.chdir(out.parent):  # ONNX Runtime's quantiser leaves temporary files in the working directory
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "ConvTranspose"],
+        )
     return out
 
 

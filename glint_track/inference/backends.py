@@ -17,12 +17,15 @@ import torch
 
 from glint_track.engine import resolve_device
 from glint_track.errors import GlintTrackError
+from glint_track.files import first_line
 from glint_track.glints import decode
-from glint_track.model import GlintUNet
+from glint_track.model import SIZE_MULTIPLE, GlintUNet
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
+#: The largest model input side an ONNX file's metadata may ask frames to be resized to.
+MAX_SIDE = 8192
 
 
 class Detector(Protocol):
@@ -57,11 +60,20 @@ class OnnxDetector:
 
         wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
         providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.num_glints = len(meta.get("glint_track.glints", "").split(","))
-        size = meta.get("glint_track.trained_size")
-        self.trained_size = tuple(int(v) for v in size.split("x")) if size else None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            meta = self.session.get_modelmeta().custom_metadata_map
+            size = meta.get("glint_track.trained_size")
+            self.trained_size = tuple(int(v) for v in size.split("x", 1)) if size else None
+            if self.trained_size and not all(v % SIZE_MULTIPLE == 0 and 0 < v <= MAX_SIDE for v in self.trained_size):
+                raise ValueError(f"its trained size {size} is not two multiples of {SIZE_MULTIPLE} up to {MAX_SIDE}")
+            self.num_glints = len(meta["glint_track.glints"].split(","))
+            if [i.name for i in self.session.get_inputs()] != [INPUT]:
+                raise ValueError(f"its inputs are not [{INPUT!r}]")
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own kinds on a bad file
+            raise GlintTrackError(
+                f"{path}: not a glint-track ONNX model ({first_line(e)[:200]}); make one with `glint-track export`"
+            ) from e
         self.input = INPUT
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

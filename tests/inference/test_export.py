@@ -124,6 +124,8 @@ def test_export_and_backend_mistakes_are_one_line_each(model_file: tuple[Path, G
     Image.fromarray(example_frames(1, (32, 32), 4)[0]).save(tmp_path / "f0.png")
     predict = ["predict", "--out", "p.csv", "--model"]
     fails_cleanly([*predict, str(tmp_path / "m.onnx"), str(tmp_path / "f0.png")], "--backend onnx")
+    onnx_file = [*predict, str(tmp_path / "m.onnx"), "--backend", "onnx", str(tmp_path / "f0.png")]
+    fails_cleanly(onnx_file, "not a glint-track ONNX model")
     (tmp_path / "broken.mp4").write_bytes(bytes(64))
     fails_cleanly([*predict, str(path), str(tmp_path / "broken.mp4")], "not a readable video")
     assert not Path("p.csv").exists()
