@@ -74,7 +74,7 @@ def require_onnx() -> None:
 
 
 def write_onnx(model: GlintUNet, out: Path, image_size: tuple[int, int], threshold: float = DEFAULT_THRESHOLD) -> None:
-    """Export with dynamic batch, height and width (traced at `image_size`), written atomically to `out`."""
+    """Export with dynamic batch, height and width (traced at `image_size`) to `out`."""
     require_onnx()
     h, w = image_size
     batch, h16, w16 = (torch.export.Dim(name, min=1, max=4096) for name in ("batch", "h16", "w16"))
@@ -99,10 +99,9 @@ def write_onnx(model: GlintUNet, out: Path, image_size: tuple[int, int], thresho
                 "glint_track.trained_size": f"{h}x{w}",
             }
         )
-        staged = Path(tmp) / MODEL_FILE
+        staged = Path(tmp) / MODEL_FILE  # the exporter names files after their suffix; `out` may be a temp name
         program.save(staged)
-        with atomic_path(out) as target:
-            target.write_bytes(staged.read_bytes())
+        out.write_bytes(staged.read_bytes())
 
 
 def check_onnx(path: Path, model: GlintUNet, batches: list[np.ndarray]) -> list[Check]:
@@ -132,6 +131,9 @@ class Exported:
 
 #: Synthetic eye images the export is checked on (at the trained size, and one at half its height).
 CHECK_FRAMES = 4
+#: How far ONNX Runtime may be from PyTorch before an export is refused (fp32 rounding is ~1e-7 and ~1e-5 px).
+MAX_HEATMAP_DIFF = 1e-3
+MAX_XY_DIFF_PX = 0.01
 
 
 def export(model_ref: str, out: Path, threshold: float = DEFAULT_THRESHOLD, attach: bool = True) -> Exported:
@@ -152,9 +154,16 @@ def export(model_ref: str, out: Path, threshold: float = DEFAULT_THRESHOLD, atta
     model = GlintUNet.from_checkpoint(source.checkpoint, model_ref)
     h, w = source.checkpoint.get("model_info", {}).get("image_size") or (128, 128)
     frames = example_frames(CHECK_FRAMES, (h, w), model.num_glints)
-    write_onnx(model, out, (h, w), threshold)
     smaller = frames[:1, : max(SIZE_MULTIPLE, h // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE), :]
-    checks = check_onnx(out, model, [frames, smaller])
+    with atomic_path(out) as staged:  # `out` appears only once the graph is checked
+        write_onnx(model, staged, (h, w), threshold)
+        checks = check_onnx(staged, model, [frames, smaller])
+        for check in checks:
+            if check.heatmap_diff > MAX_HEATMAP_DIFF or check.xy_diff_px > MAX_XY_DIFF_PX:
+                raise GlintTrackError(
+                    f"the exported graph does not reproduce PyTorch on {check.line()}; {out} was not written "
+                    "(please report it with the torch and onnxscript versions)"
+                )
     if attach and model_id is not None:
         with tempfile.TemporaryDirectory(prefix="glint-track-onnx-") as tmp:
             named = Path(tmp) / MODEL_FILE

@@ -149,3 +149,21 @@ def test_predict_window_starts_each_sequence_on_the_whole_frame_and_stays_in_fra
     present = [r for r in outputs["window"] if r["present"] == "True"]
     assert present and all(-0.5 <= float(r[k]) <= 63.5 for r in present for k in ("x", "y"))  # the frame's pixels
     fails_cleanly(["predict", "--model", str(path), str(tmp_path / "seq"), "--out", "p.csv", "--window", "40"], "16")
+
+
+def test_an_export_that_does_not_reproduce_pytorch_is_not_written(
+    model_file: tuple[Path, GlintUNet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glint_track.inference import export as export_module
+
+    real = export_module.check_onnx
+
+    def off_by_half_a_pixel(path: Path, model: GlintUNet, batches: list[np.ndarray]) -> list:
+        checks = real(path, model, batches)
+        checks[-1].xy_diff_px = 0.5
+        return checks
+
+    monkeypatch.setattr(export_module, "check_onnx", off_by_half_a_pixel)
+    path, _ = model_file
+    fails_cleanly(["export", "--model", str(path), "--out", str(tmp_path / "g.onnx")], "does not reproduce PyTorch")
+    assert not (tmp_path / "g.onnx").exists() and not list(tmp_path.glob(".*"))
