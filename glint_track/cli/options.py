@@ -38,6 +38,19 @@ class GpuList(click.ParamType):
 
 #: A detection threshold: a probability strictly between 0 and 1.
 PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+def threshold_option(what: str) -> Callable[[Callable], Callable]:
+    """`--threshold`, as evaluate, predict and export take it: the peak probability from which `what`."""
+    return click.option(
+        "--threshold",
+        type=PROBABILITY,
+        default=D.threshold,
+        show_default=True,
+        help=f"Peak probability from which {what}.",
+    )
+
+
 #: Largest image side `pack --img-size` and `predict --input-size` accept (memory grows with its square).
 MAX_SIDE = 8192
 

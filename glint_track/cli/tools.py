@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glint_track.cli.options import PROBABILITY, D, Size
+from glint_track.cli.options import D, Size, threshold_option
 from glint_track.data.glint_file import COMPRESSIONS
 from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE
 from glint_track.data.synth import SENSOR_BITS
@@ -27,13 +27,7 @@ from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
 @click.option(
     "--h5", required=True, type=click.Path(dir_okay=False), help="Glint HDF5 file to evaluate on (every sample)."
 )
-@click.option(
-    "--threshold",
-    type=PROBABILITY,
-    default=D.threshold,
-    show_default=True,
-    help="Peak probability from which a glint counts as detected.",
-)
+@threshold_option("a glint counts as detected")
 @click.option(
     "--match-radius",
     type=click.FloatRange(0, 1e4, min_open=True),
@@ -98,13 +92,7 @@ def evaluate_cmd(
 @click.option(
     "--overlay-dir", type=click.Path(file_okay=False), help="Also write each frame with its numbered glints drawn."
 )
-@click.option(
-    "--threshold",
-    type=PROBABILITY,
-    default=D.threshold,
-    show_default=True,
-    help="Peak probability from which a glint is reported present.",
-)
+@threshold_option("a glint is reported present")
 @click.option(
     "--input-size", type=Size(), help="Model input H[xW] [default: the training images' size from the checkpoint]."
 )
@@ -171,13 +159,7 @@ def predict_cmd(
     help="A run ID (its MLflow model), a models:/ URI, a runs:/<id>/<path> URI, or a checkpoint file.",
 )
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
-@click.option(
-    "--threshold",
-    type=PROBABILITY,
-    default=D.threshold,
-    show_default=True,
-    help="Peak probability from which the graph's `present` output says a glint is there.",
-)
+@threshold_option("the graph's `present` output says a glint is there")
 @click.option(
     "--attach/--no-attach",
     default=True,

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from glint_track.data.pack import MAX_IMAGE_PIXELS
 from glint_track.engine import resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.files import first_line
@@ -24,8 +25,6 @@ from glint_track.model import SIZE_MULTIPLE, GlintUNet
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
-#: The largest model input side an ONNX file's metadata may ask frames to be resized to.
-MAX_SIDE = 8192
 
 
 class Detector(Protocol):
@@ -65,8 +64,9 @@ class OnnxDetector:
             meta = self.session.get_modelmeta().custom_metadata_map
             size = meta.get("glint_track.trained_size")
             self.trained_size = tuple(int(v) for v in size.split("x", 1)) if size else None
-            if self.trained_size and not all(v % SIZE_MULTIPLE == 0 and 0 < v <= MAX_SIDE for v in self.trained_size):
-                raise ValueError(f"its trained size {size} is not two multiples of {SIZE_MULTIPLE} up to {MAX_SIDE}")
+            h, w = self.trained_size or (SIZE_MULTIPLE, SIZE_MULTIPLE)
+            if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or not 0 < h * w <= MAX_IMAGE_PIXELS:
+                raise ValueError(f"its trained size {size} is not two multiples of {SIZE_MULTIPLE} within an image")
             self.num_glints = len(meta["glint_track.glints"].split(","))
             if [i.name for i in self.session.get_inputs()] != [INPUT]:
                 raise ValueError(f"its inputs are not [{INPUT!r}]")
