@@ -134,7 +134,8 @@ def open_gray(source: Path | bytes) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def _resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_gray(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 grayscale image at H×W (bilinear), as pack stores it and predict feeds it to the model."""
     H, W = size
     if gray.shape == (H, W):
         return gray
@@ -176,7 +177,7 @@ def _read_sample(
     gray0 = open_gray(_image_source(json_path, record, root))
     H0, W0 = gray0.shape
     H, W = size or (H0, W0)
-    gray = _resize(gray0, (H, W))
+    gray = resize_gray(gray0, (H, W))
     sx, sy = W / W0, H / H0
     warnings_, glints, seen = [], [], set()
     for shape in record.get("shapes", []):

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from glint_track.data.pack import MAX_IMAGE_PIXELS, Unusable, open_gray
+from glint_track.data.pack import MAX_IMAGE_PIXELS, Unusable, open_gray, resize_gray
 from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
 from glint_track.files import IMAGE_SUFFIXES, atomic_path
@@ -180,7 +179,7 @@ def _batched(
 
 def _run(detector: Detector, batch: list[Frame], size: tuple[int, int] | None) -> Iterator[Detected]:
     h, w = _input_size(batch[0], size)
-    xy, score = detector(np.stack([_resized(frame.gray, (h, w)) for frame in batch]))
+    xy, score = detector(np.stack([resize_gray(frame.gray, (h, w)) for frame in batch]))
     for i, frame in enumerate(batch):
         yield frame, (xy[i], score[i]), (h, w)
 
@@ -193,7 +192,7 @@ def _windowed(
     centre, sequence = None, None
     for frame in stream:
         h, w = _input_size(frame, size)
-        image = _resized(frame.gray, (h, w))
+        image = resize_gray(frame.gray, (h, w))
         if frame.sequence != sequence or window >= min(h, w):
             centre, sequence = None, frame.sequence
         top = left = 0
@@ -232,13 +231,6 @@ def _rows(
         }
         for c, ((gx, gy), s) in enumerate(zip(xy, score))
     ]
-
-
-def _resized(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    if gray.shape == (h, w):
-        return gray
-    return np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _overlay(folder: Path, frame: Frame, rows: list[dict[str, object]]) -> None:
