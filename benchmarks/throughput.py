@@ -210,22 +210,27 @@ def in_thread(run):
 
 
 # -- (c) the compute bound -------------------------------------------------------------------------
-def compute_bound(h5: Path, epochs: int, batch: int) -> dict:
+def compute_bound(h5: Path, epochs: int, batch: int, graphs: bool = False) -> dict:
+    """With `graphs`, the corrected bound of issue 16: full batches only and torch.compile's CUDA graphs
+    (mode="reduce-overhead") around forward and backward."""
     device = torch.device("cuda")
     data = load_glint_file(h5)
     train_idx, _ = split_indices(data.num_samples, 0.1, 42)
     x_all = (data.images[train_idx].unsqueeze(1).float() / 255).to(device).contiguous(memory_format=torch.channels_last)
     y_all = data.heatmaps[train_idx].float().to(device)
     model = GlintUNet(data.num_glints, 16).to(device).to(memory_format=torch.channels_last)
-    step_model = torch.compile(model)
+    step_model = torch.compile(model, mode="reduce-overhead" if graphs else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     reset_mem()
     ends, t_start = [], time.perf_counter()
     n = len(train_idx)
+    last = n - n % batch if graphs else n
     for _ in range(epochs):
         perm = torch.randperm(n, device=device)
-        for i in range(0, n, batch):
+        for i in range(0, last, batch):
             idx = perm[i : i + batch]
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = step_model(x_all[idx])
             loss = focal_loss(logits.float(), y_all[idx])
@@ -234,7 +239,7 @@ def compute_bound(h5: Path, epochs: int, batch: int) -> dict:
             optimizer.step()
         sync()
         ends.append(time.perf_counter())
-    return steady(ends, t_start, n) | {"mem_gb": peak_mem_gb(), "val_loss": float("nan")}
+    return steady(ends, t_start, last) | {"mem_gb": peak_mem_gb(), "val_loss": float("nan")}
 
 
 # -- parallel experiments --------------------------------------------------------------------------
@@ -327,8 +332,11 @@ def measure(name: str, h5: Path, workdir: Path, args: argparse.Namespace) -> dic
     table_of = {
         "a": lambda: old_loop(h5, e, cpu, workdir),
         "c": lambda: compute_bound(h5, e, args.fast_batch),
+        "c16_graphs": lambda: compute_bound(h5, e, 16, graphs=True),
+        "c_graphs": lambda: compute_bound(h5, e, args.fast_batch, graphs=True),
         "b_default": lambda: glint_train(h5, e, workdir, "default", device=cpu.type),
         "b_16_fp32": lambda: glint_train(h5, e, workdir, "batch16-fp32", precision="fp32", device=cpu.type),
+        "b_default_eager": lambda: glint_train(h5, e, workdir, "default-eager", device=cpu.type, cuda_graphs=False),
         "b_fast": lambda: glint_train(h5, e, workdir, "fastest", **fast),
         "b_fast_every": lambda: glint_train(h5, e, workdir, "fastest-every", save_freq=1, keep_last_n=2, **fast),
         "b0_fast": lambda: untracked(h5, e, workdir, **fast),
@@ -345,6 +353,7 @@ LABELS = {
     "a": "(a) old loop: fp32, batch 16, 6 workers, pinned memory",
     "b_default": "(b) glint-track train, defaults (batch 16, precision auto → bf16)",
     "b_16_fp32": "(b) glint-track train, batch 16, --precision fp32",
+    "b_default_eager": "(b) glint-track train, defaults but --no-cuda-graphs (as before issue 16)",
     "b_fast": "(b) glint-track train, fastest (batch {fb}, --lr {fl}, bf16, --compile)",
     "b_fast_every": "(b) fastest, and --save-freq 1 --keep-last-n 2 (an epoch file written, one deleted each epoch)",
     "b0_fast": "(b0) same as fastest, tracking + checkpoints off",
@@ -354,6 +363,8 @@ LABELS = {
     "b_fast_nohold": "(b) fastest, the writer not held back at epoch boundaries",
     "b_fast_thread": "(b) fastest, checkpoints serialised on the writer thread (GLINT_TRACK_SAVE_PROCESS=off)",
     "c": "(c) compute bound (batch {fb}, bf16, channels_last, compile, data on GPU)",
+    "c16_graphs": "(c16) corrected bound, batch 16: full batches, compile with CUDA graphs (reduce-overhead)",
+    "c_graphs": "(c) corrected bound, batch {fb}: full batches, compile with CUDA graphs (reduce-overhead)",
 }
 
 
@@ -442,6 +453,10 @@ def main() -> None:
         out = table([(LABELS[n].format(**fmt), results[n]) for n in dict.fromkeys(names)], a, c)
         if a and "b_default" in results:
             out += f"\n\nb/a at defaults (batch 16): {results['b_default']['img_s'] / a['img_s']:.2f}×"
+        for b_name, c_name in (("b_default", "c16_graphs"), ("b_default_eager", "c16_graphs"), ("b_fast", "c_graphs")):
+            if b_name in results and c_name in results:
+                share = results[b_name]["img_s"] / results[c_name]["img_s"]
+                out += f"\n{b_name} is {100 * share:.0f} % of the corrected bound {c_name}"
         if any(len(r) > 1 for r in runs.values()):
             out += "\n\nevery repetition, img/s (mean):\n" + "\n".join(
                 f"  {n}: {' '.join(str(round(r['img_s'])) for r in rs)} ({np.mean([r['img_s'] for r in rs]):.0f})"

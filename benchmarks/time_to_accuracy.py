@@ -43,6 +43,7 @@ SPLIT, SEED = 0.1, 42
 #: name → the flags a glint-track recipe adds to `glint-track train`
 RECIPES = {
     "default": [],
+    "default-eager": ["--no-cuda-graphs"],  # the default as it was before CUDA graphs
     "fast-focal": ["--batch-size", "256", "--lr", "4e-3", "--compile", "--loss", "focal"],  # issue 16's "fastest"
     "fast": ["--batch-size", "256", "--lr", "4e-3", "--compile"],  # the README's fastest, default loss
     "b64": ["--batch-size", "64", "--lr", "2e-3"],

@@ -59,7 +59,11 @@ class Precision:
         return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        """Without autocast's weight-cast cache: CUDA graph capture requires it off (training.graphs), and a
+        forward pass casts each weight once anyway."""
+        return torch.autocast(
+            self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None, cache_enabled=False
+        )
 
 
 def _native_bf16(device: torch.device) -> bool:

@@ -85,6 +85,7 @@ class TrainConfig(LossWeights):
     precision: str = "auto"  # bf16 where the GPU/CPU computes it natively, else fp32
     channels_last: bool = True
     compile: bool = False
+    cuda_graphs: bool = True  # replay each full batch's forward/backward from a CUDA graph (one GPU, no --compile)
     deterministic: bool = False  # bit-identical results on a GPU too, at some speed cost
     # checkpoints
     save_optimizer: bool = True

@@ -103,7 +103,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     td = training_data(cfg, plan, ddp, device)
     parts, precision, loss_fn = training_parts(cfg, td.data.num_glints, device, plan)  # restored on resume
     model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
-    step_model = model_for_steps(model, ddp, device, cfg.compile)
+    step_model = model_for_steps(model, ddp, device, cfg)
     if ddp.is_main:
         check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a FAILED run
     stop = StopRequest()

@@ -25,6 +25,7 @@ from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
 from glint_track.training.config import RUNS_DIR, TrainConfig
 from glint_track.training.distributed import Distributed
+from glint_track.training.graphs import GraphedSteps
 from glint_track.training.losses import GlintLoss, LossWeights
 from glint_track.training.resume import ResumePlan, describe_changes
 
@@ -198,9 +199,15 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
         )
 
 
-def model_for_steps(model: torch.nn.Module, ddp: Distributed, device: torch.device, compile: bool) -> torch.nn.Module:
-    """The module training steps run: the model, wrapped by DDP under torchrun and compiled with --compile.
-    Checkpoints keep the plain model's state_dict."""
+def model_for_steps(
+    model: torch.nn.Module, ddp: Distributed, device: torch.device, cfg: TrainConfig
+) -> torch.nn.Module:
+    """The module training steps run: the model, wrapped by DDP under torchrun, compiled with --compile, or
+    replayed from a CUDA graph (--cuda-graphs, one GPU). Checkpoints keep the plain model's state_dict."""
     if ddp.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(model) if compile else model
+    if cfg.compile:
+        return torch.compile(model)
+    if cfg.cuda_graphs and device.type == "cuda" and not ddp.enabled:  # DDP's gradient hooks run between kernels
+        return GraphedSteps(model, cfg.batch_size)
+    return model

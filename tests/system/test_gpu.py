@@ -137,3 +137,18 @@ def test_sweep_puts_children_on_the_gpus_in_turn(gpu_h5: Path, monkeypatch: pyte
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert {c.info.status for c in children} == {"FINISHED"} and len(children) == 2
+
+
+def test_cuda_graphs_train_exactly_as_eager_steps(gpu_h5: Path) -> None:
+    common = ["--h5", str(gpu_h5), *SMALL, "--epochs", "2", "--deterministic"]  # 256 × 0.9 → a partial last batch
+    graphed = _child([*common, "--run-name", "graphed"])
+    assert graphed.returncode == 0 and "CUDA graph of the training step captured" in graphed.stderr, graphed.stderr
+    eager = _child([*common, "--no-cuda-graphs", "--run-name", "eager"])
+    assert eager.returncode == 0 and "CUDA graph" not in eager.stderr, eager.stderr[-3000:]
+    a, b = (
+        load_checkpoint(
+            Path(_run(name).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "latest_checkpoint.pth"
+        )
+        for name in ("graphed", "eager")
+    )
+    assert differing_parts(a, b) == []  # weights, BatchNorm statistics and Adam moments, bit for bit
