@@ -137,7 +137,7 @@ def train(cli_cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Train
     finally:
         stop.restore()
         set_deterministic(was_deterministic)
-        ddp.close()
+        ddp.close(finished=status == "FINISHED")
         spool = run.close(status) if run is not None else None
     if run is None:
         return None

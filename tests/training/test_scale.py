@@ -81,7 +81,7 @@ def _rank(rank: int, port: int, h5: str, out: str) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2"}
     ddp = Distributed.from_env(torch.device("cpu"))
     torch.save(_validation(h5, ddp), f"{out}.{rank}")
-    ddp.close()
+    ddp.close(finished=True)
 
 
 def test_validation_sharded_over_ranks_gives_exactly_the_single_process_metrics(tiny_h5: Path, tmp_path: Path) -> None:
