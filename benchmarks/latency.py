@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from glint_track.data.synth import example_frames  # noqa: E402
 from glint_track.inference.export import INPUT, DeployedGlints, write_onnx  # noqa: E402
+from glint_track.inference.predict import window_corner  # noqa: E402
 from glint_track.model import GlintUNet  # noqa: E402
 
 Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # frames → (xy, score)
@@ -116,12 +117,10 @@ def windowed(run: Run, reference: Run, frames: np.ndarray, window: int) -> tuple
     frame before; here from the reference's glints in the same frame), and those windows."""
     xy, score = reference(frames)
     h, w = frames.shape[1:]
-    corners = []
-    for points, found in zip(xy, score >= 0.3):
-        cx, cy = points[found].mean(0) if found.any() else (w / 2, h / 2)
-        corners.append(
-            (int(np.clip(round(cy - window / 2), 0, h - window)), int(np.clip(round(cx - window / 2), 0, w - window)))
-        )
+    corners = [
+        window_corner(tuple(points[found].mean(0)) if found.any() else (w / 2, h / 2), window, (h, w))
+        for points, found in zip(xy, score >= 0.3)
+    ]
     crops = np.stack([f[top : top + window, left : left + window] for f, (top, left) in zip(frames, corners)])
     offsets = np.array([(left, top) for top, left in corners], np.float32)[:, None, :]
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from glint_track.data.synth import example_frames
 from glint_track.inference.export import OUTPUTS, DeployedGlints
+from glint_track.inference.predict import window_corner
 from glint_track.model import GlintUNet
 
 
@@ -149,6 +150,26 @@ def test_predict_window_starts_each_sequence_on_the_whole_frame_and_stays_in_fra
     present = [r for r in outputs["window"] if r["present"] == "True"]
     assert present and all(-0.5 <= float(r[k]) <= 63.5 for r in present for k in ("x", "y"))  # the frame's pixels
     fails_cleanly(["predict", "--model", str(path), str(tmp_path / "seq"), "--out", "p.csv", "--window", "40"], "16")
+
+
+def test_a_window_on_the_16_pixel_grid_sees_what_the_whole_frame_sees(model_file: tuple[Path, GlintUNet]) -> None:
+    assert window_corner((40.0, 50.0), 32, (128, 96)) == (32, 32)  # nearest to centring, on the grid
+    assert window_corner((2.0, 500.0), 32, (128, 96)) == (96, 0)  # inside the frame
+    _, model = model_file
+    frame = torch.rand(1, 1, 128, 128)
+    with torch.no_grad():
+        whole = model(frame)
+
+    def mismatch(top: int, left: int) -> float:  # a 64² window's logits vs the whole frame's, middle 8² cells
+        with torch.no_grad():
+            part = model(frame[..., top : top + 64, left : left + 64])
+        t, s = top // 4, left // 4
+        return float((part[..., 4:12, 4:12] - whole[..., t + 4 : t + 12, s + 4 : s + 12]).abs().mean())
+
+    # The UNet pools by 16: on that grid the window pools the frame's pixels as the whole frame does, and what
+    # differs comes only from beyond its edges (measured 6e-4 of the largest logit); 4 px off, 14× more.
+    assert mismatch(32, 48) < 1e-3 * float(whole.abs().max())
+    assert mismatch(36, 52) > 5 * mismatch(32, 48)
 
 
 def test_an_export_that_does_not_reproduce_pytorch_is_not_written(
