@@ -36,14 +36,32 @@ from glint_track.model import GlintUNet  # noqa: E402
 Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # frames → (xy, score)
 
 
-def torch_runner(model: GlintUNet, compiled: bool) -> Run:
-    deployed = DeployedGlints(model, 0.3).eval()
-    call = torch.compile(deployed, dynamic=False) if compiled else deployed
+class _Fp16(torch.nn.Module):
+    """The network under fp16 autocast, its logits back in fp32: the sub-pixel decoder runs in fp32."""
+
+    def __init__(self, model: GlintUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, torch.float16):
+            return self.model(images).float()
+
+
+def torch_runner(
+    model: GlintUNet, compiled: bool, device: str = "cpu", half: bool = False, graphs: bool = False
+) -> Run:
+    """uint8 frames from the host in, positions back on the host: on a GPU the copies both ways count. `half`
+    runs the network in fp16, `graphs` compiles with CUDA graphs (mode="reduce-overhead")."""
+    deployed = DeployedGlints(_Fp16(model) if half else model, 0.3).eval().to(device)
+    call = deployed
+    if compiled:
+        call = torch.compile(deployed, dynamic=False, mode="reduce-overhead" if graphs else None)
 
     def run(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            _, xy, score, _ = call(torch.from_numpy(frames))
-        return xy.numpy(), score.numpy()
+            _, xy, score, _ = call(torch.from_numpy(frames).to(device))
+            return xy.cpu().numpy(), score.cpu().numpy()
 
     return run
 
@@ -212,6 +230,14 @@ def backends(model: GlintUNet, fp32: Path, int8: Path, size: int, only: str | No
             quantise(fp32, int8, example_frames(32, (size, size), model.num_glints, seed=2)), ["CPUExecutionProvider"]
         ),
     }
+    if torch.cuda.is_available():
+        makers |= {
+            "torch cuda fp32": lambda: torch_runner(model, compiled=False, device="cuda"),
+            "torch cuda fp16": lambda: torch_runner(model, compiled=False, device="cuda", half=True),
+            "torch.compile cuda fp16, CUDA graphs": lambda: torch_runner(
+                model, compiled=True, device="cuda", half=True, graphs=True
+            ),
+        }
     available = onnxruntime.get_available_providers()
     if "CUDAExecutionProvider" in available:
         makers["onnxruntime cuda fp32"] = lambda: onnx_runner(fp32, ["CUDAExecutionProvider"])
