@@ -234,7 +234,7 @@ def backends(model: GlintUNet, fp32: Path, int8: Path, size: int, only: str | No
         makers |= {
             "torch cuda fp32": lambda: torch_runner(model, compiled=False, device="cuda"),
             "torch cuda fp16": lambda: torch_runner(model, compiled=False, device="cuda", half=True),
-            "torch.compile cuda fp16, CUDA graphs": lambda: torch_runner(
+            "torch.compile cuda fp16 + CUDA graphs": lambda: torch_runner(
                 model, compiled=True, device="cuda", half=True, graphs=True
             ),
         }

@@ -55,7 +55,9 @@ def _run(name: str) -> mlflow.entities.Run:
 
 
 def test_defaults_on_a_gpu_bf16_save_process_system_metrics_and_5_epochs_learn(gpu_h5: Path) -> None:
-    result = _child(["--h5", str(gpu_h5), "--device", "cuda", "--epochs", "5", "--run-name", "gpu-default"])
+    args = ["--h5", str(gpu_h5), "--device", "cuda", "--epochs", "5", "--run-name", "gpu-default"]
+    # a sample a second: with CUDA graphs these 5 epochs end before MLflow's default 10 s sampling interval
+    result = _child(args, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bf16 on cuda" in result.stderr  # --precision auto on a GPU that computes bf16 natively
     assert "checkpoints are serialised by process" in result.stderr  # GLINT_TRACK_SAVE_PROCESS=auto on a GPU
