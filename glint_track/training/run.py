@@ -130,14 +130,17 @@ class TrackedRun:
         cls, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, ddp: Distributed, device: torch.device
     ) -> TrackedRun:
         """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED."""
-        save_process = SaveProcess() if save_process_wanted(device) else None  # a wrong setting: exit 2, no run
+        use_child = save_process_wanted(device)  # a wrong setting: exit 2, no run
         continued = plan.source.run_id if plan and plan.same_run else None
         tracker = RunTracker.start(
             cfg.experiment, cfg.run_name, continued, cfg.system_metrics, still_current=plan and plan.check_current
         )
+        save_process = SaveProcess() if use_child else None  # started now: it imports torch during epoch 1
         try:
             run = cls(cfg, plan, data, tracker, save_process)
         except BaseException as e:
+            if save_process is not None:
+                save_process.close()
             tracker.finish("FAILED", wait_s=0)
             if isinstance(e, OSError):
                 raise GlintTrackError(

@@ -90,11 +90,18 @@ def wanted(device: torch.device) -> bool:
 
 class SaveProcess:
     """Callable like `checkpoint.save_and_digest(state, path) -> sha256`, but the work is done by a
-    child process; started at the first call, restarted with a larger buffer if a state outgrows it."""
+    child process. The child starts with this object, when the run opens: its interpreter and torch take
+    seconds to import, which then pass during the first epoch instead of stalling the checkpoint after it
+    (on an H200 the epoch after the first checkpoint ended ~3 s late). The buffer they share grows to fit."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
         self._failed = False
+        self._size = 0
+        try:
+            self._start()
+        except OSError as e:
+            self._give_up(e)
 
     @staticmethod
     def available() -> bool:
@@ -105,33 +112,33 @@ class SaveProcess:
             return save_and_digest(state, path)
         skeleton, pairs, size = layout(state)
         try:
-            if self._proc is None or size > self._size:
-                self._start(max(size, ALIGN))
+            if size > self._size:
+                self._grow(size)
             for tensor, slot in pairs:
                 if tensor.numel():
                     _view(self._buffer, slot).copy_(tensor)
-            pickle.dump((skeleton, str(path)), self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((skeleton, str(path), self._size), self._requests, protocol=pickle.HIGHEST_PROTOCOL)
             self._requests.flush()
             reply = pickle.load(self._replies)
         except (EOFError, OSError, pickle.UnpicklingError) as e:
-            code = self._proc.poll() if self._proc else None
-            log.warning(
-                "the checkpoint writer process stopped (%s, exit code %s); writing checkpoints in this process from "
-                "now on",
-                type(e).__name__,
-                code,
-            )
-            self._failed = True
-            self.close()
+            self._give_up(e)
             return save_and_digest(state, path)
         if isinstance(reply, BaseException):
             raise reply
         return reply
 
-    def _start(self, size: int) -> None:
+    def _give_up(self, error: BaseException) -> None:
+        code = self._proc.poll() if self._proc else None
+        log.warning(
+            "the checkpoint writer process stopped (%s, exit code %s); writing checkpoints in this process from now on",
+            type(error).__name__,
+            code,
+        )
+        self._failed = True
         self.close()
+
+    def _start(self) -> None:
         buffer_fd = os.memfd_create("glint-track-checkpoint")
-        os.ftruncate(buffer_fd, size)
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         root = str(Path(__file__).resolve().parents[2])  # this very package, whatever the working directory holds
@@ -139,37 +146,37 @@ class SaveProcess:
             f"import sys; sys.path.insert(0, {root!r}); "
             "from glint_track.training.save_process import serve; serve(*map(int, sys.argv[1:]))"
         )
-        cmd = [
-            sys.executable,
-            "-c",
-            serve_call,
-            str(request_r),
-            str(reply_w),
-            str(buffer_fd),
-            str(size),
-            str(os.getpid()),
-        ]
+        cmd = [sys.executable, "-c", serve_call, str(request_r), str(reply_w), str(buffer_fd), str(os.getpid())]
         try:
             self._proc = subprocess.Popen(cmd, pass_fds=(request_r, reply_w, buffer_fd), close_fds=True)
-            self._map = mmap.mmap(buffer_fd, size)
         except OSError:
-            for fd in (request_w, reply_r):
+            for fd in (request_w, reply_r, buffer_fd):
                 os.close(fd)
-            if self._proc is not None:
-                self._proc.kill()
-                self._proc = None
             raise
         finally:
-            for fd in (request_r, reply_w, buffer_fd):  # the child holds its own copies
+            for fd in (request_r, reply_w):  # the child holds its own copies
                 os.close(fd)
-        self._buffer = torch.frombuffer(self._map, dtype=torch.uint8)
-        self._size = size
+        self._buffer_fd = buffer_fd
         self._requests = os.fdopen(request_w, "wb")
         self._replies = os.fdopen(reply_r, "rb")
         log.info(
             "checkpoints are serialised by process %d (GLINT_TRACK_SAVE_PROCESS=off writes them in this one)",
             self._proc.pid,
         )
+
+    def _grow(self, size: int) -> None:
+        """Make the shared buffer `size` bytes; the child maps it again at the next request, which names the size."""
+        self._unmap()
+        os.ftruncate(self._buffer_fd, size)
+        self._map = mmap.mmap(self._buffer_fd, size)
+        self._buffer = torch.frombuffer(self._map, dtype=torch.uint8)
+        self._size = size
+
+    def _unmap(self) -> None:
+        if self._size:
+            del self._buffer
+            self._map.close()
+            self._size = 0
 
     def close(self) -> None:
         """Ends the child (it finishes a write in progress first)."""
@@ -184,15 +191,15 @@ class SaveProcess:
             self._proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-        del self._buffer
-        self._map.close()
+        self._unmap()
+        os.close(self._buffer_fd)
         self._proc = None
 
 
 def _die_with(parent: int) -> None:
     """A SIGKILLed trainer takes its writer with it: no orphan finishes a file behind a resumed run.
-    (The signal comes when the *thread* that started the child ends: the run's writer thread, which
-    lives until the run is closed, after the last save.)"""
+    (The signal comes when the *thread* that started the child ends: the one that opened the run, which
+    lives until the run is closed.)"""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -201,18 +208,21 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def serve(request_fd: int, reply_fd: int, buffer_fd: int, size: int, parent: int) -> None:
-    """The child: for each (skeleton, path) request, write the checkpoint and reply its SHA-256 (or the error)."""
+def serve(request_fd: int, reply_fd: int, buffer_fd: int, parent: int) -> None:
+    """The child: for each (skeleton, path, buffer size) request, write the checkpoint and reply its SHA-256 (or
+    the error)."""
     _die_with(parent)
     for sig in (signal.SIGINT, signal.SIGTERM):  # a stop request is for the trainer, which then closes us in order
         signal.signal(sig, signal.SIG_IGN)
-    buffer = torch.frombuffer(mmap.mmap(buffer_fd, size), dtype=torch.uint8)
+    size, buffer = 0, torch.empty(0, dtype=torch.uint8)
     with os.fdopen(request_fd, "rb") as requests, os.fdopen(reply_fd, "wb") as replies:
         while True:
             try:
-                skeleton, path = pickle.load(requests)
+                skeleton, path, needed = pickle.load(requests)
             except EOFError:
                 return
+            if needed != size:  # the trainer grew the buffer
+                size, buffer = needed, torch.frombuffer(mmap.mmap(buffer_fd, needed), dtype=torch.uint8)
             try:
                 reply: Any = save_and_digest(rebuild(skeleton, buffer), Path(path))
             except Exception as e:  # noqa: BLE001 - handed to the trainer, which reports it

@@ -63,7 +63,8 @@ def assert_same(a, b, where: str = "") -> None:
 def test_child_writes_what_torch_save_writes_and_its_digest(tmp_path: Path) -> None:
     writer = SaveProcess()
     try:
-        small, large = _state(4), _state(8)  # the larger state outgrows the first buffer: a new child
+        child = writer._proc.pid  # started with the object, before any checkpoint
+        small, large = _state(4), _state(8)  # the larger state outgrows the buffer: it grows, same child
         for state in (small, large, small):
             digest = writer(state, tmp_path / "child.pth")
             save_and_digest(state, tmp_path / "here.pth")
@@ -75,7 +76,7 @@ def test_child_writes_what_torch_save_writes_and_its_digest(tmp_path: Path) -> N
         weights = load_checkpoint(tmp_path / "child.pth")["model_state_dict"].values()
         wide = [w for w in weights if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] > 1]
         assert wide and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in wide)
-        assert not list(tmp_path.glob(".*.tmp"))
+        assert not list(tmp_path.glob(".*.tmp")) and writer._proc.pid == child
     finally:
         writer.close()
 
