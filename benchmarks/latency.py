@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import os
 import platform
@@ -53,6 +54,7 @@ def torch_runner(
 ) -> Run:
     """uint8 frames from the host in, positions back on the host: on a GPU the copies both ways count. `half`
     runs the network in fp16, `graphs` compiles with CUDA graphs (mode="reduce-overhead")."""
+    model = copy.deepcopy(model)  # moved to `device` here; the other rows keep theirs
     deployed = DeployedGlints(_Fp16(model) if half else model, 0.3).eval().to(device)
     call = deployed
     if compiled:

@@ -1,11 +1,10 @@
 """Where the time before an accurate model goes: a timeline of `glint-track train`'s start-up and epochs.
 
-    python benchmarks/startup.py --h5 FILE [--epochs 3] [--batch-size 16] [--lr 1e-3] [--no-cudnn-benchmark]
+    python benchmarks/startup.py --h5 FILE [--epochs 3] [--batch-size 16] [--lr 1e-3]
 
 Run it as a fresh process (the timeline starts when the interpreter does): imports, the settings, the data
 (loading, device placement), the training parts, the MLflow run, each epoch and the logged model, each as
-seconds since the process started. --no-cudnn-benchmark turns cuDNN's autotuning off after the data is
-placed, to see what the first epoch pays for it. The timeline is printed last.
+seconds since the process started. The timeline is printed last.
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--no-cudnn-benchmark", action="store_true")
     args = parser.parse_args()
-    import torch
+    import torch  # noqa: F401  (timed: the first import of torch)
 
     mark("import torch")
     import mlflow  # noqa: F401
@@ -61,12 +59,8 @@ def main() -> None:
 
     mark("import glint_track.training.loop")
 
-    def cudnn(_: object) -> None:
-        if args.no_cudnn_benchmark:
-            torch.backends.cudnn.benchmark = False
-
     timed(loop, "settings", "settings (and the tracking server check)")
-    timed(loop, "training_data", "data loaded, checked and placed", after=cudnn)
+    timed(loop, "training_data", "data loaded, checked and placed")
     timed(loop, "training_parts", "model, optimizer, loss built")
     timed(run.TrackedRun, "open", "MLflow run created and described")
     epochs = iter(range(1, args.epochs + 1))
@@ -76,8 +70,7 @@ def main() -> None:
 
     loop.train(TrainConfig(h5=str(args.h5), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr))
     mark("train() returned")
-    autotuning = "off" if args.no_cudnn_benchmark else "on"
-    print(f"\nstart-up timeline, seconds since the process started (cuDNN autotuning {autotuning})")
+    print("\nstart-up timeline, seconds since the process started")
     previous = 0.0
     for what, t in marks:
         if what == "epoch":
