@@ -151,7 +151,7 @@ TRAIN_OPTIONS = (
         default=D.cuda_graphs,
         show_default=True,
         help="On one GPU without --compile, replay each full batch's forward and backward pass from a CUDA graph: "
-        "the same numbers, several times faster at small batch sizes.",
+        "the same numbers, faster at small batch sizes (batch 16 on an H200: 1.2-1.45x the images per second).",
     ),
     click.option(
         "--deterministic/--no-deterministic",
