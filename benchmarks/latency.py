@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from glint_track.data.synth import example_frames  # noqa: E402
+from glint_track.glints import DEFAULT_THRESHOLD  # noqa: E402
 from glint_track.inference.export import INPUT, DeployedGlints, write_onnx  # noqa: E402
 from glint_track.inference.predict import window_corner  # noqa: E402
 from glint_track.model import GlintUNet  # noqa: E402
 
-Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # frames → (xy, score)
+Found = tuple[np.ndarray, np.ndarray]  # (xy, score) of a batch of frames
+Run = Callable[[np.ndarray], Found]  # frames → what they hold
 
 
 class _Fp16(torch.nn.Module):
@@ -55,7 +57,7 @@ def torch_runner(
     """uint8 frames from the host in, positions back on the host: on a GPU the copies both ways count. `half`
     runs the network in fp16, `graphs` compiles with CUDA graphs (mode="reduce-overhead")."""
     model = copy.deepcopy(model)  # moved to `device` here; the other rows keep theirs
-    deployed = DeployedGlints(_Fp16(model) if half else model, 0.3).eval().to(device)
+    deployed = DeployedGlints(_Fp16(model) if half else model, DEFAULT_THRESHOLD).eval().to(device)
     call = deployed
     if compiled:
         call = torch.compile(deployed, dynamic=False, mode="reduce-overhead" if graphs else None)
@@ -121,43 +123,47 @@ def time_calls(run: Run, frames: np.ndarray, iters: int, warmup: int) -> list[fl
     return seconds
 
 
-def agreement(run: Run, reference: Run, frames: np.ndarray, threshold: float = 0.3) -> tuple[float, float]:
+def agreement(found: Found, reference: Found) -> tuple[float, float]:
     """(max, mean) |Δ| in px of the glint positions both call present, against the reference."""
-    xy, score = run(frames)
-    ref_xy, ref_score = reference(frames)
-    both = (score >= threshold) & (ref_score >= threshold)
+    (xy, score), (ref_xy, ref_score) = found, reference
+    both = (score >= DEFAULT_THRESHOLD) & (ref_score >= DEFAULT_THRESHOLD)
     if not both.any():
         return float("nan"), float("nan")
     distance = np.linalg.norm(xy - ref_xy, axis=-1)[both]
     return float(distance.max()), float(distance.mean())
 
 
-def windowed(run: Run, reference: Run, frames: np.ndarray, window: int) -> tuple[Run, np.ndarray]:
+def windowed(run: Run, reference: Found, frames: np.ndarray, window: int) -> tuple[Run, np.ndarray]:
     """`run` on the window×window square around each frame's glints (as `predict --window` places it from the
     frame before; here from the reference's glints in the same frame), and those windows."""
-    xy, score = reference(frames)
+    xy, score = reference
     h, w = frames.shape[1:]
     corners = [
         window_corner(tuple(points[found].mean(0)) if found.any() else (w / 2, h / 2), window, (h, w))
-        for points, found in zip(xy, score >= 0.3)
+        for points, found in zip(xy, score >= DEFAULT_THRESHOLD)
     ]
     crops = np.stack([f[top : top + window, left : left + window] for f, (top, left) in zip(frames, corners)])
     offsets = np.array([(left, top) for top, left in corners], np.float32)[:, None, :]
 
-    def placed(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the crops of `frames`, back in frame pixels
+    def placed(batch: np.ndarray) -> Found:  # the crops of `frames`, back in frame pixels
         found_xy, found_score = run(crops[: len(batch)])
         return found_xy + offsets[: len(batch)], found_score
 
     return placed, crops
 
 
-def truth_error(run: Run, frames: np.ndarray, truth: np.ndarray, threshold: float = 0.3) -> str:
+def truth_error(found: Found, truth: np.ndarray) -> str:
     """Mean distance (px) to the annotated glints it finds, and how many of them it finds."""
-    xy, score = run(frames)
+    xy, score = found
     annotated = ~np.isnan(truth[..., 0])
-    found = annotated & (score >= threshold)
-    mean = np.linalg.norm(xy - truth, axis=-1)[found].mean() if found.any() else float("nan")
-    return f"{mean:.3f} ({found.sum()}/{annotated.sum()})"
+    hit = annotated & (score >= DEFAULT_THRESHOLD)
+    mean = np.linalg.norm(xy - truth, axis=-1)[hit].mean() if hit.any() else float("nan")
+    return f"{mean:.3f} ({hit.sum()}/{annotated.sum()})"
+
+
+def quality(found: Found, reference: Found, truth: np.ndarray | None) -> tuple[float, float, str]:
+    """A row's agreement with the reference and, where the frames are annotated, its error against that."""
+    return (*agreement(found, reference), truth_error(found, truth) if truth is not None else "")
 
 
 def load_model(ref: str | None) -> GlintUNet:
@@ -189,22 +195,18 @@ def main() -> None:
             fp32 = Path(tmp) / f"fp32_{size}.onnx"
             write_onnx(model, fp32, (size, size))
             runners = backends(model, fp32, Path(tmp) / f"int8_{size}.onnx", size, args.only)
-            reference = runners["torch eager"]
+            reference = runners["torch eager"](frames)  # what every row's positions are compared with
             for name, run in runners.items():
-                quality = (
-                    *agreement(run, reference, frames),
-                    truth_error(run, frames, truth) if truth is not None else "",
-                )
+                whole = quality(run(frames), reference, truth)
                 for batch in batches:
                     calls = np.array(time_calls(run, frames[:batch], args.iters, args.warmup))
-                    rows.append((name, f"{size}²", batch, calls, *quality))
+                    rows.append((name, f"{size}²", batch, calls, *whole))
                     print(f"{name} {size}² batch {batch}: p50 {1e3 * np.median(calls):.2f} ms", flush=True)
                 if args.window and args.window < size:
                     placed, crops = windowed(run, reference, frames, args.window)
-                    truth_err = truth_error(placed, frames, truth) if truth is not None else ""
-                    quality = (*agreement(placed, reference, frames), truth_err)
+                    in_window = quality(placed(frames), reference, truth)
                     calls = np.array(time_calls(run, crops[:1], args.iters, args.warmup))
-                    rows.append((name, f"{args.window}² window in {size}²", 1, calls, *quality))
+                    rows.append((name, f"{args.window}² window in {size}²", 1, calls, *in_window))
     print_table(rows, args)
 
 
