@@ -110,7 +110,8 @@ def evaluate_cmd(
     "--window",
     type=click.IntRange(SIZE_MULTIPLE),
     help="Real-time mode for videos and image sequences: each frame on its own, on a square of this side (model-input "
-    "pixels, a multiple of 16, e.g. 96) around the previous frame's glints; the whole frame when they were lost.",
+    "pixels, a multiple of 16) around the previous frame's glints; the whole frame when they were lost. About half "
+    "the frame's side: 128 for 256² frames (larger finds positions closer to the whole frame's, and is slower).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict_cmd(
@@ -131,7 +132,7 @@ def predict_cmd(
     \b
     Examples:
       glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
-      glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv --window 96
+      glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv --window 128
       glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
     """
     from glint_track.inference.predict import predict

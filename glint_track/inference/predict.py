@@ -136,7 +136,7 @@ def predict(
     if out.suffix.lower() not in (".csv", ".json"):
         raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
     if window is not None and window % SIZE_MULTIPLE:
-        raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 96")
+        raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 128")
     files = sources(inputs)
     detector = open_detector(model_ref, backend, device_name)
     size = input_size or detector.trained_size
