@@ -102,3 +102,20 @@ def test_logged_model_serves_glints_through_the_mlflow_cli_and_registry(tiny_h5:
     )
     assert by_name.exit_code == 0, by_name.output
     assert json.loads(by_name.stdout)["overall"] == json.loads(by_run.stdout)["overall"]
+
+
+def test_a_parameter_the_project_does_not_declare_is_refused_not_ignored(tiny_h5: Path) -> None:
+    # `mlflow run` passes an undeclared -P on as `--resume <id>`; ignored, it would train a new run instead
+    typed = mlflow_run(f"h5={tiny_h5}", "epochs=1", "resume=0123456789abcdef0123456789abcdef")
+    assert typed.returncode != 0
+    errors = [line for line in typed.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        "Error: -P resume is not a parameter of this project's train entry point; use one of: h5, epochs, "
+        "batch_size, lr, loss, scheduler, val_split, seed, device, save_freq, keep_last_n, no_save_optimizer, "
+        "resume_run_id, output_dir"
+    ]
+    assert "Traceback" not in typed.stderr
+    client = MlflowClient()
+    assert client.get_experiment_by_name("glint-track") is None  # nothing trained
+    (made,) = client.search_runs(["0"])  # what `mlflow run` made, marked failed by MLflow
+    assert made.info.status == "FAILED"
