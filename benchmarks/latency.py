@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from glint_track.data.synth import example_frames  # noqa: E402
 from glint_track.glints import DEFAULT_THRESHOLD  # noqa: E402
 from glint_track.inference.export import INPUT, DeployedGlints, write_onnx  # noqa: E402
-from glint_track.inference.predict import window_corner  # noqa: E402
+from glint_track.inference.predict import glints_centre, window_corner  # noqa: E402
 from glint_track.model import GlintUNet  # noqa: E402
 
 Found = tuple[np.ndarray, np.ndarray]  # (xy, score) of a batch of frames
@@ -136,13 +136,12 @@ def agreement(found: Found, reference: Found) -> tuple[float, float, float]:
 
 def windowed(run: Run, reference: Found, frames: np.ndarray, window: int) -> tuple[Run, np.ndarray]:
     """`run` on the window×window square around each frame's glints (as `predict --window` places it from the
-    frame before; here from the reference's glints in the same frame), and those windows."""
+    frame before; here from the reference's glints in the same frame, the frame's middle where predict would run
+    the whole frame), and those windows."""
     xy, score = reference
     h, w = frames.shape[1:]
-    corners = [
-        window_corner(tuple(points[found].mean(0)) if found.any() else (w / 2, h / 2), window, (h, w))
-        for points, found in zip(xy, score >= DEFAULT_THRESHOLD)
-    ]
+    centres = (glints_centre(points, scores, DEFAULT_THRESHOLD) for points, scores in zip(xy, score))
+    corners = [window_corner(centre or (w / 2, h / 2), window, (h, w)) for centre in centres]
     crops = np.stack([f[top : top + window, left : left + window] for f, (top, left) in zip(frames, corners)])
     offsets = np.array([(left, top) for top, left in corners], np.float32)[:, None, :]
 

@@ -201,9 +201,15 @@ def _windowed(
             image = image[top : top + window, left : left + window]
         xy, score = detector(np.ascontiguousarray(image[None]))
         xy, score = xy[0] + np.array([left, top], np.float32), score[0]
-        found = score >= threshold
-        centre = tuple(xy[found].mean(0)) if found.sum() * 2 >= len(found) else None
+        centre = glints_centre(xy, score, threshold)
         yield frame, (xy, score), (h, w)
+
+
+def glints_centre(xy: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float] | None:
+    """Where the next frame's window is centred: the mean (x, y) of one frame's glints (C×2, C), or None when
+    fewer than half were found (the track is lost: the next frame runs whole)."""
+    found = score >= threshold
+    return tuple(xy[found].mean(0)) if found.sum() * 2 >= len(found) else None
 
 
 def window_corner(centre: tuple[float, float], window: int, size: tuple[int, int]) -> tuple[int, int]:
