@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from glint_track.checkpoint.format import load_checkpoint
+from glint_track.constants import OUTPUT_STRIDE
 from glint_track.data.batches import split_indices
 from glint_track.data.glint_file import load_glint_file
 from glint_track.glints import GlintMetrics, Glints, decode, ground_truth
-from glint_track.model import OUTPUT_STRIDE, GlintUNet
+from glint_track.model import GlintUNet
 
 
 def _window(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from glint_track.constants import DEFAULT_THRESHOLD  # noqa: E402
 from glint_track.data.synth import example_frames  # noqa: E402
-from glint_track.glints import DEFAULT_THRESHOLD  # noqa: E402
 from glint_track.inference.export import INPUT, DeployedGlints, write_onnx  # noqa: E402
 from glint_track.inference.predict import glints_centre, window_corner  # noqa: E402
 from glint_track.model import GlintUNet  # noqa: E402

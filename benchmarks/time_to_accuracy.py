@@ -85,7 +85,8 @@ def _glint_scores(model, images, truth, device, batch: int = 64) -> dict[str, fl
     """Val F1 and mean error of `model` on uint8 `images`, with glint-track's decoder and metrics."""
     import torch
 
-    from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, GlintMetrics, decode
+    from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD
+    from glint_track.glints import GlintMetrics, decode
 
     metrics = GlintMetrics(truth.xy.shape[1], DEFAULT_MATCH_RADIUS)
     model.eval()

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from glint_track.model import OUTPUT_STRIDE
-
-DEFAULT_THRESHOLD = 0.3
-DEFAULT_MATCH_RADIUS = 3.0
+from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, OUTPUT_STRIDE
 
 
 @dataclass

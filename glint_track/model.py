@@ -16,10 +16,6 @@ from torch import nn
 
 from glint_track.errors import GlintTrackError
 
-#: Input pixels per heat-map pixel: the decoder stops two levels above the input.
-OUTPUT_STRIDE = 4
-#: Image sides must divide by this: four 2× poolings.
-SIZE_MULTIPLE = 16
 #: The glint probability the untrained head predicts everywhere (RetinaNet's prior initialisation). Glints
 #: cover well under 1 % of a heat-map; starting at 0.5 spends the first hundreds of steps pushing the background
 #: down, which is most of why the research recipe found no glint in 20 demo epochs (docs/benchmarks.md).

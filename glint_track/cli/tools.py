@@ -8,12 +8,16 @@ from pathlib import Path
 import click
 
 from glint_track.cli.options import D, Size, threshold_option
-from glint_track.data.glint_file import COMPRESSIONS
-from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE
-from glint_track.data.synth import SENSOR_BITS
+from glint_track.constants import (
+    BACKENDS,
+    COMPRESSIONS,
+    OUTPUT_STRIDE,
+    SENSOR_BITS,
+    SIGMA_MIN,
+    SIGMA_SCALE,
+    SIZE_MULTIPLE,
+)
 from glint_track.errors import GlintTrackError
-from glint_track.inference.backends import BACKENDS
-from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
 
 
 @click.command("evaluate")

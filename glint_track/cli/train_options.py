@@ -5,8 +5,15 @@ from __future__ import annotations
 import click
 
 from glint_track.cli.options import D, GpuList
-from glint_track.training.config import MONITOR_MODES, OPTIMIZERS, PRECISIONS, SCHEDULERS
-from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES
+from glint_track.training.config import (
+    AGG_MODES,
+    DIV_MODES,
+    LOSSES,
+    MONITOR_MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULERS,
+)
 
 TRAIN_OPTIONS = (
     click.option(

@@ -20,13 +20,12 @@ import h5py
 import numpy as np
 import torch
 
+from glint_track.constants import COMPRESSIONS
 from glint_track.data.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path, file_digest, first_line
 
 log = logging.getLogger(__name__)
-
-COMPRESSIONS = ("gzip", "lzf", "none")
 
 
 @dataclass
@@ -83,10 +82,6 @@ def _attrs(f: h5py.File) -> dict[str, Any]:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glint-track"
 
 
 def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintData:

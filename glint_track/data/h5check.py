@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import psutil
 
+from glint_track.constants import OUTPUT_STRIDE, SIZE_MULTIPLE
 from glint_track.errors import GlintTrackError
-from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE
 
 #: The datasets the trainer reads; anything else in the file is left alone (and never resolved).
 REQUIRED = ("images", "heatmaps")

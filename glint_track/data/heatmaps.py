@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SIGMA_SCALE = 1.2
-SIGMA_MIN = 1.5
+from glint_track.constants import SIGMA_MIN, SIGMA_SCALE
 
 #: One annotated glint: (channel, x, y, radius), coordinates in image pixels.
 Glint = tuple[int, float, float, float]

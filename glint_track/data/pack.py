@@ -28,11 +28,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from glint_track.constants import OUTPUT_STRIDE, SIGMA_MIN, SIGMA_SCALE
 from glint_track.data.glint_file import write_glint_file
-from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE, Glint, render_heatmaps
+from glint_track.data.heatmaps import Glint, render_heatmaps
 from glint_track.errors import GlintTrackError, shown
 from glint_track.files import IMAGE_SUFFIXES, first_line
-from glint_track.model import OUTPUT_STRIDE
 
 log = logging.getLogger(__name__)
 

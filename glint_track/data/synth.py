@@ -16,13 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from glint_track.constants import OUTPUT_STRIDE, SENSOR_BITS, SIGMA_MIN, SIGMA_SCALE
 from glint_track.data.eye_render import render_sample
 from glint_track.data.glint_file import write_glint_file
-from glint_track.data.heatmaps import SIGMA_MIN, SIGMA_SCALE, glints_of, render_heatmaps
-from glint_track.model import OUTPUT_STRIDE
-
-#: Bit depths a sensor may deliver (`synth --bits`); the HDF5 file always holds 8 bits, as `pack` makes them.
-SENSOR_BITS = (8, 10, 12, 16)
+from glint_track.data.heatmaps import glints_of, render_heatmaps
 
 
 def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float, bits: int) -> tuple[np.ndarray, ...]:

@@ -15,16 +15,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from glint_track.constants import SIZE_MULTIPLE
 from glint_track.data.pack import MAX_IMAGE_PIXELS
 from glint_track.engine import resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.files import first_line
 from glint_track.glints import decode
-from glint_track.model import SIZE_MULTIPLE, GlintUNet
+from glint_track.model import GlintUNet
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "onnx")
 
 
 class Detector(Protocol):

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, default_cache_dir
 from glint_track.data.batches import make_batches, place
-from glint_track.data.glint_file import GlintData, default_cache_dir, load_glint_file
+from glint_track.data.glint_file import GlintData, load_glint_file
 from glint_track.engine import Precision, infer, resolve_device
 from glint_track.errors import GlintTrackError
-from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, METRIC_NAMES, GlintMetrics, decode, ground_truth
+from glint_track.glints import METRIC_NAMES, GlintMetrics, decode, ground_truth
 from glint_track.model import GlintUNet
 from glint_track.tracking.fetch import fetch_checkpoint
 from glint_track.tracking.run import RunTracker

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from glint_track.constants import DEFAULT_THRESHOLD, OUTPUT_STRIDE, SIZE_MULTIPLE
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path
-from glint_track.glints import DEFAULT_THRESHOLD, decode
-from glint_track.model import OUTPUT_STRIDE, SIZE_MULTIPLE, GlintUNet
+from glint_track.glints import decode
+from glint_track.model import GlintUNet
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
+from glint_track.constants import DEFAULT_THRESHOLD, SIZE_MULTIPLE
 from glint_track.data.pack import MAX_IMAGE_PIXELS, Unusable, open_gray, resize_gray
 from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
 from glint_track.files import IMAGE_SUFFIXES, atomic_path
-from glint_track.glints import DEFAULT_THRESHOLD
 from glint_track.inference.backends import Detector, open_detector
-from glint_track.model import SIZE_MULTIPLE
 
 #: Video files predict decodes frame by frame (with the `video` extra: PyAV).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")

@@ -13,7 +13,8 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from glint_track.checkpoint.format import load_checkpoint
-from glint_track.glints import DEFAULT_THRESHOLD, decode
+from glint_track.constants import DEFAULT_THRESHOLD
+from glint_track.glints import decode
 from glint_track.model import GlintUNet
 
 

@@ -15,8 +15,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
+from glint_track.constants import DEFAULT_THRESHOLD
 from glint_track.errors import GlintTrackError
-from glint_track.glints import DEFAULT_THRESHOLD
 from glint_track.tracking.server import RUN_ID, get_run
 from glint_track.tracking.tags import TAG_MODEL_EPOCH
 

@@ -28,10 +28,10 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 
 import glint_track
+from glint_track.constants import OUTPUT_STRIDE
 from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
-from glint_track.model import OUTPUT_STRIDE
 from glint_track.tracking.lease import RunLease
 from glint_track.tracking.logged_model import model_of
 from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
@@ -104,7 +104,6 @@ class RunTracker:
         experiment: str,
         run_name: str | None,
         continue_run_id: str | None,
-        system_metrics: bool = False,
         claim: bool = True,
         still_current: Callable[[MlflowClient, str], None] | None = None,
     ) -> RunTracker:
@@ -114,11 +113,11 @@ class RunTracker:
         (overwriting KILLED), so it is ended at once, tagged and described with the run that trains, which
         goes to its experiment, or to `experiment` when that is MLflow's Default (no --experiment-name).
 
-        With `system_metrics`, MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU use in a
-        thread of its own and logs them as `system/…` metrics of the run. `claim=False`: a run nobody resumes
-        (an evaluation) needs no claim. `still_current(client, run_id)` runs once the claim is held, before the run
-        is touched: it raises when what the caller planned from is out of date (another process trained meanwhile)."""
-        system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
+        Only MLflow's client is used, so any thread may start a run (training opens its run beside the first
+        epoch); `activate` then makes it the active run of the thread that logs the model. `claim=False`: a run
+        nobody resumes (an evaluation) needs no claim. `still_current(client, run_id)` runs once the claim is held,
+        before the run is touched: it raises when what the caller planned from is out of date (another process
+        trained meanwhile)."""
         with local_store_errors():
             client = MlflowClient()  # a local store (./mlflow.db) is created or migrated here
             given, new = run_made_for_us(client), continue_run_id is None
@@ -139,15 +138,12 @@ class RunTracker:
                 if still_current is not None:
                     still_current(client, continue_run_id)
                 report_left_running(client.get_run(continue_run_id), stale)
-            run = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
-            if run_name and not new:
-                mlflow.set_tag("mlflow.runName", run_name)
+                client.update_run(continue_run_id, status="RUNNING", name=run_name)
+            run = client.get_run(continue_run_id)
             if project is not None:
                 retire(client, project, run)
         except BaseException:
-            if mlflow.active_run() is not None:
-                mlflow.end_run("FAILED")
-            elif new:
+            if new:
                 client.set_terminated(continue_run_id, "FAILED")
             if lease is not None:
                 lease.release()
@@ -155,6 +151,14 @@ class RunTracker:
         tracker = cls(run)
         tracker.lease = lease
         return tracker
+
+    def activate(self, system_metrics: bool) -> None:
+        """Make the run MLflow's active run in the calling thread (MLflow keeps one per thread), which logs the
+        model and ends the run; with `system_metrics`, MLflow samples CPU, memory, disk, network and (with
+        nvidia-ml-py) GPU use in a thread of its own and logs them as `system/…` metrics of the run."""
+        system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
+        with local_store_errors():
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=system_metrics)
 
     def spool_to(self, directory: Path) -> None:
         """Keep calls that cannot reach a remote server in `directory` (local stores never spool)."""
@@ -293,9 +297,11 @@ class RunTracker:
                     break
             time.sleep(min(retry_interval(), max(0.0, deadline - time.monotonic())))
         try:
-            mlflow.end_run(
-                status=RunStatus.to_string(getattr(RunStatus, status))
-            )  # pops the run, then tells the server
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:  # also stops the system-metrics sampler
+                mlflow.end_run(status=RunStatus.to_string(getattr(RunStatus, status)))  # pops it, then tells the server
+            else:  # never activated (an evaluation, a run that failed while opening)
+                self.client.set_terminated(self.run_id, status)
         except Exception as e:
             if self.spool is None or reachable(tracking_uri()):
                 raise

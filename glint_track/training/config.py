@@ -11,17 +11,42 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from glint_track.data.glint_file import default_cache_dir
+from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, default_cache_dir
 from glint_track.errors import GlintTrackError, shown
-from glint_track.glints import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD
-from glint_track.training.losses import AGG_MODES, DIV_MODES, LOSSES, LossWeights, knobs_read
 
+LOSSES = ("peak-bce", "focal", "bce", "dice", "hybrid")  # what each is: training/losses.py
+DIV_MODES = ("overlap", "cosine", "kl")
+AGG_MODES = ("max", "sum")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("none", "cosine", "step")
 MONITOR_MODES = ("min", "max")
 #: Where a run's local folder goes without --output-dir: runs/<run id>.
 RUNS_DIR = Path("runs")
+
+
+@dataclass
+class LossWeights:
+    """Every knob of the research script's losses, with its defaults."""
+
+    alpha: float = 1.0
+    gamma: float = 2.0
+    lam_focal: float = 1.0
+    lam_bce: float = 0.0
+    lam_dice: float = 0.0
+    div_weight: float = 0.05
+    div_mode: str = "cosine"
+    lam_agg: float = 0.2
+    agg_mode: str = "max"
+    agg_wf: float = 1.0
+    agg_wb: float = 0.0
+    agg_wd: float = 0.0
+
+
+def knobs_read(name: str) -> tuple[str, ...]:
+    """The LossWeights fields that loss `name` reads; the others do not change its value."""
+    return {"focal": ("alpha", "gamma"), "hybrid": tuple(f.name for f in fields(LossWeights))}.get(name, ())
+
 
 #: Research-script flag names (SEED.md) that differ from ours, for its checkpoints' `train_args`.
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}

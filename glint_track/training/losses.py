@@ -8,16 +8,14 @@ dict of scalar tensors: `loss` is what is optimised, the other entries are its t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from itertools import combinations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("peak-bce", "focal", "bce", "dice", "hybrid")
-DIV_MODES = ("overlap", "cosine", "kl")
-AGG_MODES = ("max", "sum")
+from glint_track.training.config import AGG_MODES, DIV_MODES, LOSSES, LossWeights
+
 _EPS = 1e-6
 
 
@@ -85,29 +83,6 @@ def aggregate(logits: torch.Tensor, target: torch.Tensor, mode: str) -> tuple[to
         p = torch.sigmoid(logits).sum(1, keepdim=True).clamp(0, 1)
         return torch.logit(p, eps=_EPS), target.sum(1, keepdim=True).clamp(0, 1)
     raise ValueError(f"unknown aggregation mode {mode!r}; choose one of {AGG_MODES}")
-
-
-@dataclass
-class LossWeights:
-    """Every knob of the research script's losses, with its defaults."""
-
-    alpha: float = 1.0
-    gamma: float = 2.0
-    lam_focal: float = 1.0
-    lam_bce: float = 0.0
-    lam_dice: float = 0.0
-    div_weight: float = 0.05
-    div_mode: str = "cosine"
-    lam_agg: float = 0.2
-    agg_mode: str = "max"
-    agg_wf: float = 1.0
-    agg_wb: float = 0.0
-    agg_wd: float = 0.0
-
-
-def knobs_read(name: str) -> tuple[str, ...]:
-    """The LossWeights fields that loss `name` reads; the others do not change its value."""
-    return {"focal": ("alpha", "gamma"), "hybrid": tuple(f.name for f in fields(LossWeights))}.get(name, ())
 
 
 class GlintLoss(nn.Module):

@@ -23,10 +23,10 @@ from glint_track.errors import GlintTrackError
 from glint_track.glints import METRIC_NAMES
 from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
-from glint_track.training.config import RUNS_DIR, TrainConfig
+from glint_track.training.config import RUNS_DIR, LossWeights, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.graphs import GraphedSteps
-from glint_track.training.losses import GlintLoss, LossWeights
+from glint_track.training.losses import GlintLoss
 from glint_track.training.resume import ResumePlan, describe_changes
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from glint_track.checkpoint.format import ARTIFACT_DIR, LATEST
-from glint_track.data.glint_file import default_cache_dir, load_glint_file
+from glint_track.constants import default_cache_dir
+from glint_track.data.glint_file import load_glint_file
 from glint_track.errors import GlintTrackError
 from glint_track.figures import sweep_curves
 from glint_track.tracking.server import experiment_id_for, list_artifact_names, open_tracking_store, tracking_uri

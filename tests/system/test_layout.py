@@ -22,7 +22,7 @@ LAYERS = [
     "figures",
     "glints",
     "model",
-    "errors|files|logs",
+    "errors|files|logs|constants",
 ]
 
 
@@ -61,6 +61,20 @@ def test_predict_and_the_served_model_load_nothing_of_training() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_help_and_argument_errors_import_nothing_heavy() -> None:
+    """`glint-track --help` and a mistyped option answer before torch, numpy, h5py or MLflow is imported (each
+    of those takes seconds to import on a slow disk; the CLI imports them inside the command that runs)."""
+    code = (
+        "import sys; from click.testing import CliRunner; from glint_track.cli import main\n"
+        "for args in (['--help'], ['train', '--help'], ['sweep', '--help'], ['predict', '--help'], ['pack', '--help'],"
+        " ['train', '--epochs', 'x'], ['evaluate', '--no-such-option'], ['synth', '--bits', '9']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code in (0, 2), args\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'h5py', 'mlflow', 'PIL', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_no_module_over_400_lines_and_no_function_over_80() -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from glint_track.model import GlintUNet, count_parameters
-from glint_track.training.losses import DIV_MODES, GlintLoss, LossWeights, divergence_penalty
+from glint_track.training.config import DIV_MODES, LossWeights
+from glint_track.training.losses import GlintLoss, divergence_penalty
 
 
 def test_default_unet_matches_the_research_model() -> None:

@@ -18,11 +18,11 @@ from mlflow.tracking import MlflowClient
 from torch.nn.parallel import DistributedDataParallel
 
 from glint_track.cli import main
+from glint_track.constants import OUTPUT_STRIDE
 from glint_track.data.batches import epoch_indices, make_batches, split_indices
 from glint_track.data.glint_file import load_glint_file
 from glint_track.engine import Precision
 from glint_track.glints import GlintMetrics, ground_truth
-from glint_track.model import OUTPUT_STRIDE
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import validate
 from glint_track.training.losses import GlintLoss
