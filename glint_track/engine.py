@@ -8,13 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from glint_track.data.batches import Batch, Batches
+from glint_track.data.batches import Batch
 from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
-from glint_track.glints import GlintMetrics, Glints, decode
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,32 +91,3 @@ def infer(model: torch.nn.Module, batches: Iterable[Batch], precision: Precision
         with torch.no_grad(), precision.autocast():  # closed before yielding: the caller's grad mode is its own
             logits = model(images)
         yield logits, targets, index
-
-
-def threshold_sweep(
-    model: torch.nn.Module,
-    batches: Batches,
-    precision: Precision,
-    truth: Glints,
-    num_glints: int,
-    match_radius: float,
-    in_use: float,
-) -> dict[str, list[float]]:
-    """Precision, recall and F1 over the validation set at detection thresholds 0.02 … 0.98 and `in_use`."""
-    preds, truths = [], []
-    for logits, _, index in infer(model, batches, precision):
-        preds.append(decode(logits))  # positions and scores; each threshold below picks the present ones
-        truths.append(truth.take(index))
-    xy, score = torch.cat([p.xy for p in preds]), torch.cat([p.score for p in preds])
-    gt = Glints(
-        torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths])
-    )
-    curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
-    for t in sorted({*np.round(np.arange(0.02, 0.99, 0.02), 2).tolist(), in_use}):
-        metrics = GlintMetrics(num_glints, match_radius)
-        metrics.update(Glints(xy, score, score >= t), gt)
-        result = metrics.compute()
-        curves["threshold"].append(float(t))
-        for k in ("precision", "recall", "f1"):
-            curves[k].append(result[k])
-    return curves

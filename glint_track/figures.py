@@ -216,6 +216,11 @@ def sweep_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics:
     return _image_of(fig)
 
 
+def warm_up() -> None:
+    """Import matplotlib now, beside training, not when the end of a run draws its first chart (~0.5 s)."""
+    _pyplot()
+
+
 def _pyplot() -> ModuleType:
     """matplotlib.pyplot, drawing off-screen; imported when a chart is drawn (it is slow to import)."""
     import matplotlib

@@ -173,3 +173,24 @@ class GlintMetrics:
 #: What GlintMetrics counts per glint channel.
 _COUNTS = ("tp", "fp", "fn", "swaps", "predicted")
 METRIC_NAMES = ("precision", "recall", "f1", "loc_err_mean", "loc_err_median", "swap_rate")
+
+
+def threshold_sweep(
+    predictions: list[tuple[Glints, Glints]], num_glints: int, match_radius: float, in_use: float
+) -> dict[str, list[float]]:
+    """Precision, recall and F1 at detection thresholds 0.02 … 0.98 and `in_use`, of (decoded prediction, ground
+    truth) pairs (what `validate` keeps); a glint is present at a threshold when its score reaches it."""
+    preds, truths = [p for p, _ in predictions], [t for _, t in predictions]
+    xy, score = torch.cat([p.xy for p in preds]), torch.cat([p.score for p in preds])
+    gt = Glints(
+        torch.cat([t.xy for t in truths]), torch.cat([t.score for t in truths]), torch.cat([t.present for t in truths])
+    )
+    curves: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": []}
+    for t in sorted({*(round(0.02 * i, 2) for i in range(1, 50)), in_use}):
+        metrics = GlintMetrics(num_glints, match_radius)
+        metrics.update(Glints(xy, score, score >= t), gt)
+        result = metrics.compute()
+        curves["threshold"].append(float(t))
+        for k in ("precision", "recall", "f1"):
+            curves[k].append(result[k])
+    return curves

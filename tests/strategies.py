@@ -559,7 +559,7 @@ def checkpoint_target(path: Path, data: Any) -> None:
     from glint_track.data.batches import make_batches
     from glint_track.engine import resolve_device
     from glint_track.training.config import TrainConfig
-    from glint_track.training.epoch import train_epoch
+    from glint_track.training.epoch import TrainStep, train_epoch
     from glint_track.training.parts import training_parts
     from glint_track.training.resume import plan_resume
 
@@ -571,7 +571,7 @@ def checkpoint_target(path: Path, data: Any) -> None:
     batches = make_batches(
         data, np.arange(4), 4, shuffle=True, seed=plan.cfg.seed, device=device, num_workers=0, resident=True
     )
-    train_epoch(parts["model"], batches, loss_fn, precision, parts["optimizer"], desc="fuzz")
+    train_epoch(TrainStep(parts["model"], loss_fn, precision, parts["optimizer"]), batches, desc="fuzz")
 
 
 # -- one example of each target: write it, run it, check the memory bound (tests and benchmarks/fuzz.py) --------

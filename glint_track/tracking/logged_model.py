@@ -23,6 +23,17 @@ from glint_track.tracking.tags import TAG_MODEL_EPOCH
 log = logging.getLogger(__name__)
 
 
+def warm_up() -> None:
+    """Import and build now, beside training, what logging a model would the first time: MLflow's pyfunc flavour
+    and the map from installed packages to their modules that its requirements check reads (~1 s on a CPU)."""
+    import mlflow.pyfunc  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    build_map = getattr(requirements_utils, "_init_packages_to_modules_map", None)  # MLflow's own; skipped if gone
+    if build_map is not None:
+        build_map()
+
+
 def log_pyfunc_model(checkpoint: Path, image_size: tuple[int, int], registered_name: str | None) -> str:
     """A pyfunc MLflow model under `model/` that takes uint8 images N×H×W and returns glints (see
     serving.py), carrying glint-track's code so it loads anywhere. Returns its model ID."""

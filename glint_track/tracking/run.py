@@ -85,6 +85,7 @@ class RunTracker:
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self.client = MlflowClient()
+        self.tracking_uri = tracking_uri()
         self.experiment_name: str = self.client.get_experiment(self.experiment_id).name
         # the run's description so far, read now: later it is written while the server may be away (spool)
         self.history: str = run.data.tags.get(TAG_HISTORY, "")

@@ -8,6 +8,7 @@ dict of scalar tensors: `loss` is what is optimised, the other entries are its t
 
 from __future__ import annotations
 
+import functools
 from itertools import combinations
 
 import torch
@@ -61,7 +62,7 @@ def divergence_penalty(logits: torch.Tensor, mode: str) -> torch.Tensor:
     if num_ch < 2:
         return logits.new_zeros(())
     p = torch.sigmoid(logits).flatten(2)  # B×C×P
-    i, j = (torch.tensor(ix, device=logits.device) for ix in zip(*combinations(range(num_ch), 2)))
+    i, j = _channel_pairs(num_ch, logits.device)
     if mode == "overlap":
         pair = (p[:, i] * p[:, j]).mean(-1)
     elif mode == "cosine":
@@ -73,6 +74,13 @@ def divergence_penalty(logits: torch.Tensor, mode: str) -> torch.Tensor:
     else:
         raise ValueError(f"unknown divergence mode {mode!r}; choose one of {DIV_MODES}")
     return pair.mean()
+
+
+@functools.cache
+def _channel_pairs(num_ch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of channels (i < j) as two index tensors on `device`, made once: a CUDA graph can capture no copy
+    from the host, and the hybrid loss runs inside the captured training step."""
+    return tuple(torch.tensor(ix, device=device) for ix in zip(*combinations(range(num_ch), 2)))
 
 
 def aggregate(logits: torch.Tensor, target: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,8 @@ from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
 from glint_track.training.config import RUNS_DIR, LossWeights, TrainConfig
 from glint_track.training.distributed import Distributed
-from glint_track.training.graphs import GraphedSteps
+from glint_track.training.epoch import TrainStep
+from glint_track.training.graphs import GraphedForward, GraphedStep, whole_step_capturable
 from glint_track.training.losses import GlintLoss
 from glint_track.training.resume import ResumePlan, describe_changes
 
@@ -199,15 +200,25 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
         )
 
 
-def model_for_steps(
-    model: torch.nn.Module, ddp: Distributed, device: torch.device, cfg: TrainConfig
-) -> torch.nn.Module:
-    """The module training steps run: the model, wrapped by DDP under torchrun, compiled with --compile, or
-    replayed from a CUDA graph (--cuda-graphs, one GPU). Checkpoints keep the plain model's state_dict."""
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: GlintLoss,
+    precision: Precision,
+    ddp: Distributed,
+    device: torch.device,
+    cfg: TrainConfig,
+) -> TrainStep:
+    """What trains on each batch: the model, wrapped by DDP under torchrun and compiled with --compile, and the
+    optimizer. On one GPU with --cuda-graphs (the default without --compile) the whole step is replayed from a
+    CUDA graph, or only the model's forward and backward where the update cannot be captured (fp16's loss
+    scaling, SGD). Checkpoints keep the plain model's state_dict."""
     if ddp.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        return torch.compile(model)
+        return TrainStep(torch.compile(model), loss_fn, precision, optimizer)
     if cfg.cuda_graphs and device.type == "cuda" and not ddp.enabled:  # DDP's gradient hooks run between kernels
-        return GraphedSteps(model, cfg.batch_size)
-    return model
+        if whole_step_capturable(optimizer, precision):
+            return GraphedStep(model, loss_fn, precision, optimizer, cfg.batch_size)
+        return TrainStep(GraphedForward(model, cfg.batch_size), loss_fn, precision, optimizer)
+    return TrainStep(model, loss_fn, precision, optimizer)

@@ -9,14 +9,16 @@ in the run. A typed setting that cannot apply is refused in one line before anyt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from glint_track.errors import GlintTrackError
 from glint_track.model import model_shape
-from glint_track.tracking.fetch import ResumeSource, fetch_checkpoint
 from glint_track.training.config import TrainConfig, args_from_checkpoint, merge_resumed
+
+if TYPE_CHECKING:  # MLflow is imported where a resume needs it, so that a new run's start does not wait for it
+    from mlflow.tracking import MlflowClient
+
+    from glint_track.tracking.fetch import ResumeSource
 
 #: Settings that fix which images a run validates on: changing them mid-run would make its curves compare
 #: different images, so a continued run refuses them (a new run from the checkpoint takes them).
@@ -62,6 +64,8 @@ class ResumePlan:
 
 def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
     """Fetch the checkpoint `cli.resume` names and decide what the resumed training does."""
+    from glint_track.tracking.fetch import fetch_checkpoint
+
     source = fetch_checkpoint(cli.resume)
     checkpoint = source.checkpoint
     inherited = args_from_checkpoint(checkpoint, source.label)

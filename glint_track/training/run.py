@@ -6,22 +6,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from glint_track import __version__
+from glint_track import __version__, figures
 from glint_track.checkpoint.format import BEST, LATEST, load_checkpoint, save_and_digest, save_atomic
 from glint_track.data.batches import Batches
 from glint_track.data.glint_file import GlintData
-from glint_track.engine import Precision, predict_samples, threshold_sweep
+from glint_track.engine import Precision
 from glint_track.errors import GlintTrackError
-from glint_track.figures import heatmap_panel, threshold_curves, validation_grid
+from glint_track.figures import threshold_curves
 from glint_track.files import os_reason
-from glint_track.glints import GlintMetrics, Glints, decode
+from glint_track.glints import GlintMetrics, threshold_sweep
+from glint_track.tracking import logged_model
 from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
 from glint_track.tracking.tags import (
@@ -32,47 +31,18 @@ from glint_track.tracking.tags import (
     TAG_TRAIN_TIME,
 )
 from glint_track.training.background import BackgroundWriter
-from glint_track.training.checkpointer import Checkpointer, TrainProgress
+from glint_track.training.checkpointer import Checkpointer
 from glint_track.training.config import INVOCATION, TrainConfig
 from glint_track.training.distributed import Distributed
-from glint_track.training.epoch import validate
+from glint_track.training.epoch import Validation, validate
 from glint_track.training.losses import GlintLoss
+from glint_track.training.preview import Preview
 from glint_track.training.resume import ResumePlan, describe_changes
 from glint_track.training.run_log import RunLogHandler
 from glint_track.training.save_process import SaveProcess
 from glint_track.training.save_process import wanted as save_process_wanted
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Preview:
-    """The first validation images, pictured with their predicted and true glints at each new best epoch,
-    and as heat-maps at the end."""
-
-    model: torch.nn.Module
-    data: GlintData
-    truth: Glints
-    val_idx: list[int]
-    precision: Precision
-    device: torch.device
-    threshold: float
-    match_radius: float
-    count: int = 8
-
-    def grid(self) -> Image.Image:
-        index = self._index(self.count)
-        images, logits = predict_samples(self.model, self.data, index, self.precision, self.device)
-        return validation_grid(images, decode(logits, self.threshold), self.truth.take(index), self.match_radius)
-
-    def heatmaps(self) -> Image.Image:
-        images, logits = predict_samples(
-            self.model, self.data, self._index(self.count // 2), self.precision, self.device
-        )
-        return heatmap_panel(images, logits)
-
-    def _index(self, count: int) -> torch.Tensor:
-        return torch.as_tensor(self.val_idx[:count], dtype=torch.long, device=self.data.images.device)
 
 
 class TrackedRun:
@@ -86,6 +56,7 @@ class TrackedRun:
         data: GlintData,
         tracker: RunTracker,
         save_process: SaveProcess | None,
+        log_handler: RunLogHandler,
     ) -> None:
         self.cfg, self.plan, self.data, self.tracker = cfg, plan, data, tracker
         self.lease = tracker.lease
@@ -97,11 +68,8 @@ class TrackedRun:
         cfg.experiment = tracker.experiment_name  # `mlflow run` may have chosen it
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = self.output_dir / "training.log"
-        self.file_handler = RunLogHandler(self.log_file)
-        package_log = logging.getLogger("glint_track")
-        package_log.addHandler(self.file_handler)
-        if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
-            package_log.setLevel(logging.INFO)
+        self.log_handler = log_handler  # attached since training started; its early lines go in first
+        log_handler.open(self.log_file)
         resume = plan.source if plan else None
         if self.same_run and resume.best and not (self.output_dir / BEST).exists():
             save_atomic(resume.best, self.output_dir / BEST)
@@ -127,17 +95,22 @@ class TrackedRun:
 
     @classmethod
     def open(
-        cls, cfg: TrainConfig, plan: ResumePlan | None, data: GlintData, ddp: Distributed, device: torch.device
+        cls,
+        cfg: TrainConfig,
+        plan: ResumePlan | None,
+        data: GlintData,
+        ddp: Distributed,
+        device: torch.device,
+        log_handler: RunLogHandler,
     ) -> TrackedRun:
-        """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED."""
+        """Start (or continue) the run and log what describes it. From here on every failure marks it FAILED.
+        Any thread may call it (training does so beside its first epoch); `activate` is for the training thread."""
         use_child = save_process_wanted(device)  # a wrong setting: exit 2, no run
         continued = plan.source.run_id if plan and plan.same_run else None
-        tracker = RunTracker.start(
-            cfg.experiment, cfg.run_name, continued, cfg.system_metrics, still_current=plan and plan.check_current
-        )
-        save_process = SaveProcess() if use_child else None  # started now: it imports torch during epoch 1
+        tracker = RunTracker.start(cfg.experiment, cfg.run_name, continued, still_current=plan and plan.check_current)
+        save_process = SaveProcess() if use_child else None  # its interpreter and torch import run beside epoch 1
         try:
-            run = cls(cfg, plan, data, tracker, save_process)
+            run = cls(cfg, plan, data, tracker, save_process, log_handler)
         except BaseException as e:
             if save_process is not None:
                 save_process.close()
@@ -154,6 +127,17 @@ class TrackedRun:
             run.close("FAILED")
             raise
         return run
+
+    def warm_up_the_end(self) -> None:
+        """What the end of the run imports and builds the first time (matplotlib, MLflow's model logging), done
+        beside training so that the command returns soon after its last epoch."""
+        figures.warm_up()
+        logged_model.warm_up()
+
+    def activate(self) -> None:
+        """In the training thread: the run becomes MLflow's active run there (the model is logged and the run
+        ended from it), and MLflow's system-metrics sampler starts."""
+        self.tracker.activate(self.cfg.system_metrics)
 
     def describe(self, ddp: Distributed) -> None:
         """Params, tags and the dataset; on a continued run, what changed and from which epoch."""
@@ -199,8 +183,9 @@ class TrackedRun:
         """An epoch's metrics as the run logs them (see _chart_lr)."""
         return metrics if self.lr_each_epoch else {k: v for k, v in metrics.items() if k != "lr"}
 
-    def complete_resumed(self, progress: TrainProgress) -> None:
-        """Finish what a process killed while saving its last checkpoint left undone."""
+    def complete_resumed(self, best_epoch: int | None) -> None:
+        """Finish what a process killed while saving its last checkpoint left undone (`best_epoch`: the restored
+        progress's best)."""
         if not self.same_run:
             return
         resume = self.plan.source
@@ -208,7 +193,7 @@ class TrackedRun:
         metrics = {k: v for k, v in (checkpoint.get("metrics") or {}).items() if isinstance(v, (int, float))}
         if metrics and done not in self.tracker.metric_steps("train_loss"):
             self.tracker.log_metrics(self._tracked(metrics), done)
-        best_is_this = progress.best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
+        best_is_this = best_epoch == done and (resume.best is None or int(resume.best["epoch"]) != done)
         self.checkpointer.complete(checkpoint, best_is_this)
 
     def save_epoch(
@@ -234,40 +219,48 @@ class TrackedRun:
         precision: Precision,
         preview: Preview,
         finishing: bool,
+        reuse: Validation | None,
     ) -> dict[str, float]:
         """The logged weights' validation metrics, heat-maps and threshold curves, the model itself, and the
-        run's description led by its glint result. Returns those metrics (with the epoch they come from)."""
+        run's description led by its glint result. Returns those metrics (with the epoch they come from).
+        `reuse`: the last epoch's validation when its weights, which the model holds, are the ones logged (the
+        usual case): no second pass, and the pictures are drawn while that epoch's checkpoint is still saving."""
         cfg, data, tracker = self.cfg, self.data, self.tracker
-        self.writer.flush()
-        best_file = self.output_dir / BEST
-        logged = best_file if best_file.exists() else self.output_dir / LATEST
-        chosen = load_checkpoint(logged)
-        model.load_state_dict(chosen["model_state_dict"])
-        epoch = int(chosen["epoch"])
-        glints = validate(
-            model,
-            val_batches,
-            loss_fn,
-            precision,
-            GlintMetrics(data.num_glints, cfg.match_radius),
-            preview.truth,
-            cfg.threshold,
-            desc="best val",
-        )
+        if reuse is None:
+            self.writer.flush()
+            chosen = load_checkpoint(self._logged_file())
+            model.load_state_dict(chosen["model_state_dict"])
+            metrics = GlintMetrics(data.num_glints, cfg.match_radius)
+            reuse = Validation(int(chosen["epoch"]), {}, [])
+            reuse.values = validate(
+                model,
+                val_batches,
+                loss_fn,
+                precision,
+                metrics,
+                preview.truth,
+                cfg.threshold,
+                desc="best val",
+                predictions=reuse.predictions,
+            )
+        epoch, glints = reuse.epoch, reuse.values
+        heatmaps = preview.heatmaps()
+        curves = threshold_sweep(reuse.predictions, data.num_glints, cfg.match_radius, cfg.threshold)
+        curve_figure = threshold_curves(*(curves[k] for k in ("threshold", "precision", "recall", "f1")), cfg.threshold)
+        self.writer.flush()  # the last checkpoint is complete before the model made of it is logged
         tracker.log_summary({f"best_val_{k}": v for k, v in glints.items()})  # the logged model's
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
-        tracker.log_image(preview.heatmaps(), "figures/heatmaps_best.png")
-        curves = threshold_sweep(
-            model, val_batches, precision, preview.truth, data.num_glints, cfg.match_radius, cfg.threshold
-        )
+        tracker.log_image(heatmaps, "figures/heatmaps_best.png")
         tracker.log_dict(curves, "figures/threshold_curves.json")
-        tracker.log_image(
-            threshold_curves(curves["threshold"], curves["precision"], curves["recall"], curves["f1"], cfg.threshold),
-            "figures/threshold_curves.png",
-        )
+        tracker.log_image(curve_figure, "figures/threshold_curves.png")
         if not (finishing and tracker.has_model_of(epoch)):  # a stopped process may have logged it already
-            tracker.log_model(logged, epoch, data.image_size, cfg.register_model)
+            tracker.log_model(self._logged_file(), epoch, data.image_size, cfg.register_model)
         return glints | {"epoch": epoch}
+
+    def _logged_file(self) -> Path:
+        """The checkpoint that becomes the run's model: the best by --monitor, else the latest."""
+        best_file = self.output_dir / BEST
+        return best_file if best_file.exists() else self.output_dir / LATEST
 
     def close(self, status: str) -> Path | None:
         """Send everything still queued, upload the log, end the run; returns the spool folder if the
@@ -289,8 +282,8 @@ class TrackedRun:
         finally:
             if self.save_process is not None:
                 self.save_process.close()
-        logging.getLogger("glint_track").removeHandler(self.file_handler)
-        self.file_handler.close()
+        logging.getLogger("glint_track").removeHandler(self.log_handler)
+        self.log_handler.close()
         try:
             if self.log_file.exists():
                 self.tracker.log_artifact(self.log_file)

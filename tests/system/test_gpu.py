@@ -141,16 +141,26 @@ def test_sweep_puts_children_on_the_gpus_in_turn(gpu_h5: Path, monkeypatch: pyte
     assert {c.info.status for c in children} == {"FINISHED"} and len(children) == 2
 
 
-def test_cuda_graphs_train_exactly_as_eager_steps(gpu_h5: Path) -> None:
-    common = ["--h5", str(gpu_h5), *SMALL, "--epochs", "2", "--deterministic"]  # 256 × 0.9 → a partial last batch
-    graphed = _child([*common, "--run-name", "graphed"])
-    assert graphed.returncode == 0 and "CUDA graph of the training step captured" in graphed.stderr, graphed.stderr
-    eager = _child([*common, "--no-cuda-graphs", "--run-name", "eager"])
+@pytest.mark.parametrize(
+    ("extra", "captured"),
+    [
+        ([], "whole training step"),  # the default: bf16, Adam, peak-bce
+        (["--scheduler", "cosine", "--epochs", "3"], "whole training step"),  # a new lr each epoch, read by the graph
+        (["--loss", "hybrid"], "whole training step"),
+        (["--precision", "fp16"], "training forward/backward"),  # loss scaling reads overflow on the host
+    ],
+)
+def test_cuda_graphs_train_exactly_as_eager_steps(gpu_h5: Path, extra: list[str], captured: str) -> None:
+    common = ["--h5", str(gpu_h5), *SMALL, "--epochs", "2", *extra, "--deterministic"]  # 256 × 0.9: a partial batch
+    name = "-".join(["graphed", *extra])
+    graphed = _child([*common, "--run-name", name])
+    assert graphed.returncode == 0 and f"CUDA graph of the {captured} captured" in graphed.stderr, graphed.stderr
+    eager = _child([*common, "--no-cuda-graphs", "--run-name", f"eager-{name}"])
     assert eager.returncode == 0 and "CUDA graph" not in eager.stderr, eager.stderr[-3000:]
     a, b = (
         load_checkpoint(
-            Path(_run(name).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "latest_checkpoint.pth"
+            Path(_run(run).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "latest_checkpoint.pth"
         )
-        for name in ("graphed", "eager")
+        for run in (name, f"eager-{name}")
     )
     assert differing_parts(a, b) == []  # weights, BatchNorm statistics and Adam moments, bit for bit
