@@ -1,3 +1,3 @@
-from glint_track.cli import main
+from glint_track.cli import run
 
-main()
+run()
