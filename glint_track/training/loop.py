@@ -125,7 +125,7 @@ def train(
             check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a run
             # every input is checked: the run is opened (MLflow imported, store opened, run described) beside epoch 1
             announce = log_start(cfg, plan, td, ddp, model, precision, device)
-            opening.start(cfg, plan, td.data, ddp, device, progress.best_epoch, announce)
+            opening.prepare(cfg, plan, td.data, ddp, device, progress.best_epoch, announce)
             if plan is not None and plan.same_run:  # claimed before training: a run another process holds is refused
                 opening.take()
         stop.install()  # SIGTERM / SIGINT from here on: finish the step in flight, keep the last checkpoint, KILLED

@@ -1,14 +1,17 @@
 """The run on rank 0, opened beside the first epoch instead of before it.
 
 Importing MLflow, opening its store (a new local mlflow.db is created and migrated), creating the run and logging
-what describes it take seconds of interpreter time that no training step needs. They run in a thread, started
-once the data and the model are known to be good (bad input never leaves a run behind), while the first epoch
-trains: the run is needed only when that epoch's checkpoint is saved. What fails while opening stops the
-training at its next step, with its one-line error. The run's training.log still has every line from the start.
+what describes it take seconds of interpreter time that no training step needs. They run in a thread started
+once the data and the model are known to be good (bad input never leaves a run behind) and the first training
+step is launched (the thread would otherwise hold the GIL that step's hundreds of launches and its CUDA-graph
+capture each take back), while the first epoch trains: the run is needed only when that epoch's checkpoint is
+saved. What fails while opening stops the training at its next step, with its one-line error. The run's
+training.log still has every line from the start.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,11 +43,12 @@ class RunOpening:
         if package_log.getEffectiveLevel() > logging.INFO:  # the run's log artifact always has the epoch lines
             package_log.setLevel(logging.INFO)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glint-track-open")
+        self._opening: Callable[[], TrackedRun] | None = None  # what opens the run, once prepared
         self._future: Future[TrackedRun] | None = None
         self.run: TrackedRun | None = None  # once taken by the training thread
         self._raised = False  # the opening's error has reached the training thread
 
-    def start(
+    def prepare(
         self,
         cfg: TrainConfig,
         plan: ResumePlan | None,
@@ -54,10 +58,16 @@ class RunOpening:
         best_epoch: int | None,
         announce: Callable[[TrackedRun], None],
     ) -> None:
-        """Open the run in the background and finish what a process killed while saving left undone (`best_epoch`:
-        the restored progress's); `announce(run)` logs the run's first line once it exists."""
-        self._future = self._pool.submit(self._open, cfg, plan, data, ddp, device, best_epoch, announce)
-        self._pool.submit(self._warm_up)  # after the run is handed over: nobody waits for it
+        """What the run is opened with: it also finishes what a process killed while saving left undone (`best_epoch`:
+        the restored progress's), and `announce(run)` logs the run's first line once it exists. It is opened in the
+        background from the first `check` (after the first step) or when `take` first needs it."""
+        self._opening = functools.partial(self._open, cfg, plan, data, ddp, device, best_epoch, announce)
+
+    def _begin(self) -> None:
+        if self._future is None:
+            assert self._opening is not None, "prepare() first"
+            self._future = self._pool.submit(self._opening)
+            self._pool.submit(self._warm_up)  # after the run is handed over: nobody waits for it
 
     def _open(
         self,
@@ -92,14 +102,17 @@ class RunOpening:
             log.debug("warming up the end of the run failed (%s)", e)
 
     def check(self) -> None:
-        """Between steps: raise at once what failed while opening; take the run as soon as it is open."""
-        if self.run is None and self._future is not None and self._future.done():
+        """Between steps: begin opening the run; raise at once what failed while opening; take it once it is open."""
+        if self.run is not None or self._opening is None:
+            return
+        self._begin()
+        if self._future.done():
             self.take()
 
     def take(self) -> TrackedRun:
         """The open run, waiting for it if need be, made MLflow's active run in the calling (training) thread."""
         if self.run is None:
-            assert self._future is not None, "start() first"
+            self._begin()
             try:
                 self.run = self._future.result()
             except BaseException:
