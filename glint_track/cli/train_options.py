@@ -157,8 +157,9 @@ TRAIN_OPTIONS = (
         "--cuda-graphs/--no-cuda-graphs",
         default=D.cuda_graphs,
         show_default=True,
-        help="On one GPU without --compile, replay each full batch's forward and backward pass from a CUDA graph: "
-        "the same numbers, faster at small batch sizes (batch 16 on an H200: 1.2-1.45x the images per second).",
+        help="On one GPU without --compile, replay each full batch's training step (forward, loss, backward, Adam's "
+        "update; forward and backward only under fp16 or SGD) from a CUDA graph: the same numbers, faster at small "
+        "batch sizes (forward and backward graphed at batch 16 on an H200: 1.2-1.45x the images per second).",
     ),
     click.option(
         "--deterministic/--no-deterministic",
