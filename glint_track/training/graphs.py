@@ -73,29 +73,40 @@ class GraphedStep(TrainStep):
         Adam's moments, so they are put back: the run trains exactly as it would without the graph."""
         saved = _Snapshot(self.model, self.optimizer)
         self.images, self.targets = images.detach().clone(), targets.detach().clone()
-        start = time.perf_counter()
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    super().__call__(self.images, self.targets)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread (the one opening the run) may call CUDA meanwhile without breaking it
-            with _capturable(self.optimizer), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.terms = super().__call__(self.images, self.targets)
-            self.graph = graph
-            log.info(
-                "CUDA graph of the whole training step captured for batches of %d (%.1f s)",
-                self.batch_size,
-                time.perf_counter() - start,
-            )
-        except RuntimeError as e:  # an op the graph cannot hold: train without it, say so once
-            self.failed = True
-            log.warning("CUDA graphs are off for this run (%s); training runs without them", str(e).splitlines()[0])
+            with _reported(self, "whole training step"):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_STEPS):
+                        super().__call__(self.images, self.targets)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: another thread (the one opening the run) may call CUDA meanwhile without breaking it
+                with _capturable(self.optimizer), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    self.terms = super().__call__(self.images, self.targets)
+                self.graph = graph
         finally:
             saved.restore()
+
+
+@contextmanager
+def _reported(owner: GraphedStep | GraphedForward, what: str) -> Iterator[None]:
+    """Capture in the block, logged with its time; a RuntimeError (an op a graph cannot hold) turns graphs off for
+    the run, said once: it trains without them."""
+    start = time.perf_counter()
+    try:
+        yield
+    except RuntimeError as e:
+        owner.failed = True
+        log.warning("CUDA graphs are off for this run (%s); training runs without them", str(e).splitlines()[0])
+    else:
+        log.info(
+            "CUDA graph of the %s captured for batches of %d (%.1f s)",
+            what,
+            owner.batch_size,
+            time.perf_counter() - start,
+        )
 
 
 @contextmanager
@@ -167,17 +178,8 @@ class GraphedForward(nn.Module):
         """Record the graph on a copy of this batch. The warm-up passes that capturing runs move the
         BatchNorm statistics, so they are put back: the run trains exactly as it would without the graph."""
         buffers = [b.clone() for b in self.model.buffers()]
-        start = time.perf_counter()
-        try:
+        with _reported(self, "training forward/backward"):
             self.graphed = torch.cuda.make_graphed_callables(_Forward(self.model), (images.detach().clone(),))
-            log.info(
-                "CUDA graph of the training forward/backward captured for batches of %d (%.1f s)",
-                self.batch_size,
-                time.perf_counter() - start,
-            )
-        except RuntimeError as e:  # an op the graph cannot hold: train as before, say so once
-            self.failed = True
-            log.warning("CUDA graphs are off for this run (%s); training runs without them", str(e).splitlines()[0])
         with torch.no_grad():
             for saved, buffer in zip(buffers, self.model.buffers()):
                 buffer.copy_(saved)

@@ -61,7 +61,7 @@ class RunOpening:
         """What the run is opened with: it also finishes what a process killed while saving left undone (`best_epoch`:
         the restored progress's), and `announce(run)` logs the run's first line once it exists. It is opened in the
         background from the first `check` (after the first step) or when `take` first needs it."""
-        self._opening = functools.partial(self._open, cfg, plan, data, ddp, device, best_epoch, announce)
+        self._opening = functools.partial(self._open, (cfg, plan, data, ddp, device, best_epoch, announce))
 
     def _begin(self) -> None:
         if self._future is None:
@@ -69,16 +69,9 @@ class RunOpening:
             self._future = self._pool.submit(self._opening)
             self._pool.submit(self._warm_up)  # after the run is handed over: nobody waits for it
 
-    def _open(
-        self,
-        cfg: TrainConfig,
-        plan: ResumePlan | None,
-        data: GlintData,
-        ddp: Distributed,
-        device: torch.device,
-        best_epoch: int | None,
-        announce: Callable[[TrackedRun], None],
-    ) -> TrackedRun:
+    def _open(self, prepared: tuple) -> TrackedRun:
+        """In the opening thread: what `prepare` was given, opened."""
+        cfg, plan, data, ddp, device, best_epoch, announce = prepared
         from glint_track.tracking.server import open_tracking_store  # imports MLflow: here, not before the first step
         from glint_track.training.run import TrackedRun
 
