@@ -11,6 +11,7 @@ import traceback
 from typing import Any
 
 import click
+import psutil
 
 from glint_track import __version__
 from glint_track.cli.sweep import sweep_cmd, sync_cmd
@@ -37,7 +38,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": "GLINT_TRACK", "help_option_names": ["-h", "--help"]})
 @click.option("--debug/--no-debug", default=False, help="Show tracebacks for input errors and debug logging.")
 @click.version_option(__version__, prog_name="glint-track")
-def main(debug: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Train a UNet to find each infrared LED's corneal glint, with every run tracked in MLflow.
 
     \b
@@ -49,12 +51,15 @@ def main(debug: bool) -> None:
     Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
     """
     _log_to_stderr(debug)
+    ctx.obj = {"launched": _launched}  # when this process started, if it is the command (a start-up time counts it)
 
 
 def run() -> None:
     """The `glint-track` command (console script and `python -m glint_track`). After a command that succeeded, the
     process ends once its threads are done and Python's exit handlers have run: finalising the modules of torch,
     MLflow and SQLAlchemy afterwards takes 1.5-3 s, writes nothing, and the user waits for it."""
+    global _launched
+    _launched = psutil.Process().create_time()
     try:
         main()
     except SystemExit as e:
@@ -85,6 +90,7 @@ def _log_to_stderr(debug: bool) -> None:
 
 
 _console: logging.Handler | None = None
+_launched: float | None = None  # set by run(): the process is the command (not a program that invokes it)
 
 
 for command in (

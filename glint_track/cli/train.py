@@ -53,8 +53,6 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 @stacked(*TRAIN_OPTIONS)
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
-    import psutil
-
     from glint_track.tracking.ui import run_url, runs_table_url
     from glint_track.training.loop import train
     from glint_track.training.resume import AlreadyFinished
@@ -76,7 +74,7 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     if gpus:
         options["device"] = f"cuda:{gpus[0]}" if "WORLD_SIZE" not in os.environ else "cuda"
     try:
-        result = train(TrainConfig(**options), explicit, launched=psutil.Process().create_time())
+        result = train(TrainConfig(**options), explicit, launched=(ctx.obj or {}).get("launched"))
     except AlreadyFinished as e:
         click.echo(str(e))
         return

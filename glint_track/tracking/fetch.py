@@ -17,7 +17,7 @@ from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
 from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, tracking_uri
-from glint_track.tracking.tags import TAG_DATASET_DIGEST
+from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_DATASET_PATH
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ResumeSource:
     published: dict[str, str | None] = field(default_factory=dict)  # the run's checkpoint files → digest where read
     experiment_name: str | None = None  # the continued run's
     dataset_digest: str | None = None  # SHA-256 of the file the continued run trains on
+    dataset_path: str | None = None  # where that file was (absolute) when the run last trained
 
 
 def _download_checkpoint(run_id: str, artifact_path: str, names: set[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -121,6 +122,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             published,
             experiment.name,
             run.data.tags.get(TAG_DATASET_DIGEST),
+            run.data.tags.get(TAG_DATASET_PATH),
         )
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)

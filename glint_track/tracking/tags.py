@@ -3,7 +3,8 @@
 TAG_RESUMED_FROM = "glint_track.resumed_from"
 
 
-TAG_DATASET_DIGEST = "glint_track.dataset.digest"
+TAG_DATASET_DIGEST = "glint_track.dataset.digest"  # SHA-256 of the HDF5 file a run learns from
+TAG_DATASET_PATH = "glint_track.dataset.path"  # its absolute path on the training machine, where a resume looks first
 
 
 TAG_OVERRIDE = "glint_track.override."  # + setting: its value on a continued run where it differs from the param

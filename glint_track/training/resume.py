@@ -9,6 +9,7 @@ in the run. A typed setting that cannot apply is refused in one line before anyt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glint_track.errors import GlintTrackError
@@ -36,6 +37,7 @@ class ResumePlan:
     changed: dict[str, tuple[Any, Any]]  # typed settings that differ from the checkpoint's: name → (old, new)
     start_epoch: int
     finishing: bool  # every epoch is done but the run was stopped before its model was logged
+    h5_typed: bool = False  # --h5 was passed (else cfg.h5 is the file the run recorded)
 
     @property
     def same_run(self) -> bool:
@@ -73,13 +75,15 @@ def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
     if source.experiment_name is not None:  # where the continued run is, whatever its checkpoint recorded
         inherited["experiment"] = source.experiment_name
     cfg = merge_resumed(cli, inherited, explicit, same_run=source.run_id is not None)
+    if source.run_id is not None and "h5" not in explicit:
+        cfg.h5 = run_data(source, cfg.h5)
     changed = {
         k: (inherited[k], getattr(cfg, k))
         for k in sorted(explicit)
         if k in inherited and inherited[k] != getattr(cfg, k)
     }
     done = int(checkpoint["epoch"])
-    plan = ResumePlan(source, cfg, changed, done + 1, finishing=False)
+    plan = ResumePlan(source, cfg, changed, done + 1, finishing=False, h5_typed="h5" in explicit)
     _refuse_what_cannot_apply(plan)
     finished = plan.same_run and source.run_status == "FINISHED"
     if cfg.epochs == done and finished:
@@ -123,15 +127,38 @@ def _refuse_what_cannot_apply(plan: ResumePlan) -> None:
         )
 
 
+def run_data(source: ResumeSource, as_typed: str | None) -> str | None:
+    """The file a continued run learnt from: where the run recorded it (an absolute path), else the path its
+    checkpoint holds as it was typed then (relative to the folder it was typed in). A resume from another folder
+    (`mlflow run` runs in the project's) finds it either way."""
+    for path in (source.dataset_path, as_typed):
+        if path and Path(path).is_file():
+            return path
+    if source.dataset_path or as_typed:
+        raise GlintTrackError(
+            f"run {source.run_id} learnt from {source.dataset_path or as_typed}"
+            f"{f' (content digest {source.dataset_digest[:12]})' if source.dataset_digest else ''}, which is not "
+            f"there any more; pass where that file is now: --h5 FILE (with mlflow run: -P h5=FILE)"
+        )
+    return None
+
+
 def check_same_data(plan: ResumePlan, digest: str) -> None:
     """A continued run trains on the file it was started on (same content, wherever it lies now)."""
     expected = plan.source.dataset_digest
-    if plan.same_run and expected and digest != expected:
+    if not (plan.same_run and expected and digest != expected):
+        return
+    run_id, h5 = plan.source.run_id, plan.cfg.h5
+    if plan.h5_typed:
         raise GlintTrackError(
-            f"--h5 {plan.cfg.h5} is not the data run {plan.source.run_id} was trained on (content digest {digest[:12]} "
-            f"≠ {expected[:12]}); pass that file, or start a new run from the checkpoint: {plan.branch_hint()} --h5 "
-            f"{plan.cfg.h5}"
+            f"--h5 {h5} is not the data run {run_id} was trained on (content digest {digest[:12]} ≠ {expected[:12]}); "
+            f"pass that file, or start a new run from the checkpoint: {plan.branch_hint()} --h5 {h5}"
         )
+    raise GlintTrackError(
+        f"{h5} has changed since run {run_id} learnt from it (content digest {digest[:12]} ≠ {expected[:12]}); pass "
+        f"the file it learnt from: --h5 FILE (with mlflow run: -P h5=FILE), or train a new run from the checkpoint "
+        f"on this one: {plan.branch_hint()} --h5 {h5}"
+    )
 
 
 def describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:

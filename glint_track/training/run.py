@@ -25,6 +25,7 @@ from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
 from glint_track.tracking.tags import (
     TAG_DATASET_DIGEST,
+    TAG_DATASET_PATH,
     TAG_EPOCHS,
     TAG_LOCAL_COPY,
     TAG_RESUMED_FROM,
@@ -151,7 +152,7 @@ class TrackedRun:
             tracker.add_history(f"Resumed at epoch {start} with {describe_changes(plan.changed)}.")
         self.lr_each_epoch = self._chart_lr(start)
         tags = {
-            "glint_track.dataset.path": str(data.path.resolve()),
+            TAG_DATASET_PATH: str(data.path.resolve()),
             "glint_track.dataset.samples": data.num_samples,
             TAG_DATASET_DIGEST: data.digest,
             "glint_track.dataset.glints": data.num_glints,

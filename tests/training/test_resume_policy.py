@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import latest_checkpoint, run_cli, train_tiny
+from conftest import fails_cleanly, latest_checkpoint, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 
 from glint_track.cli import main
@@ -137,3 +137,35 @@ def test_a_typed_loss_applies_and_its_best_checkpoint_starts_afresh(tiny_h5: Pat
     assert "val_loss values before and after are not comparable" in result.output
     best, _ = latest_checkpoint(run_id, "best_model.pth")
     assert best["epoch"] == 2 and best["train_args"]["loss"] == "dice"  # the first epoch of the new loss is its best
+
+
+def test_a_resume_from_another_folder_finds_the_data_the_run_recorded(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained with a relative --h5 in one folder, resumed by run ID in another (as `mlflow run` does, in the
+    project's folder): the run's recorded absolute path finds the file; moved or changed, one line says which file
+    the run learnt from and how to pass it."""
+    project = tmp_path / "lab"
+    (project / "proj").mkdir(parents=True)
+    data = project / "proj" / "demo.h5"
+    data.write_bytes(tiny_h5.read_bytes())
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")  # the store, from any folder
+    _, run_id = train_tiny(Path("proj/demo.h5"), "--epochs", "1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resumed = run_cli("train", "--resume", run_id, "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    digest = MlflowClient().get_run(run_id).data.tags["glint_track.dataset.digest"]
+
+    data.rename(project / "moved.h5")
+    line = fails_cleanly(["train", "--resume", run_id, "--epochs", "3"], f"learnt from {data.resolve()}")
+    assert f"content digest {digest[:12]}" in line and "-P h5=FILE" in line and "synth" not in line
+    resumed = run_cli("train", "--resume", run_id, "--epochs", "3", "--h5", str(project / "moved.h5"))
+    assert resumed.exit_code == 0, resumed.output
+
+    moved = (project / "moved.h5").resolve()  # where the run now records its data: rewritten there
+    moved.write_bytes(tiny_h5.read_bytes()[:-64] + bytes(64))
+    line = fails_cleanly(["train", "--resume", run_id, "--epochs", "4"], f"{moved} has changed since run")
+    assert f"≠ {digest[:12]}" in line and "-P h5=FILE" in line
