@@ -35,3 +35,8 @@ BACKENDS = ("torch", "onnx")
 def default_cache_dir() -> Path:
     """Where decoded data files are cached: $XDG_CACHE_HOME/glint-track, else ~/.cache/glint-track."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glint-track"
+
+
+#: The key of a labelme JSON that `predict --labelme-out` wrote: what the model predicted there (labelme keeps keys it
+#: does not know when it saves), so that `pack` can measure how far the annotator moved each point.
+PRELABEL_KEY = "glint_track"

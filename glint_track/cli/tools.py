@@ -86,12 +86,31 @@ def evaluate_cmd(
     help="A run ID (its best_model.pth), a models:/ or runs:/<id>/<path> URI, a checkpoint file, or with "
     "--backend onnx an .onnx file.",
 )
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="preds.csv or preds.json: one row per frame and glint.",
+    "--images",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="A folder of frames, an image or a video (repeatable; the same as naming them after the options).",
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json: one row per frame and glint.")
+@click.option(
+    "--labelme-out",
+    type=click.Path(file_okay=False),
+    help="Pre-label for labelme: each frame's glints as a labelme JSON (the shape `pack` reads; a glint below "
+    "--threshold left out) beside a copy of its image, and to_review.csv, the frames least confident first.",
+)
+@click.option(
+    "--overwrite/--no-overwrite",
+    default=False,
+    show_default=True,
+    help="Replace labelme JSON already in --labelme-out (else refused: it may hold corrections).",
+)
+@click.option(
+    "--radius",
+    type=click.FloatRange(0, min_open=True),
+    help="The labelme circles' radius in the frames' pixels [default: 1.25 model-input pixels, the packer's narrowest "
+    "heat-map; pass your glints' annotated radius if larger].",
 )
 @click.option(
     "--overlay-dir", type=click.Path(file_okay=False), help="Also write each frame with its numbered glints drawn."
@@ -121,7 +140,11 @@ def evaluate_cmd(
 def predict_cmd(
     model_ref: str,
     inputs: tuple[str, ...],
-    out: str,
+    images: tuple[str, ...],
+    out: str | None,
+    labelme_out: str | None,
+    overwrite: bool,
+    radius: float | None,
     overlay_dir: str | None,
     threshold: float,
     input_size: tuple[int, int] | None,
@@ -138,13 +161,18 @@ def predict_cmd(
       glint-track predict --model 5308fe93de8b4c3f9a278246725680ea frames/ --out preds.csv --overlay-dir overlays/
       glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv --window 128
       glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
+      glint-track predict --model 5308fe93de8b4c3f9a278246725680ea --images new_frames/ --labelme-out to_correct/
     """
+    from glint_track.inference.labelme import PrelabelFolder
     from glint_track.inference.predict import predict
 
+    if not inputs + images:
+        raise click.UsageError("name the frames: folders, images or videos after the options, or --images FOLDER")
+    labelme = PrelabelFolder(Path(labelme_out), model_ref, threshold, overwrite, radius) if labelme_out else None
     done = predict(
         model_ref,
-        list(inputs),
-        Path(out),
+        [*images, *inputs],
+        Path(out) if out else None,
         Path(overlay_dir) if overlay_dir else None,
         threshold,
         input_size,
@@ -152,8 +180,11 @@ def predict_cmd(
         backend,
         batch_size,
         window,
+        labelme,
     )
-    click.echo(f"{done.glints} glints found in {done.frames} frames → {out}")
+    click.echo(f"{done.glints} glints found in {done.frames} frames" + (f" → {out}" if out else ""))
+    if done.review is not None:
+        click.echo(f"pre-labels for labelme in {labelme_out}; correct them in the order of {done.review}")
 
 
 @click.command("export")
@@ -222,6 +253,18 @@ def export_cmd(model_ref: str, out: str, threshold: float, attach: bool) -> None
 )
 @click.option("--recursive/--no-recursive", default=False, show_default=True, help="Also read subfolders.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="For frames pre-labelled by `predict --labelme-out`: write, per frame and glint, how far the annotator moved "
+    "the model's point, and which glints were added or deleted (CSV).",
+)
+@click.option(
+    "--log-corrections/--no-log-corrections",
+    default=True,
+    show_default=True,
+    help="Log those corrections to the MLflow run whose model pre-labelled the frames (field_* metrics).",
+)
 def pack_cmd(
     in_dir: str,
     out: str,
@@ -233,12 +276,16 @@ def pack_cmd(
     hm_size: tuple[int, int] | None,
     recursive: bool,
     compression: str,
+    report: str | None,
+    log_corrections: bool,
 ) -> None:
-    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file.
+    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file. Frames a model pre-labelled
+    (`predict --labelme-out`) also say how far the annotator moved its points: the model's error on new frames.
 
     \b
-    Example:
+    Examples:
       glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
+      glint-track pack --in-dir to_correct/ --out round2.h5 --report corrections.csv
     """
     from glint_track.data.pack import pack_labelme
 
@@ -247,6 +294,20 @@ def pack_cmd(
     )
     skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
     click.echo(f"packed {summary.packed} samples with {summary.glints} glints into {summary.out}{skipped}")
+    corrections = summary.corrections
+    if corrections is None:
+        if report:
+            click.echo(f"no frame in {in_dir} was pre-labelled by `glint-track predict --labelme-out`: no report")
+        return
+    click.echo(corrections.line())
+    if report:
+        corrections.write_csv(Path(report))
+        click.echo(f"per glint: {report}")
+    if log_corrections:
+        from glint_track.tracking.field import log_field_report
+
+        for line in log_field_report(corrections, Path(in_dir)):
+            click.echo(line)
 
 
 @click.command("inspect")

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from glint_track.constants import OUTPUT_STRIDE, SIGMA_MIN, SIGMA_SCALE
+from glint_track.constants import OUTPUT_STRIDE, PRELABEL_KEY, SIGMA_MIN, SIGMA_SCALE
+from glint_track.data.corrections import Corrections
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import Glint, render_heatmaps
 from glint_track.errors import GlintTrackError, shown
@@ -50,6 +51,7 @@ class PackSummary:
     packed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # file → reason
     glints: int = 0
+    corrections: Corrections | None = None  # what the annotator changed in frames a model pre-labelled
 
 
 @dataclass
@@ -57,6 +59,8 @@ class _Sample:
     stem: str
     image: np.ndarray  # H×W uint8 at the output size
     glints: list[Glint]
+    points: dict[str, tuple[float, float]]  # g1… → the glint's centre in the source image's pixels (the first)
+    prelabel: Any  # what `predict --labelme-out` recorded the model predicted (PRELABEL_KEY), if anything
 
 
 def _read_record(json_path: Path) -> dict[str, Any]:
@@ -179,19 +183,19 @@ def _read_sample(
     H, W = size or (H0, W0)
     gray = resize_gray(gray0, (H, W))
     sx, sy = W / W0, H / H0
-    warnings_, glints, seen = [], [], set()
+    warnings_, glints, points = [], [], {}
     for shape in record.get("shapes", []):
         glint = _read_glint(shape, label, num_glints, (H0, W0))
         if isinstance(glint, str):
             warnings_.append(glint)
             continue
         channel, cx, cy, radius = glint
-        if channel in seen:
+        if f"g{channel + 1}" in points:
             warnings_.append(f"label g{channel + 1} appears twice; both are drawn, the first is its point")
-        seen.add(channel)
+        points.setdefault(f"g{channel + 1}", (cx, cy))  # as `predict --labelme-out` labels it
         glints.append((channel, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, radius * (sx + sy) / 2))
     stem = json_path.stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a file name of any bytes
-    return _Sample(stem, gray, glints), warnings_
+    return _Sample(stem, gray, glints, points, record.get(PRELABEL_KEY)), warnings_
 
 
 def _first_image_size(json_paths: list[Path], root: Path) -> tuple[int, int] | None:
@@ -253,6 +257,10 @@ def pack_labelme(
         for w in warnings_:
             log.warning("%s: %s", path, w)
         samples.append(sample)
+        if sample.prelabel is not None:
+            summary.corrections = summary.corrections or Corrections()
+            if problem := summary.corrections.add(path.name, sample.prelabel, sample.points, path.read_bytes()):
+                log.warning("%s: %s", path, problem)
     if not samples:
         raise GlintTrackError(
             f"{in_dir}: none of {len(json_paths)} labelme files could be packed (see warnings); nothing was written"

@@ -4,9 +4,11 @@ are decoded (CSV or JSON, in batches), with a progress bar on a terminal and opt
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -20,6 +22,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
 from glint_track.files import IMAGE_SUFFIXES, atomic_path
 from glint_track.inference.backends import Detector, open_detector
+from glint_track.inference.labelme import PrelabelFolder
 
 #: Video files predict decodes frame by frame (with the `video` extra: PyAV).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -31,12 +34,14 @@ class Frame:
     name: str  # the image file, or `video.mp4#<frame index>`
     gray: np.ndarray  # H×W uint8, the original size
     sequence: str  # what it is a frame of: its video, or its image's folder
+    index: int | None = None  # its frame number in its video
 
 
 @dataclass
 class Predicted:
     frames: int
     glints: int
+    review: Path | None = None  # to_review.csv of the labelme folder
 
 
 def sources(inputs: list[str]) -> list[Path]:
@@ -109,7 +114,7 @@ def _video_frames(path: Path) -> Iterator[Frame]:
             )
         try:
             for frame in container.decode(video=0):
-                yield Frame(f"{path}#{decoded}", frame.to_ndarray(format="gray"), str(path))
+                yield Frame(f"{path}#{decoded}", frame.to_ndarray(format="gray"), str(path), decoded)
                 decoded += 1
         except av.FFmpegError as e:
             raise GlintTrackError(
@@ -120,7 +125,7 @@ def _video_frames(path: Path) -> Iterator[Frame]:
 def predict(
     model_ref: str,
     inputs: list[str],
-    out: Path,
+    out: Path | None,
     overlay_dir: Path | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     input_size: tuple[int, int] | None = None,
@@ -128,19 +133,25 @@ def predict(
     backend: str = "torch",
     batch_size: int = 16,
     window: int | None = None,
+    labelme: PrelabelFolder | None = None,
 ) -> Predicted:
-    """One row per frame and glint: image, glint (g1…), x, y (the frame's own pixels), score, present. Frames are
-    resized to `input_size` (default: the training images' size) and run `batch_size` at a time; with `window`,
-    one at a time, each on the window×window square (model-input pixels) around the previous frame's glints."""
-    if out.suffix.lower() not in (".csv", ".json"):
+    """One row per frame and glint: image, glint (g1…), x, y (the frame's own pixels), score, present, into `out`
+    and, with `labelme`, as each frame's pre-labels. Frames are resized to `input_size` (default: the training
+    images' size) and run `batch_size` at a time; with `window`, one at a time, each on the window×window square
+    (model-input pixels) around the previous frame's glints."""
+    if out is None and labelme is None:
+        raise GlintTrackError("nothing to write: pass --out preds.csv, --labelme-out FOLDER, or both")
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
     if window is not None and window % SIZE_MULTIPLE:
         raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 128")
     files = sources(inputs)
+    if labelme is not None:
+        labelme.check(files, VIDEO_SUFFIXES)
     detector = open_detector(model_ref, backend, device_name)
     size = input_size or detector.trained_size
     done = Predicted(0, 0)
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f, _Rows(f, out.suffix.lower()) as rows:
+    with _Rows.at(out) as rows:
         bar = tqdm(total=frame_count(files), unit="frame", disable=not sys.stderr.isatty())
         stream = (
             _windowed(detector, frames(files), size, window, threshold)
@@ -154,8 +165,12 @@ def predict(
             done.glints += sum(r["present"] for r in found)
             if overlay_dir is not None:
                 _overlay(overlay_dir, frame, found)
+            if labelme is not None:
+                labelme.write(frame.name, frame.gray, frame.index is not None, (h, w), found)
             bar.update(1)
         bar.close()
+    if labelme is not None:
+        done.review = labelme.close()
     return done
 
 
@@ -257,11 +272,22 @@ def _overlay(folder: Path, frame: Frame, rows: list[dict[str, object]]) -> None:
 
 
 class _Rows:
-    """Rows written as they come: CSV with a header, or one JSON array."""
+    """Rows written as they come: CSV with a header, or one JSON array (nowhere without a file: labelme alone)."""
 
     def __init__(self, f: IO[str], suffix: str) -> None:
         self.f, self.json, self.count = f, suffix == ".json", 0
         self.csv = None if self.json else csv.DictWriter(f, fieldnames=list(FIELDS))
+
+    @staticmethod
+    @contextmanager
+    def at(out: Path | None) -> Iterator[_Rows]:
+        """Rows into `out`, complete or not at all (a temporary file renamed at the end)."""
+        if out is None:
+            with _Rows(io.StringIO(), ".json") as rows:
+                yield rows
+            return
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f, _Rows(f, out.suffix.lower()) as rows:
+            yield rows
 
     def __enter__(self) -> _Rows:
         if self.csv is not None:
