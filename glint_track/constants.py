@@ -40,3 +40,6 @@ def default_cache_dir() -> Path:
 #: The key of a labelme JSON that `predict --labelme-out` wrote: what the model predicted there (labelme keeps keys it
 #: does not know when it saves), so that `pack` can measure how far the annotator moved each point.
 PRELABEL_KEY = "glint_track"
+#: The attributes of a file `pack` wrote naming the labelme folder it came from (absolute) and its JSON files' digest:
+#: a run's dataset input shows them, so a data version leads back to its annotations.
+PACKED_FROM, PACKED_DIGEST = "labelme_folder", "labelme_digest"

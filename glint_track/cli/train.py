@@ -40,6 +40,7 @@ Examples:
   glint-track train --h5 data.h5 --scheduler cosine --monitor val_f1 --monitor-mode max
   glint-track train --h5 data.h5 --batch-size 256 --lr 4e-3 --compile      # most images/s on a GPU, not most accurate
   glint-track train --resume 3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b --epochs 100
+  glint-track train --h5 round2.h5 --init-from 3f2c9a0d5b1e4d7c8a6b2e9f0c1d2a3b        # fine-tune on more data
   MLFLOW_TRACKING_URI=http://mlflow.lab:5000 glint-track train --h5 data.h5 --experiment sweeps
   glint-track train --h5 data.h5 --gpus 0,1                           # DDP on two GPUs
   torchrun --nproc-per-node 2 -m glint_track train --h5 data.h5 --device cpu   # DDP, gloo on the CPU
@@ -59,7 +60,7 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     from glint_track.training.run import POOR_ADVICE, POOR_F1
     from glint_track.training.stopping import TrainingStopped
 
-    for name in ("resume", "output_dir", "cache_dir"):  # `mlflow run` passes empty strings for "not set"
+    for name in ("resume", "init_from", "output_dir", "cache_dir"):  # `mlflow run` passes "" for "not set"
         options[name] = options[name] or None
     explicit = frozenset(
         name

@@ -26,6 +26,12 @@ TRAIN_OPTIONS = (
         help="Continue a run: an MLflow run ID, a runs:/<id>/<path> URI, or a checkpoint file (the research "
         "script's too).",
     ),
+    click.option(
+        "--init-from",
+        help="Fine-tune: a new run on --h5 that starts from a trained model's weights (an MLflow run ID: its best "
+        "checkpoint; a runs:/ or models:/ URI; a checkpoint file), from epoch 1 with a fresh optimizer; its width is "
+        "the model's. The run is tagged with where it started and shows that model's data beside its own.",
+    ),
     click.option("--experiment", default=D.experiment, show_default=True, help="MLflow experiment of a new run."),
     click.option("--run-name", help="MLflow run name of a new run (default: MLflow picks one)."),
     click.option(

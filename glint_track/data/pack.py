@@ -13,6 +13,7 @@ it is decoded, and every value of the JSON is type-checked: a bad file or shape 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -28,7 +29,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from glint_track.constants import OUTPUT_STRIDE, PRELABEL_KEY, SIGMA_MIN, SIGMA_SCALE
+from glint_track.constants import (
+    OUTPUT_STRIDE,
+    PACKED_DIGEST,
+    PACKED_FROM,
+    PRELABEL_KEY,
+    SIGMA_MIN,
+    SIGMA_SCALE,
+)
 from glint_track.data.corrections import Corrections
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import Glint, render_heatmaps
@@ -198,6 +206,14 @@ def _read_sample(
     return _Sample(stem, gray, glints, points, record.get(PRELABEL_KEY)), warnings_
 
 
+def folder_digest(json_paths: list[Path]) -> str:
+    """SHA-256 over a folder's labelme files (names and contents): which annotations a file was packed from."""
+    total = hashlib.sha256()
+    for path in json_paths:
+        total.update(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
 def _first_image_size(json_paths: list[Path], root: Path) -> tuple[int, int] | None:
     for path in json_paths:
         try:
@@ -286,6 +302,7 @@ def pack_labelme(
         hm_w=hm[1],
         prefix=prefix,
         source=f"glint-track pack {in_dir}",
+        **{PACKED_FROM: str(root), PACKED_DIGEST: folder_digest(json_paths)},
     )
     write_glint_file(out, images, heatmaps, points, radii, [s.stem for s in samples], attrs, compression)
     summary.out, summary.packed = out, n

@@ -21,14 +21,14 @@ import mlflow
 import numpy as np
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 
 import glint_track
-from glint_track.constants import OUTPUT_STRIDE
+from glint_track.constants import OUTPUT_STRIDE, PACKED_DIGEST, PACKED_FROM
 from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
@@ -50,6 +50,8 @@ from glint_track.tracking.spool import Spool
 from glint_track.tracking.tags import TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY, TAG_TRAIN_TIME
 
 log = logging.getLogger(__name__)
+#: What an MLflow dataset entity holds besides its profile.
+_DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema")
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow retries a failed request for minutes by default; an unreachable server is spooled instead (see
@@ -201,8 +203,9 @@ class RunTracker:
         self.set_tags({TAG_SUMMARY: summary, TAG_NOTE: _description(summary, self.history)})
 
     def log_dataset(self, data: GlintData) -> None:
-        """The training file as the run's MLflow input: name, source path, digest (the first 16 hex
-        digits of its SHA-256, so runs on the same file show the same one) and array shapes."""
+        """The training file as the run's MLflow input: name, source path, digest (the first 16 hex digits of its
+        SHA-256, so runs on the same file show the same one, and files that differ differ), array shapes, and a
+        profile: samples, glints, image size and, for a file `pack` made, the labelme folder (and its digest)."""
         with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources and says so
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(data.path.resolve()))
@@ -218,8 +221,23 @@ class RunTracker:
                 ),
             ]
         )
-        dataset = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema)
-        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
+        described = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema).to_dict()
+        profile = {"samples": data.num_samples, "glints": c, "image_size": [h, w]}
+        profile |= {k: data.attrs[k] for k in (PACKED_FROM, PACKED_DIGEST) if isinstance(data.attrs.get(k), str)}
+        dataset = Dataset(**{k: described.get(k) for k in _DATASET_FIELDS}, profile=json.dumps(profile))
+        self._log_inputs([DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+
+    def log_parent_datasets(self, parent_run_id: str) -> None:
+        """A fine-tuning's inputs also show what the model it started from learnt from (context: fine-tuned from)."""
+        try:
+            parents = self.client.get_run(parent_run_id).inputs.dataset_inputs
+        except MlflowException as e:
+            log.warning("the data of run %s, which this run starts from, is not shown: %s", parent_run_id, e.message)
+            return
+        context = [InputTag("mlflow.data.context", f"fine-tuned from run {parent_run_id}")]
+        self._log_inputs([DatasetInput(d.dataset, context) for d in parents])
+
+    def _log_inputs(self, inputs: list[DatasetInput]) -> None:
         try:
             self.client.log_inputs(self.run_id, datasets=inputs)
         except MlflowException as e:  # runs started together (a sweep) raced to record the same dataset:

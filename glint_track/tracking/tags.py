@@ -1,6 +1,8 @@
 """The MLflow tags glint-track writes on a run, each named once."""
 
 TAG_RESUMED_FROM = "glint_track.resumed_from"
+TAG_INIT_FROM = "glint_track.init_from"  # a fine-tuning: the model it started from, as given to --init-from
+TAG_INIT_FROM_RUN = "glint_track.init_from.run"  # and the run that model came from
 
 
 TAG_DATASET_DIGEST = "glint_track.dataset.digest"  # SHA-256 of the HDF5 file a run learns from

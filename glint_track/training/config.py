@@ -52,7 +52,7 @@ def knobs_read(name: str) -> tuple[str, ...]:
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}
 #: Settings that describe this invocation, not the training: a resume never inherits them, and a new value
 #: on a continued run is not an override of the run's settings.
-INVOCATION = frozenset({"resume"})
+INVOCATION = frozenset({"resume", "init_from"})
 #: Settings that belong to the run a checkpoint came from: inherited only when continuing that run.
 _RUN_ONLY = frozenset({"experiment", "run_name", "output_dir"})
 #: What the research script did without a flag (it had no scheduler and always used Adam).
@@ -87,6 +87,7 @@ class TrainConfig(LossWeights):
     experiment: str = "glint-track"
     run_name: str | None = None
     resume: str | None = None  # run ID, runs:/ URI or checkpoint path
+    init_from: str | None = None  # a new run from these weights (fine-tuning): run ID, runs:/, models:/ or file
     # model and loss
     base_channels: int = 16
     loss: str = "peak-bce"  # the research script's was focal
@@ -159,6 +160,10 @@ class TrainConfig(LossWeights):
         """Reject impossible values with the fix, whatever their source (CLI, env var or checkpoint)."""
         checks = [
             (self.h5 is not None, "no data file given: pass --h5 FILE (or --resume a run that has one)"),
+            (
+                not (self.init_from and self.resume),
+                "--init-from starts a new run from a model's weights and --resume continues one: pass one of them",
+            ),
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})"),

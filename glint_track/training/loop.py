@@ -38,7 +38,7 @@ from glint_track.training.parts import (
     training_parts,
 )
 from glint_track.training.preview import Preview
-from glint_track.training.resume import ResumePlan, check_same_data, plan_resume
+from glint_track.training.resume import ResumePlan, check_same_data, plan_init, plan_resume
 from glint_track.training.stopping import StopRequest, TrainingStopped
 
 if TYPE_CHECKING:
@@ -203,7 +203,12 @@ def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfi
     """The command line's settings, or on --resume the checkpoint's overlaid by what was typed (refusing
     what cannot apply; AlreadyFinished when nothing is left to do)."""
     plan = None
-    if cli_cfg.resume:  # the checkpoint comes from the tracking store: it is opened first (MLflow imported)
+    if cli_cfg.init_from:  # a fine-tuning: the model's weights, from the tracking store or a file
+        from glint_track.tracking.server import open_tracking_store
+
+        open_tracking_store()
+        plan = plan_init(cli_cfg, explicit)
+    elif cli_cfg.resume:  # the checkpoint comes from the tracking store: it is opened first (MLflow imported)
         from glint_track.tracking.server import open_tracking_store
         from glint_track.tracking.sync import send_spool_if_pending
 

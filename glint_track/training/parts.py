@@ -157,8 +157,12 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
     if glints != num_glints:
         raise GlintTrackError(
             f"{source.label}: the checkpoint's model predicts {glints} glints but {cfg.h5} has {num_glints} glint "
-            f"channels; resume with the data it was trained on, or start a new run"
+            f"channels; train on data with {glints} glints, or a new model (without --resume/--init-from)"
         )
+    if plan.weights_only:  # --init-from: the weights alone; optimizer, epoch and progress start afresh
+        restore({"model": parts["model"]}, source.checkpoint, source.label)
+        log.info("starting from the weights of %s (fresh optimizer, epoch 1)", source.label)
+        return
     restorable = dict(parts)
     if "optimizer" in plan.changed:
         log.warning(

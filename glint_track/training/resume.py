@@ -8,7 +8,7 @@ in the run. A typed setting that cannot apply is refused in one line before anyt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,8 @@ class ResumePlan:
     start_epoch: int
     finishing: bool  # every epoch is done but the run was stopped before its model was logged
     h5_typed: bool = False  # --h5 was passed (else cfg.h5 is the file the run recorded)
+    weights_only: bool = False  # --init-from: a new run from the model's weights alone (fine-tuning)
+    parent_run: str | None = None  # with --init-from: the run the weights come from
 
     @property
     def same_run(self) -> bool:
@@ -98,6 +100,23 @@ def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
         )
     plan.finishing = cfg.epochs == done  # a continued run killed after its last epoch: log its model
     return plan
+
+
+def plan_init(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
+    """--init-from: a new run on the typed settings that starts from a model's weights (its best checkpoint for a run
+    ID), its width the model's; nothing else of the checkpoint (optimizer, epoch, settings) is taken."""
+    from glint_track.tracking.fetch import fetch_checkpoint
+
+    source = fetch_checkpoint(cli.init_from, prefer_best=True, option="--init-from")
+    width = model_shape(source.checkpoint["model_state_dict"], source.label)[1]
+    if "base_channels" in explicit and cli.base_channels != width:
+        raise GlintTrackError(
+            f"--init-from {cli.init_from}: its model has base width {width}, so --base-channels {cli.base_channels} "
+            "cannot start from it; drop --base-channels"
+        )
+    cfg = replace(cli, base_channels=width)
+    parent = replace(source, run_id=None)  # a new run: nothing of the parent's run is continued
+    return ResumePlan(parent, cfg, {}, 1, False, h5_typed=True, weights_only=True, parent_run=source.run_id)
 
 
 def _refuse_what_cannot_apply(plan: ResumePlan) -> None:

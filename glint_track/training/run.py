@@ -27,6 +27,8 @@ from glint_track.tracking.tags import (
     TAG_DATASET_DIGEST,
     TAG_DATASET_PATH,
     TAG_EPOCHS,
+    TAG_INIT_FROM,
+    TAG_INIT_FROM_RUN,
     TAG_LOCAL_COPY,
     TAG_RESUMED_FROM,
     TAG_TRAIN_TIME,
@@ -144,7 +146,12 @@ class TrackedRun:
         """Params, tags and the dataset; on a continued run, what changed and from which epoch."""
         cfg, plan, data, tracker = self.cfg, self.plan, self.data, self.tracker
         start = plan.start_epoch if plan else 1
-        if plan and not plan.same_run:
+        if plan and plan.weights_only:  # a fine-tuning: its lineage, and the data its start learnt from beside its own
+            parent = {TAG_INIT_FROM_RUN: plan.parent_run} if plan.parent_run else {}
+            tracker.set_tags({TAG_INIT_FROM: plan.source.label} | parent)
+            if plan.parent_run:
+                tracker.log_parent_datasets(plan.parent_run)
+        elif plan and not plan.same_run:
             tracker.set_tags({TAG_RESUMED_FROM: plan.source.label})
         scale = {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size}
         tracker.log_config(cfg.params() | scale, start, INVOCATION, everything=cfg.to_dict() | scale)
