@@ -12,26 +12,20 @@ import subprocess
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.types import Schema, TensorSpec
 
 import glint_track
-from glint_track.constants import OUTPUT_STRIDE, PACKED_DIGEST, PACKED_FROM
 from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
+from glint_track.tracking.datasets import log_parent_data, log_training_data
 from glint_track.tracking.lease import RunLease
 from glint_track.tracking.logged_model import model_of
 from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
@@ -42,16 +36,14 @@ from glint_track.tracking.server import (
     is_remote,
     local_artifact_root,
     local_store_errors,
-    reachable,
     retry_interval,
+    server_away,
     tracking_uri,
 )
 from glint_track.tracking.spool import Spool
 from glint_track.tracking.tags import TAG_HISTORY, TAG_NOTE, TAG_OVERRIDE, TAG_SUMMARY, TAG_TRAIN_TIME
 
 log = logging.getLogger(__name__)
-#: What an MLflow dataset entity holds besides its profile.
-_DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema")
 # MLflow's per-download progress bars would clutter our log; our own progress is shown per epoch.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow retries a failed request for minutes by default; an unreachable server is spooled instead (see
@@ -203,47 +195,12 @@ class RunTracker:
         self.set_tags({TAG_SUMMARY: summary, TAG_NOTE: _description(summary, self.history)})
 
     def log_dataset(self, data: GlintData) -> None:
-        """The training file as the run's MLflow input: name, source path, digest (the first 16 hex digits of its
-        SHA-256, so runs on the same file show the same one, and files that differ differ), array shapes, and a
-        profile: samples, glints, image size and, for a file `pack` made, the labelme folder (and its digest)."""
-        with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources and says so
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(str(data.path.resolve()))
-        h, w = data.image_size
-        c = data.num_glints
-        schema = Schema(
-            [
-                TensorSpec(np.dtype(np.uint8), (-1, h, w), name="images"),
-                TensorSpec(
-                    np.dtype(str(data.heatmaps.dtype).removeprefix("torch.")),
-                    (-1, c, h // OUTPUT_STRIDE, w // OUTPUT_STRIDE),
-                    name="heatmaps",
-                ),
-            ]
-        )
-        described = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema).to_dict()
-        profile = {"samples": data.num_samples, "glints": c, "image_size": [h, w]}
-        profile |= {k: data.attrs[k] for k in (PACKED_FROM, PACKED_DIGEST) if isinstance(data.attrs.get(k), str)}
-        dataset = Dataset(**{k: described.get(k) for k in _DATASET_FIELDS}, profile=json.dumps(profile))
-        self._log_inputs([DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+        """The training file as the run's MLflow input (see datasets.py)."""
+        log_training_data(self.client, self.run_id, data)
 
     def log_parent_datasets(self, parent_run_id: str) -> None:
-        """A fine-tuning's inputs also show what the model it started from learnt from (context: fine-tuned from)."""
-        try:
-            parents = self.client.get_run(parent_run_id).inputs.dataset_inputs
-        except MlflowException as e:
-            log.warning("the data of run %s, which this run starts from, is not shown: %s", parent_run_id, e.message)
-            return
-        context = [InputTag("mlflow.data.context", f"fine-tuned from run {parent_run_id}")]
-        self._log_inputs([DatasetInput(d.dataset, context) for d in parents])
-
-    def _log_inputs(self, inputs: list[DatasetInput]) -> None:
-        try:
-            self.client.log_inputs(self.run_id, datasets=inputs)
-        except MlflowException as e:  # runs started together (a sweep) raced to record the same dataset:
-            if "UNIQUE constraint" not in str(e):  # it exists now, and the second try links it
-                raise
-            self.client.log_inputs(self.run_id, datasets=inputs)
+        """A fine-tuning's inputs also show what the model it started from learnt from."""
+        log_parent_data(self.client, self.run_id, parent_run_id)
 
     def log_summary(self, values: dict[str, float]) -> None:
         """Values of the run as a whole (not of an epoch) at step 0, where the UI draws each as one bar; only
@@ -322,7 +279,7 @@ class RunTracker:
             else:  # never activated (an evaluation, a run that failed while opening)
                 self.client.set_terminated(self.run_id, status)
         except Exception as e:
-            if self.spool is None or reachable(tracking_uri()):
+            if self.spool is None or not server_away(e):
                 raise
             log.debug("ending the run failed (%s); spooled", e)
             self.spool.append("end", {"status": status})
@@ -348,7 +305,7 @@ class RunTracker:
             try:
                 send(self, op, args, file)
             except Exception as e:
-                if self.spool is None or reachable(tracking_uri()):
+                if self.spool is None or not server_away(e):
                     raise self._refused(op, e) from e
                 self._last_attempt = time.monotonic()
                 self.spool.append(op, args, file)
@@ -390,7 +347,7 @@ class RunTracker:
         try:
             sent = self.spool.replay(lambda op, args, file: send(self, op, args, file))
         except Exception as e:
-            if reachable(tracking_uri()):
+            if not server_away(e):
                 raise
             log.debug("tracking server still unreachable (%s)", e)
             return False

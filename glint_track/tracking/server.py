@@ -168,6 +168,18 @@ def reachable(uri: str) -> bool:
         return False
 
 
+def server_away(error: BaseException) -> bool:
+    """Whether a failed call failed because the remote server is away: its request could not connect or timed out
+    (whatever the server says a moment later: it may be coming back just then), or the server does not answer now.
+    Else the server refused the call (a full disk, a bad name): that is an error to report, not to retry."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return not reachable(tracking_uri())
+
+
 def retry_interval() -> float:
     """Seconds between attempts to reach a server that went away (GLINT_TRACK_SPOOL_RETRY_S)."""
     return float(os.environ.get("GLINT_TRACK_SPOOL_RETRY_S", "30"))

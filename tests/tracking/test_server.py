@@ -11,10 +11,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from glint_track.errors import GlintTrackError
+from glint_track.tracking import server
 from glint_track.tracking.server import (
     check_tracking_server,
     experiment_id_for,
@@ -23,6 +25,7 @@ from glint_track.tracking.server import (
     local_artifact_root,
     local_store_errors,
     reachable,
+    server_away,
     sqlite_path,
 )
 from glint_track.tracking.tags import TAG_EXPERIMENT_KIND
@@ -104,3 +107,20 @@ def test_a_local_store_that_cannot_be_written_is_one_line_but_other_mlflow_error
     with pytest.raises(MlflowException, match="no experiment named"):
         with local_store_errors():
             raise MlflowException("no experiment named 'x'")
+
+
+def test_a_call_that_could_not_connect_is_an_outage_even_if_the_server_answers_a_moment_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server coming back: the spooled upload was refused a connection, /health answers just after. Taken for a
+    refusal of the call, it ended a run that the spool was about to complete (seen in CI)."""
+    monkeypatch.setattr(server, "reachable", lambda uri: True)  # it answers now
+    try:
+        try:
+            raise requests.ConnectionError("[Errno 111] Connection refused")
+        except requests.ConnectionError as e:
+            raise MlflowException(f"API request failed with exception {e}")  # noqa: B904 (as MLflow's http_request)
+    except MlflowException as e:
+        could_not_connect = e
+    assert server_away(could_not_connect)
+    assert not server_away(MlflowException("RESOURCE_EXHAUSTED: no space left"))  # it answered and refused
