@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import random
 import subprocess
 import tempfile
 import threading
@@ -20,6 +21,7 @@ import mlflow
 from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.name_utils import _GENERATOR_NOUNS, _GENERATOR_PREDICATES
 
 import glint_track
 from glint_track.data.glint_file import GlintData
@@ -50,6 +52,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # RunTracker), so a few seconds of retries are enough to ride out a blip.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def fresh_run_name() -> str:
+    """A name in MLflow's style (`bright-owl-42`) drawn from the OS's entropy. MLflow draws its names from Python's
+    global generator, which training seeds: every run with the same seed would be called the same."""
+    draw = random.SystemRandom()
+    return f"{draw.choice(_GENERATOR_PREDICATES)}-{draw.choice(_GENERATOR_NOUNS)}-{draw.randint(0, 999)}".lower()
 
 
 def git_commit() -> str | None:
@@ -124,7 +133,9 @@ class RunTracker:
             if continue_run_id is None:
                 experiment_id = experiment_id_for(experiment, client)
                 tags = resolve_tags() | (provenance(project) if project is not None else {})
-                continue_run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+                continue_run_id = client.create_run(
+                    experiment_id, run_name=run_name or fresh_run_name(), tags=tags
+                ).info.run_id
         lease, stale = (
             RunLease.acquire(client, continue_run_id, new=new) if claim else (None, None)
         )  # before anything is written

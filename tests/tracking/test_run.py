@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from glint_track.tracking import run as tracking_run
 from glint_track.tracking.run import RunTracker
 from glint_track.tracking.tags import TAG_NOTE, TAG_OVERRIDE
+from glint_track.training.parts import seed_everything
 
 
 def test_a_continued_run_keeps_its_params_and_tags_what_changed() -> None:
@@ -84,3 +85,16 @@ def test_models_a_stopped_process_left_half_logged_are_deleted() -> None:
     left = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{tracker.run_id}'")
     assert left == []
     tracker.finish("FINISHED", wait_s=0)
+
+
+def test_runs_trained_with_the_same_seed_get_different_names() -> None:
+    names = []
+    for _ in range(3):
+        seed_everything(0)  # what training does before its run is opened
+        tracker = RunTracker.start("exp", None, None, claim=False)
+        names.append(mlflow.get_run(tracker.run_id).info.run_name)
+        tracker.finish("FINISHED", wait_s=0)
+    assert len(set(names)) == 3 and all(name.count("-") == 2 for name in names)
+    named = RunTracker.start("exp", "mine", None, claim=False)
+    assert mlflow.get_run(named.run_id).info.run_name == "mine"
+    named.finish("FINISHED", wait_s=0)
