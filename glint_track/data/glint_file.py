@@ -59,6 +59,19 @@ class GlintData:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
 
+def _unreadable(path: Path, error: OSError) -> GlintTrackError:
+    """HDF5 refuses a file another process holds open for writing (its lock), and reports a truncated or
+    damaged one on open or on read: each has its own fix."""
+    if isinstance(error, BlockingIOError) or "unable to lock file" in str(error):
+        return fail(
+            path,
+            "is locked: another program has it open for writing (a packer or synth still running, an HDF5 viewer)",
+            "let it finish or close it, then run again",
+        )
+    fix = "the file is truncated or damaged: copy or pack it again"
+    return fail(path, f"cannot be read ({first_line(error)})", fix)
+
+
 def _attrs(f: h5py.File) -> dict[str, Any]:
     """The file's attributes as plain values; one h5py cannot convert is left out."""
     out = {}
@@ -123,10 +136,8 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
             if arrays is None:
                 arrays = _decode(path, datasets)
             attrs = _attrs(f)
-    except OSError as e:  # truncated or damaged file: h5py reports it on open or on read
-        raise fail(
-            path, f"cannot be read ({first_line(e)})", "the file is truncated or damaged: copy or pack it again"
-        ) from e
+    except OSError as e:
+        raise _unreadable(path, e) from e
     if not from_cache and cache_dir and _write_cache(cache_dir, digest, arrays):
         arrays = _read_cache(cache_dir / digest, expected) or arrays  # this process maps the shared copy too
     with warnings.catch_warnings():  # memory-mapped arrays are read-only; training only ever reads them

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -85,6 +87,18 @@ def test_missing_not_hdf5_and_truncated_files(tmp_path: Path, tiny_h5: Path) -> 
     truncated.write_bytes(tiny_h5.read_bytes()[: tiny_h5.stat().st_size // 2])
     with pytest.raises(GlintTrackError, match="truncated|not an HDF5"):
         load_glint_file(truncated)
+
+
+def test_a_file_another_process_is_writing_is_reported_locked_not_damaged(tiny_h5: Path) -> None:
+    holder = "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); print('open', flush=True); sys.stdin.read()"
+    with subprocess.Popen(
+        [sys.executable, "-c", holder, str(tiny_h5)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(GlintTrackError, match="is locked: another program has it open for writing.*then run again"):
+            load_glint_file(tiny_h5)
+        writer.stdin.close()
+    assert load_glint_file(tiny_h5).num_samples > 0  # the same file, once the writer let go
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
