@@ -24,6 +24,10 @@ from glint_track.files import first_line
 DICT_FIELDS = ("train_args", "metrics", "best", "optimizer_state_dict", "scaler_state_dict", "rng_state", "model_info")
 
 
+#: How torch.save began a file before 1.6: a pickle (protocol 2) of its magic number 0x1950a86a20f9469cfc6c.
+LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def refuse(label: str, problem: str) -> GlintTrackError:
     return GlintTrackError(
         f"{label}: {problem}; the checkpoint is damaged or was not written by glint-track or the "
@@ -38,12 +42,17 @@ class CorruptCheckpoint(GlintTrackError):
 def check_container(path: Path) -> None:
     """A zip archive as torch.save writes it: every entry stored uncompressed, none larger than the file."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(len(LEGACY_TORCH_HEAD))
     if head.startswith(b"\x80") and not zipfile.is_zipfile(path):
+        if head[2:] == LEGACY_TORCH_HEAD[2:]:
+            raise GlintTrackError(
+                f"{path}: saved in torch's format from before 1.6, which declares its tensor sizes before they can be "
+                f"checked, so it is not read; re-save it with a current torch "
+                f"(torch.save(torch.load(f), f) on a trusted machine)"
+            )
         raise GlintTrackError(
-            f"{path}: saved in torch's format from before 1.6, which declares its tensor sizes before they can be "
-            f"checked, so it is not read; re-save it with a current torch "
-            f"(torch.save(torch.load(f), f) on a trusted machine)"
+            f"{path}: a plain Python pickle, not a torch.save file; a pickle can run code, so it is not read: "
+            f"save the weights with torch.save(model.state_dict(), f) on a trusted machine"
         )
     try:
         with zipfile.ZipFile(path) as archive:
@@ -54,7 +63,7 @@ def check_container(path: Path) -> None:
             "an empty file"
             if not head
             else "no complete zip archive"
-            if head == b"PK\x03\x04"
+            if head.startswith(b"PK\x03\x04")
             else "not a torch.save file"
         )
         raise CorruptCheckpoint(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import pickle
 import shutil
 import struct
 import zipfile
@@ -263,6 +264,7 @@ def build_checkpoints(out: Path) -> None:
         for item in src.infolist():
             dst.writestr(item.filename, src.read(item))
     torch.save(good, out / "legacy_format.pth", _use_new_zipfile_serialization=False)
+    (out / "plain_pickle.pth").write_bytes(pickle.dumps({"epoch": 1, "note": "pickle.dump, not torch.save"}, 2))
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ CHECKPOINTS_REFUSED = {
     "bit_flipped.pth": "fails its CRC check, the file is damaged",
     "compressed_entries.pth": "is compressed or larger than the file",
     "legacy_format.pth": "saved in torch's format from before 1.6",
+    "plain_pickle.pth": "a plain Python pickle, not a torch.save file",
     "model_state_is_a_tensor.pth": "its model_state_dict is a Tensor",
     "model_state_is_a_list.pth": "its model_state_dict is a list",
     "model_state_is_empty.pth": "its model_state_dict is empty",
