@@ -118,11 +118,13 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code.
     When its checksum file is beside it, the bytes are verified first (it may list two digests: the
-    file's and the one it replaces, see Checkpointer._publish)."""
+    file's and the one it replaces, see Checkpointer._publish). `label` names the checkpoint in errors
+    where its path is a download's temporary copy (`run <id>'s checkpoints/best_model.pth`)."""
     path = Path(path)
+    label = label or str(path)
     if not path.is_file():
         raise GlintTrackError(
             f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume"
@@ -130,19 +132,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     sidecar = checksum_path(path)
     if sidecar.is_file() and file_digest(path) not in sidecar.read_text().split():
         raise CorruptCheckpoint(
-            f"{path}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run"
+            f"{label}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run"
         )
-    check_container(path)
+    check_container(path, label)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise GlintTrackError(
-            f"{path}: refused to load, it holds objects other than tensors and plain data, which could run code; "
+            f"{label}: refused to load, it holds objects other than tensors and plain data, which could run code; "
             f"re-save it as a plain state dict from a trusted copy"
         ) from e
     except Exception as e:  # torch's reader of bytes from anyone: any failure means an unreadable file, never a crash
         raise CorruptCheckpoint(
-            f"{path}: not a readable checkpoint ({first_line(e)}); it may be truncated, use an earlier one"
+            f"{label}: not a readable checkpoint ({first_line(e)}); it may be truncated, use an earlier one"
         ) from e
     if (
         isinstance(checkpoint, dict)
@@ -151,7 +153,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
     ):
         checkpoint = {"epoch": 0, "model_state_dict": checkpoint}  # a bare weights file (best_model_weights.pt)
-    check_fields(checkpoint, str(path))
+    check_fields(checkpoint, label)
     checkpoint["model_state_dict"] = canonical_state_dict(checkpoint["model_state_dict"])
     checkpoint.setdefault("epoch", 0)
     checkpoint["train_args"] = checkpoint.get("train_args") or {}

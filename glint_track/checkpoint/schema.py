@@ -39,19 +39,20 @@ class CorruptCheckpoint(GlintTrackError):
     """A checkpoint whose bytes are damaged (checksum mismatch or unreadable), as opposed to a wrong one."""
 
 
-def check_container(path: Path) -> None:
-    """A zip archive as torch.save writes it: every entry stored uncompressed, none larger than the file."""
+def check_container(path: Path, label: str) -> None:
+    """A zip archive as torch.save writes it: every entry stored uncompressed, none larger than the file.
+    `label` names it in errors."""
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_TORCH_HEAD))
     if head.startswith(b"\x80") and not zipfile.is_zipfile(path):
         if head[2:] == LEGACY_TORCH_HEAD[2:]:
             raise GlintTrackError(
-                f"{path}: saved in torch's format from before 1.6, which declares its tensor sizes before they can be "
+                f"{label}: saved in torch's format from before 1.6, which declares its tensor sizes before they can be "
                 f"checked, so it is not read; re-save it with a current torch "
                 f"(torch.save(torch.load(f), f) on a trusted machine)"
             )
         raise GlintTrackError(
-            f"{path}: a plain Python pickle, not a torch.save file; a pickle can run code, so it is not read: "
+            f"{label}: a plain Python pickle, not a torch.save file; a pickle can run code, so it is not read: "
             f"save the weights with torch.save(model.state_dict(), f) on a trusted machine"
         )
     try:
@@ -67,17 +68,17 @@ def check_container(path: Path) -> None:
             else "not a torch.save file"
         )
         raise CorruptCheckpoint(
-            f"{path}: not a readable checkpoint ({reason}); it may be truncated, use an earlier one"
+            f"{label}: not a readable checkpoint ({reason}); it may be truncated, use an earlier one"
         ) from e
     if damaged is not None:  # torch.save records each entry's CRC-32; torch.load does not check it
         raise CorruptCheckpoint(
-            f"{path}: its entry {damaged!r} fails its CRC check, the file is damaged; use an earlier one"
+            f"{label}: its entry {damaged!r} fails its CRC check, the file is damaged; use an earlier one"
         )
     size = path.stat().st_size
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
             raise refuse(
-                str(path),
+                label,
                 f"its entry {entry.filename!r} is compressed or larger than the file (torch.save never "
                 f"writes such entries)",
             )

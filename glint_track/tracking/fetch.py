@@ -38,7 +38,7 @@ class ResumeSource:
 def _download_checkpoint(run_id: str, artifact_path: str, names: set[str] | None = None) -> tuple[dict[str, Any], str]:
     """Download a checkpoint with its checksum file (when the run has one) and load it, verified.
     `names`: the files in the checkpoint's folder, when the caller has listed it already."""
-    with tempfile.TemporaryDirectory(prefix="glint-track-resume-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="glint-track-checkpoint-") as tmp:
         path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp))
         sidecar = f"{artifact_path}.sha256"
         if names is None:
@@ -46,7 +46,7 @@ def _download_checkpoint(run_id: str, artifact_path: str, names: set[str] | None
             names = list_artifact_names(run_id, parent)
         if Path(sidecar).name in names:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=sidecar, dst_path=tmp)
-        return load_checkpoint(path), file_digest(path)
+        return load_checkpoint(path, f"runs:/{run_id}/{artifact_path}"), file_digest(path)
 
 
 def _newest_intact_alternative(run_id: str, names: set[str]) -> str | None:
@@ -79,7 +79,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
                 raise GlintTrackError(
                     f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file"
                 )
-            return ResumeSource(load_checkpoint(found[0]), None, source)
+            return ResumeSource(load_checkpoint(found[0], f"{source} ({found[0].name})"), None, source)
     if source.startswith("runs:/"):  # one checkpoint of a run: a new run starts from it (see resume.py)
         run_id, _, artifact_path = source[len("runs:/") :].partition("/")
         get_run(run_id)
@@ -127,11 +127,11 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
     except CorruptCheckpoint as e:
         alternative = _newest_intact_alternative(source, names)
         fix = (
-            f"resume from the newest intact one: {option} {alternative}"
+            f"use the newest intact one: {option} {alternative}"
             if alternative
             else "no intact checkpoint is left in it"
         )
-        raise GlintTrackError(f"run {source}: {e.format_message().split('; ')[0]}; {fix}") from e
+        raise GlintTrackError(f"{e.format_message().split('; ')[0]}; {fix}") from e
 
 
 def _refuse_deleted(run: Any, experiment: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -164,10 +165,25 @@ def test_damaged_latest_checkpoint_names_the_newest_intact_one(tiny_h5: Path) ->
     latest.write_bytes(latest.read_bytes()[:1000])  # cut short, as by a crash mid-upload
     message = fails_cleanly(["train", "--resume", run_id, "--epochs", "4"], "checksum mismatch")
     assert f"--resume runs:/{run_id}/checkpoints/epoch_003.pth" in message
+    assert message.startswith(f"Error: runs:/{run_id}/checkpoints/latest_checkpoint.pth: checksum mismatch")
+    assert tempfile.gettempdir() not in message  # the run and artifact are named, not the download's copy
     result = CliRunner().invoke(
         main, ["train", "--resume", f"runs:/{run_id}/checkpoints/epoch_003.pth", "--epochs", "4"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_damaged_best_model_is_named_by_run_and_artifact_for_evaluate(tiny_h5: Path) -> None:
+    """evaluate downloads best_model.pth to a temporary folder: the error names the run's artifact, not that copy,
+    and the fix is a --model to use, not a resume."""
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1")
+    artifacts = Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    best = artifacts / "best_model.pth"
+    best.write_bytes(best.read_bytes()[:1000])
+    message = fails_cleanly(["evaluate", "--model", run_id, "--h5", str(tiny_h5)], "checksum mismatch")
+    assert message.startswith(f"Error: runs:/{run_id}/checkpoints/best_model.pth: checksum mismatch")
+    assert f"use the newest intact one: --model runs:/{run_id}/checkpoints/" in message
+    assert tempfile.gettempdir() not in message and "resume" not in message
 
 
 def test_refused_credentials(tiny_h5: Path) -> None:
