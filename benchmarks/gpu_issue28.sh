@@ -26,7 +26,7 @@ check)
         --workdir /tmp/cold 2>&1 | tee "$OUT/cold.log"
     mkdir -p /tmp/su && cd /tmp/su
     for i in 1 2 3; do  # run 1 creates the store; 2 and 3 find it
-        timeout 60 python3 "$OLDPWD/benchmarks/startup.py" --h5 "$H5" --epochs 4 2>&1 | tail -14
+        timeout 60 python3 "$OLDPWD/benchmarks/startup.py" --h5 "$H5" --epochs 4 2>&1 | tail -20
     done | tee "$OUT/startup.log"
     cd "$OLDPWD"
     timeout 240 python3 benchmarks/throughput.py --only c16_graphs,b_default,b_default \

@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     mark("import torch")
-    from glint_track.training import loop, opening
+    from glint_track.training import graphs, loop, opening
     from glint_track.training.config import TrainConfig
 
     mark("import glint_track.training.loop (no MLflow)")
@@ -60,6 +60,7 @@ def main() -> None:
     timed(loop, "settings", "settings")
     timed(loop, "training_data", "data loaded, checked and placed")
     timed(loop, "training_parts", "model, optimizer, loss built")
+    timed(graphs.GraphedStep, "_capture", "CUDA graph of the step captured (3 warm-up steps, then capture)")
     first = []
 
     def first_step(self, step: int, real=loop.BetweenSteps.__call__) -> None:
