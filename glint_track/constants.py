@@ -28,6 +28,9 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 #: Bit depths a sensor may deliver (`synth --bits`); the HDF5 file always holds 8 bits, as `pack` makes them.
 SENSOR_BITS = (8, 10, 12, 16)
 
+#: Where a run's local copy (checkpoints, training.log) goes without --output-dir: runs/<run id>.
+RUNS_DIR = Path("runs")
+
 #: What runs the model for `predict`.
 BACKENDS = ("torch", "onnx")
 

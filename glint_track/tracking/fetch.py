@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from glint_track.checkpoint.format import ARTIFACT_DIR, BEST, EPOCH_FILE, LATEST, load_checkpoint
 from glint_track.checkpoint.schema import CorruptCheckpoint
+from glint_track.constants import RUNS_DIR
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
 from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, tracking_uri
-from glint_track.tracking.tags import TAG_DATASET_DIGEST, TAG_DATASET_PATH
+from glint_track.tracking.tags import TAG_CONTINUED_IN, TAG_DATASET_DIGEST, TAG_DATASET_PATH, TAG_LOCAL_COPY
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,19 +71,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
     if Path(source).is_file():
         return ResumeSource(load_checkpoint(source), None, source)
     if source.startswith("models:/"):  # a logged or registered glint-track model: its checkpoint artifact
-        with tempfile.TemporaryDirectory(prefix="glint-track-model-") as tmp:
-            try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
-            except MlflowException as e:
-                raise GlintTrackError(
-                    f"{source}: no such model at {tracking_uri()}; check the name and version in the MLflow UI"
-                ) from e
-            found = sorted(local.rglob("*.pth"))
-            if not found:
-                raise GlintTrackError(
-                    f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file"
-                )
-            return ResumeSource(load_checkpoint(found[0], f"{source} ({found[0].name})"), None, source)
+        return _fetch_model(source)
     if source.startswith("runs:/"):  # one checkpoint of a run: a new run starts from it (see resume.py)
         run_id, _, artifact_path = source[len("runs:/") :].partition("/")
         get_run(run_id)
@@ -97,14 +89,14 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
     run = get_run(source)
+    if continued := run.data.tags.get(TAG_CONTINUED_IN):
+        log.info("run %s was made by `mlflow run`, which trained in run %s: using run %s", source, continued, continued)
+        return fetch_checkpoint(continued, prefer_best, option)
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
     _refuse_deleted(run, experiment)
     names = list_artifact_names(source, ARTIFACT_DIR)
     if LATEST not in names:
-        raise GlintTrackError(
-            f"run {source} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
-            f"glint-track run); start a new training instead"
-        )
+        raise GlintTrackError(_no_checkpoint(run, option))
     published: dict[str, str | None] = {n: None for n in names if n.endswith(".pth")}
     try:
         best = None
@@ -132,6 +124,39 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             else "no intact checkpoint is left in it"
         )
         raise GlintTrackError(f"{e.format_message().split('; ')[0]}; {fix}") from e
+
+
+def _fetch_model(source: str) -> ResumeSource:
+    """The checkpoint inside a logged or registered model (`models:/<id or name/version>`)."""
+    with tempfile.TemporaryDirectory(prefix="glint-track-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+        except MlflowException as e:
+            raise GlintTrackError(
+                f"{source}: no such model at {tracking_uri()}; check the name and version in the MLflow UI"
+            ) from e
+        found = sorted(local.rglob("*.pth"))
+        if not found:
+            raise GlintTrackError(
+                f"{source}: not a glint-track model (no checkpoint inside); pass a run ID or a checkpoint file"
+            )
+        return ResumeSource(load_checkpoint(found[0], f"{source} ({found[0].name})"), None, source)
+
+
+def _no_checkpoint(run: Any, option: str) -> str:
+    """Why a run has nothing to continue from, and the copy this machine kept of it when there is one (a run whose
+    artifacts were deleted from the store by hand)."""
+    run_id = run.info.run_id
+    for folder in (run.data.tags.get(TAG_LOCAL_COPY), RUNS_DIR / run_id):
+        if folder and (local := Path(folder) / LATEST).is_file():
+            return (
+                f"run {run_id} has no {ARTIFACT_DIR}/{LATEST} in the tracking store (its artifacts were deleted); "
+                f"this machine kept a copy, which a new run can start from: {option} {local}"
+            )
+    return (
+        f"run {run_id} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
+        f"glint-track run); start a new training instead"
+    )
 
 
 def _refuse_deleted(run: Any, experiment: Any) -> None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, default_cache_dir
+from glint_track.constants import DEFAULT_MATCH_RADIUS, DEFAULT_THRESHOLD, RUNS_DIR, default_cache_dir
 from glint_track.errors import GlintTrackError, shown
 
 LOSSES = ("peak-bce", "focal", "bce", "dice", "hybrid")  # what each is: training/losses.py
@@ -22,7 +22,6 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("none", "cosine", "step")
 MONITOR_MODES = ("min", "max")
 #: Where a run's local folder goes without --output-dir: runs/<run id>.
-RUNS_DIR = Path("runs")
 
 
 @dataclass

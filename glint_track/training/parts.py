@@ -18,12 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from glint_track.checkpoint.format import restore
 from glint_track.checkpoint.schema import check_optimizer_fits
+from glint_track.constants import RUNS_DIR
 from glint_track.engine import Precision
 from glint_track.errors import GlintTrackError
 from glint_track.glints import METRIC_NAMES
 from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
-from glint_track.training.config import RUNS_DIR, LossWeights, TrainConfig
+from glint_track.training.config import LossWeights, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import TrainStep
 from glint_track.training.graphs import GraphedForward, GraphedStep, whole_step_capturable

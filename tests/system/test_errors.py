@@ -108,6 +108,31 @@ def test_run_without_checkpoint() -> None:
     fails_cleanly(["train", "--resume", run.info.run_id], "has no checkpoints/latest_checkpoint.pth")
 
 
+def test_a_run_whose_artifacts_were_deleted_offers_the_local_copy(tiny_h5: Path) -> None:
+    import shutil
+
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    shutil.rmtree(Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints")
+    message = fails_cleanly(["train", "--resume", run_id, "--epochs", "2"], "its artifacts were deleted")
+    local = f"runs/{run_id}/latest_checkpoint.pth"
+    assert message.endswith(f"--resume {local}") and "stopped before finishing an epoch" not in message
+    result = CliRunner().invoke(main, ["train", "--resume", local, "--epochs", "2"])  # the offer works as typed
+    assert result.exit_code == 0, result.output
+
+
+def test_resuming_the_run_mlflow_run_made_continues_the_run_that_trained(tiny_h5: Path) -> None:
+    """`mlflow run` makes a run of its own and glint-track trains in another (tagged continued_in on the first):
+    a user who copies the first's ID from the UI means the second."""
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    client = mlflow.MlflowClient()
+    made = client.create_run(mlflow.get_run(run_id).info.experiment_id)
+    client.set_tag(made.info.run_id, "glint_track.continued_in", run_id)
+    client.set_terminated(made.info.run_id, "FINISHED")
+    result = CliRunner().invoke(main, ["train", "--resume", made.info.run_id, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2]
+
+
 def test_resume_mismatches_and_epochs_not_beyond(tiny_h5: Path, tmp_path: Path) -> None:
     _, run_id = train_tiny(tiny_h5, "--epochs", "2")
     before, path = latest_checkpoint(run_id)
