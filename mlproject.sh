@@ -37,6 +37,7 @@ if [ -n "$unknown" ]; then  # MLflow would run without it: a typed setting must 
     echo "Error: -P $unknown is not a parameter of this project's $command entry point; use one of: $known" >&2
     exit 2
 fi
+export GLINT_TRACK_PROJECT_PARAMETERS=$known  # errors name the -P parameter, not the option it sets
 if [ "$command" = train ] && [ -z "$h5" ] && [ -z "$resume" ]; then  # the demo: built-in synthetic data
     [ -f demo.h5 ] || "$python" -m glint_track synth --out demo.h5
     export GLINT_TRACK_TRAIN_H5=demo.h5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -27,12 +28,32 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except GlintTrackError as e:
-            if ctx.params.get("debug"):
+        except (GlintTrackError, click.ClickException) as e:
+            if isinstance(e, GlintTrackError) and ctx.params.get("debug"):
                 traceback.print_exc()
-            error = click.ClickException(e.message)
+            project = os.environ.get(PROJECT_PARAMETERS_ENV)
+            if isinstance(e, click.ClickException) and not project:
+                raise
+            error = click.ClickException(_in_project_terms(e.format_message(), project or ""))
             error.exit_code = e.exit_code
             raise error from e
+
+
+#: Set by mlproject.sh to the MLproject's parameter names: under `mlflow run`, errors name `-P epochs`, not `--epochs`
+#: (and show no usage line of a command the user did not type).
+PROJECT_PARAMETERS_ENV = "GLINT_TRACK_PROJECT_PARAMETERS"
+
+
+def _in_project_terms(message: str, parameters: str) -> str:
+    """`message` as an `mlflow run` user reads it: each option the project sets named by its `-P` parameter."""
+    for name in filter(None, (p.strip() for p in parameters.split(","))):
+        if name == "no_save_optimizer":
+            pairs = [("--no-save-optimizer", f"-P {name}=true"), ("--save-optimizer", f"-P {name}=false")]
+        else:
+            pairs = [("--resume" if name == "resume_run_id" else "--" + name.replace("_", "-"), f"-P {name}")]
+        for option, parameter in pairs:
+            message = re.sub(rf"'?(?<![\w-]){re.escape(option)}(?![\w-])'?", parameter, message)
+    return message
 
 
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": "GLINT_TRACK", "help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 from conftest import latest_checkpoint, mlflow_run
 from mlflow.tracking import MlflowClient
 
@@ -119,3 +120,18 @@ def test_a_parameter_the_project_does_not_declare_is_refused_not_ignored(tiny_h5
     assert client.get_experiment_by_name("glint-track") is None  # nothing trained
     (made,) = client.search_runs(["0"])  # what `mlflow run` made, marked failed by MLflow
     assert made.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("typed", "error"),
+    [
+        ("epochs=abc", "Error: Invalid value for -P epochs: 'abc' is not a valid integer."),
+        ("resume_run_id=abc", "Error: -P resume_run_id 'abc' is neither an existing checkpoint file"),
+    ],
+)
+def test_a_bad_parameter_value_is_named_as_the_user_typed_it(tiny_h5: Path, typed: str, error: str) -> None:
+    """Under `mlflow run` the user typed `-P epochs=abc`: the error names that, not the option it became."""
+    result = mlflow_run(f"h5={tiny_h5}", typed)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode != 0 and len(errors) == 1 and errors[0].startswith(error), result.stderr[-2000:]
+    assert "--epochs" not in result.stderr and "--resume" not in result.stderr and "Usage:" not in result.stderr
