@@ -145,10 +145,13 @@ def export(model_ref: str, out: Path, threshold: float = DEFAULT_THRESHOLD, atta
     from glint_track.data.synth import example_frames
     from glint_track.tracking.fetch import fetch_checkpoint
     from glint_track.tracking.logged_model import model_id_of
+    from glint_track.tracking.server import require_local_store
 
     if out.suffix.lower() != ".onnx":
         raise GlintTrackError(f"--out {out}: use a file name ending in .onnx")
     require_onnx()
+    if not Path(model_ref).is_file():
+        require_local_store()  # before MLflow is asked: it would create an empty store
     client = MlflowClient()
     model_id = model_id_of(client, model_ref)
     source = fetch_checkpoint(f"models:/{model_id}" if model_id else model_ref, prefer_best=True, option="--model")

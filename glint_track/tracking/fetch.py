@@ -18,7 +18,7 @@ from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.constants import RUNS_DIR
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
-from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, tracking_uri
+from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, require_local_store, tracking_uri
 from glint_track.tracking.tags import TAG_CONTINUED_IN, TAG_DATASET_DIGEST, TAG_DATASET_PATH, TAG_LOCAL_COPY
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
     (its latest checkpoint, or with `prefer_best` its best_model.pth when it has one)."""
     if Path(source).is_file():
         return ResumeSource(load_checkpoint(source), None, source)
+    require_local_store()
     if source.startswith("models:/"):  # a logged or registered glint-track model: its checkpoint artifact
         return _fetch_model(source)
     if source.startswith("runs:/"):  # one checkpoint of a run: a new run starts from it (see resume.py)

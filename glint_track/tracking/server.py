@@ -78,6 +78,17 @@ def open_local_store() -> None:
         ) from e
 
 
+def require_local_store() -> None:
+    """Before reading a run: a local store that does not exist holds no run, and asking MLflow would create an
+    empty one (an `mlflow.db` left in a folder that had none)."""
+    database = sqlite_path(tracking_uri())
+    if database is not None and not database.exists():
+        raise GlintTrackError(
+            f"no MLflow store here ({database} does not exist): run in the folder you trained in, beside its "
+            f"mlflow.db, or set MLFLOW_TRACKING_URI to the store that holds the run"
+        )
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:` tracking URI (None for other stores and in-memory databases)."""
     if not uri.startswith("sqlite:"):

@@ -203,6 +203,11 @@ def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfi
     """The command line's settings, or on --resume the checkpoint's overlaid by what was typed (refusing
     what cannot apply; AlreadyFinished when nothing is left to do)."""
     plan = None
+    source = cli_cfg.init_from or cli_cfg.resume
+    if source and not Path(source).is_file():  # a run is read: from a store that exists (none is created for it)
+        from glint_track.tracking.server import require_local_store
+
+        require_local_store()
     if cli_cfg.init_from:  # a fine-tuning: the model's weights, from the tracking store or a file
         from glint_track.tracking.server import open_tracking_store
 

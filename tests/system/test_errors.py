@@ -98,8 +98,25 @@ def test_bad_data_files(tmp_path: Path) -> None:
 
 
 def test_unknown_run_id_and_bad_resume_values(tiny_h5: Path) -> None:
+    mlflow.MlflowClient().search_experiments()  # a store that exists, without that run
     fails_cleanly(["train", "--resume", "0" * 32], f"no MLflow run with ID {'0' * 32}")
     fails_cleanly(["train", "--resume", "not-a-run"], "neither an existing checkpoint file")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--model", "0" * 32, "--h5", "{h5}"],
+        ["predict", "--model", f"runs:/{'0' * 32}/checkpoints/best_model.pth", "{h5}", "--out", "p.csv"],
+        ["export", "--model", "models:/glints/1", "--out", "g.onnx"],
+        ["train", "--resume", "0" * 32],
+        ["train", "--init-from", "0" * 32, "--h5", "{h5}"],
+    ],
+)
+def test_reading_a_run_where_there_is_no_store_creates_none(tiny_h5: Path, command: list[str]) -> None:
+    """A run ID typed in the wrong folder: said so, and no empty mlflow.db is left there."""
+    fails_cleanly([a.format(h5=tiny_h5) for a in command], "no MLflow store here")
+    assert list(Path().iterdir()) == []
 
 
 def test_run_without_checkpoint() -> None:
