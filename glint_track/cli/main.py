@@ -10,6 +10,7 @@ import sys
 import threading
 import traceback
 from typing import Any
+from urllib.parse import quote
 
 import click
 import psutil
@@ -72,6 +73,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     Every option can also be set as GLINT_TRACK_<COMMAND>_<OPTION>, e.g. GLINT_TRACK_TRAIN_EPOCHS=20.
     """
     _log_to_stderr(debug)
+    _name_default_store()
     ctx.obj = {"launched": _launched}  # when this process started, if it is the command (a start-up time counts it)
 
 
@@ -94,6 +96,17 @@ def run() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _name_default_store() -> None:
+    """MLflow's default store is ./mlflow.db, named by a URI that percent-encodes the folder: in a folder whose path
+    has spaces or non-ASCII letters, SQLite opens the right file but MLflow first creates a folder named by the
+    encoded path (/tmp/%C3%9Cber/), left empty beside the real one. The same store, named by its plain path."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    folder = os.getcwd()
+    if "%" not in folder and quote(folder) != folder:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{os.path.join(folder, 'mlflow.db')}"
 
 
 def _log_to_stderr(debug: bool) -> None:

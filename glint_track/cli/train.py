@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from glint_track.cli.options import stacked
 from glint_track.cli.train_options import TRAIN_OPTIONS
+from glint_track.text import counted, px
 from glint_track.training.config import TrainConfig
 
 
@@ -105,13 +106,13 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
 
 def _summary_line(result: Any) -> str:
     """The run's glint result first: what a user waits for."""
-    head = f"Run {result.run_id} finished {result.epochs} epochs"
+    head = f"Run {result.run_id} finished {counted(result.epochs, 'epoch')}"
     if result.glints is None:
         return head + "."
     g = result.glints
     return (
-        f"{head}: val F1 {g['f1']:.3f}, mean glint error {g['loc_err_mean']:.2f} px (median "
-        f"{g['loc_err_median']:.2f} px), "
+        f"{head}: val F1 {g['f1']:.3f}, mean glint error {px(g['loc_err_mean'])} (median "
+        f"{px(g['loc_err_median'])}), "
         f"best checkpoint = epoch {int(g['epoch'])} by {result.monitor}."
     )
 

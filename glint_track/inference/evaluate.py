@@ -15,6 +15,7 @@ from glint_track.engine import Precision, infer, resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.glints import METRIC_NAMES, GlintMetrics, decode, ground_truth
 from glint_track.model import GlintUNet
+from glint_track.text import px
 from glint_track.tracking.fetch import fetch_checkpoint
 from glint_track.tracking.run import RunTracker
 
@@ -46,8 +47,8 @@ class Evaluation:
         lines = [f"{self.model} on {self.h5} ({self.samples} images)", head]
         for name, m in rows:
             lines.append(
-                f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{m['loc_err_mean']:8.2f}px"
-                f"{m['loc_err_median']:10.2f}px{m['swap_rate']:7.3f}"
+                f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{px(m['loc_err_mean']):>10s}"
+                f"{px(m['loc_err_median']):>12s}{m['swap_rate']:7.3f}"
             )
         return "\n".join(lines)
 

@@ -6,8 +6,10 @@ directory, artifacts beside it); teams point MLFLOW_TRACKING_URI at an `mlflow s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +69,7 @@ def open_local_store() -> None:
     database = sqlite_path(tracking_uri())
     if database is None:  # a server, or another kind of store
         return
-    lock = FileLock(f"{database}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    lock = _store_lock(database)
     try:
         with local_store_errors(), lock:
             MlflowClient().search_experiments(max_results=1)  # MLflow keeps the opened store for the process
@@ -76,6 +78,15 @@ def open_local_store() -> None:
             f"another process has held {lock.lock_file} for {STORE_LOCK_TIMEOUT_S} s while creating or migrating "
             f"the MLflow store {database}; wait for it to finish or stop it, then run again"
         ) from e
+
+
+def _store_lock(database: Path) -> FileLock:
+    """The lock for creating or migrating `database`, in the temporary folder and named by its path: one beside
+    mlflow.db would be left in the user's folder after every run (a lock file is never deleted, as a process
+    waiting on it would then hold a lock no one else sees)."""
+    key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"glint-track-store-{key}.lock"
+    return FileLock(path, timeout=STORE_LOCK_TIMEOUT_S, mode=0o666)  # other users of a shared folder take it too
 
 
 def require_local_store() -> None:

@@ -25,6 +25,7 @@ from glint_track.engine import Precision, resolve_device
 from glint_track.errors import GlintTrackError
 from glint_track.glints import GlintMetrics, Glints, ground_truth
 from glint_track.model import count_parameters
+from glint_track.text import px
 from glint_track.training.checkpointer import TrainProgress
 from glint_track.training.config import TrainConfig
 from glint_track.training.distributed import Distributed
@@ -329,13 +330,13 @@ def log_epoch(
 ) -> None:
     """The epoch's line; the first epoch's says how long the command took to launch its first training step."""
     log.info(
-        "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %.2f px  lr %.3g  %.1f img/s  %.1fs%s%s",
+        "epoch %d/%d  train_loss %.5f  val_loss %.5f  val_f1 %.3f  val_err %s  lr %.3g  %.1f img/s  %.1fs%s%s",
         epoch,
         epochs,
         metrics["train_loss"],
         metrics["val_loss"],
         metrics["val_f1"],
-        metrics["val_loc_err_mean"],
+        px(metrics["val_loc_err_mean"]),
         metrics["lr"],
         metrics["images_per_s"],
         metrics["epoch_time_s"],

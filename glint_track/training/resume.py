@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from glint_track.errors import GlintTrackError
 from glint_track.model import model_shape
+from glint_track.text import counted
 from glint_track.training.config import TrainConfig, args_from_checkpoint, merge_resumed
 
 if TYPE_CHECKING:  # MLflow is imported where a resume needs it, so that a new run's start does not wait for it
@@ -90,7 +91,7 @@ def plan_resume(cli: TrainConfig, explicit: frozenset[str]) -> ResumePlan:
     finished = plan.same_run and source.run_status == "FINISHED"
     if cfg.epochs == done and finished:
         raise AlreadyFinished(
-            f"run {source.run_id} has already finished its {done} epochs: nothing to do "
+            f"run {source.run_id} has already finished its {counted(done, 'epoch')}: nothing to do "
             f"(pass --epochs larger than {done} to train it further)"
         )
     if cfg.epochs < done or (cfg.epochs == done and not plan.same_run):

@@ -20,6 +20,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.figures import threshold_curves
 from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, threshold_sweep
+from glint_track.text import px
 from glint_track.tracking import logged_model
 from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
@@ -319,8 +320,8 @@ class TrackedRun:
 def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
     """What the run page leads with: how well the logged model finds glints."""
     text = (
-        f"**Glints: val F1 {glints['f1']:.3f}, mean error {glints['loc_err_mean']:.2f} px** "
-        f"(median {glints['loc_err_median']:.2f} px, precision {glints['precision']:.3f}, recall "
+        f"**Glints: val F1 {glints['f1']:.3f}, mean error {px(glints['loc_err_mean'])}** "
+        f"(median {px(glints['loc_err_median'])}, precision {glints['precision']:.3f}, recall "
         f"{glints['recall']:.3f}; "
         f"logged model = epoch {epoch} of {epochs})"
     )

@@ -110,11 +110,13 @@ def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) ->
     from glint_track.cli import main
     from glint_track.data.synth import write_synthetic
 
-    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    trained, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    assert f"Run {run_id} finished 1 epoch:" in trained.output
     runner = CliRunner()
     result = runner.invoke(main, ["evaluate", "--model", run_id, "--h5", str(tiny_h5), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
+    assert "nan" not in result.stdout and "none found" in lines[-1]  # one tiny epoch finds no glint to measure
     assert lines[1].split() == ["glint", "precision", "recall", "f1", "err", "mean", "err", "median", "swaps"]
     assert [ln.split()[0] for ln in lines[2:]] == ["g1", "g2", "g3", "g4", "all"]
     result = runner.invoke(

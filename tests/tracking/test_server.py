@@ -124,3 +124,19 @@ def test_a_call_that_could_not_connect_is_an_outage_even_if_the_server_answers_a
         could_not_connect = e
     assert server_away(could_not_connect)
     assert not server_away(MlflowException("RESOURCE_EXHAUSTED: no space left"))  # it answered and refused
+
+
+def test_a_run_leaves_only_its_store_and_files_even_in_a_unicode_folder(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's default store URI percent-encodes the folder, and MLflow created that encoded folder beside the real
+    one; the store's lock file was left beside mlflow.db. Neither is left now."""
+    from conftest import train_tiny
+
+    folder = tmp_path / "Ünïcode 目录"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    assert sorted(p.name for p in folder.iterdir()) == ["mlflow.db", "mlruns", "runs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["Ünïcode 目录", "cache"])
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"

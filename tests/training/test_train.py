@@ -56,7 +56,8 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     best = run.data.metrics
     assert f"Run {run_id} finished 2 epochs: val F1 {best['best_val_f1']:.3f}, mean glint error" in result.output
     assert "Warning: val F1 0.000. The model finds few glints. Train longer (--epochs)" in result.output
-    assert run.data.tags["mlflow.note.content"].startswith("**Glints: val F1 0.000, mean error nan px**")
+    assert run.data.tags["mlflow.note.content"].startswith("**Glints: val F1 0.000, mean error none found**")
+    assert "val_err none found" in result.output and "nan" not in result.output  # no glint found: no error to show
     assert "The model finds few glints" in run.data.tags["mlflow.note.content"]
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     images = load_glint_file(tiny_h5).images[:3].numpy()
