@@ -73,8 +73,8 @@ def main() -> None:
 
     loop.BetweenSteps.__call__ = first_step
 
-    def after_opening(_) -> None:  # training.run (and MLflow) exist only once the opening thread imported them
-        from glint_track.training import run
+    def after_opening(_) -> None:  # training.tracked_run (and MLflow) exist only once the opening thread imported them
+        from glint_track.training import tracked_run as run
 
         timed(run.TrackedRun, "log_best_model", "best model evaluated and logged")
         timed(run.TrackedRun, "close", "run ended (FINISHED)")

@@ -176,7 +176,7 @@ def untracked(
     """Exactly (b)'s code path with parts of the saving replaced by no-ops, to see what each costs:
     `tracking` keeps the MLflow run; `checkpoints` is off, "snapshot" (state copied to the CPU, never
     written) or "local" (written to the output folder, not uploaded)."""
-    from glint_track.tracking.run import RunTracker
+    from glint_track.tracking.tracker import RunTracker
     from glint_track.training.checkpointer import Checkpointer
 
     if not tracking:

@@ -58,8 +58,8 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     from glint_track.tracking.ui import run_url, runs_table_url
     from glint_track.training.loop import train
     from glint_track.training.resume import AlreadyFinished
-    from glint_track.training.run import POOR_ADVICE, POOR_F1
     from glint_track.training.stopping import TrainingStopped
+    from glint_track.training.tracked_run import POOR_ADVICE, POOR_F1
 
     for name in ("resume", "init_from", "output_dir", "cache_dir"):  # `mlflow run` passes "" for "not set"
         options[name] = options[name] or None

@@ -287,8 +287,9 @@ TRAIN_OPTIONS = (
         "save_optimizer",
         default=D.save_optimizer,
         show_default=True,
-        help="Keep optimizer and scheduler state in checkpoints (exact resume) or leave it out (files ~3× smaller; "
-        "resume restarts the optimizer at --lr).",
+        help="Keep the optimizer's state (Adam's moments; fp16's loss scale) in checkpoints (exact resume) or leave "
+        "it out (files ~3× smaller; resume restarts the optimizer at --lr). The learning-rate schedule follows the "
+        "epoch number, so it resumes either way.",
     ),
     click.option(
         "--save-freq",

@@ -17,7 +17,7 @@ from glint_track.glints import METRIC_NAMES, GlintMetrics, decode, ground_truth
 from glint_track.model import GlintUNet
 from glint_track.text import px
 from glint_track.tracking.fetch import fetch_checkpoint
-from glint_track.tracking.run import RunTracker
+from glint_track.tracking.tracker import RunTracker
 
 
 @dataclass

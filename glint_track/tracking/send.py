@@ -16,7 +16,7 @@ from glint_track.tracking.server import local_artifact_root
 from glint_track.tracking.tags import TAG_MODEL_EPOCH
 
 if TYPE_CHECKING:
-    from glint_track.tracking.run import RunTracker
+    from glint_track.tracking.tracker import RunTracker
 
 #: Tracking calls that write to the artifact store (the others write to the tracking store).
 ARTIFACT_OPS = ("artifact", "delete", "model")

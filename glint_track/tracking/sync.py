@@ -10,10 +10,10 @@ import mlflow
 
 from glint_track.errors import GlintTrackError
 from glint_track.files import first_line
-from glint_track.tracking.run import RunTracker
 from glint_track.tracking.send import send
 from glint_track.tracking.server import check_tracking_server, get_run, tracking_uri
 from glint_track.tracking.spool import Spool
+from glint_track.tracking.tracker import RunTracker
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,9 +133,20 @@ def _copies_event() -> torch.cuda.Event | None:
     )
 
 
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Which checkpoints a run keeps, as the user sets it: optimizer state or not (--save-optimizer), an
+    `epoch_NNN.pth` every `save_every_n_epochs` (--save-freq; 0: none) and the newest `keep_last_n` of those
+    (--keep-last-n; 0: all)."""
+
+    save_optimizer: bool = True
+    save_every_n_epochs: int = 10
+    keep_last_n: int = 3
+
+
 class Checkpointer:
-    """After each epoch: write `latest_checkpoint.pth`, `best_model.pth` on improvement and
-    `epoch_NNN.pth` every `save_every_n_epochs`, keeping only the newest `keep_last_n` epoch files.
+    """After each epoch: write `latest_checkpoint.pth`, `best_model.pth` on improvement and the epoch files
+    `policy` asks for.
 
     The state is copied to the CPU at once; the files are written atomically to `directory` and
     uploaded to `store` under `checkpoints/` by `writer` in the background (inline without one).
@@ -148,9 +160,8 @@ class Checkpointer:
         self,
         directory: Path,
         store: ArtifactStore,
-        save_optimizer: bool = True,
-        save_every_n_epochs: int = 10,
-        keep_last_n: int = 3,
+        policy: KeepPolicy = KeepPolicy(),
+        *,
         writer: BackgroundWriter | None = None,
         model_info: dict[str, Any] | None = None,
         published: dict[str, str | None] | None = None,
@@ -159,9 +170,7 @@ class Checkpointer:
         self.directory = directory
         self.model_info = model_info
         self.store = store
-        self.save_optimizer = save_optimizer
-        self.save_every_n_epochs = save_every_n_epochs
-        self.keep_last_n = keep_last_n
+        self.policy = policy
         self.writer = writer
         #: checkpoint file → digests of the versions the run may hold: the one delivered last, and any whose
         #: upload still waits in the spool (a later replay may deliver any of them, in any order with its checksum)
@@ -171,7 +180,7 @@ class Checkpointer:
             stale.unlink(missing_ok=True)
 
     def save(self, parts: dict[str, Stateful], train_args: dict[str, Any], epoch: int, is_best: bool) -> None:
-        state = snapshot(gather(parts, train_args, self.save_optimizer, self.model_info))
+        state = snapshot(gather(parts, train_args, self.policy.save_optimizer, self.model_info))
         self._submit(state, _copies_event(), epoch, [LATEST, *self._copies(epoch, is_best)])
 
     def complete(self, state: dict[str, Any], best_is_this: bool) -> None:
@@ -183,7 +192,7 @@ class Checkpointer:
             self._submit(state, None, epoch, names)
 
     def _copies(self, epoch: int, is_best: bool) -> list[str]:
-        every = self.save_every_n_epochs
+        every = self.policy.save_every_n_epochs
         return [BEST] * is_best + ([epoch_file(epoch)] if every and epoch % every == 0 else [])
 
     def _submit(self, state: dict[str, Any], copied: torch.cuda.Event | None, epoch: int, names: list[str]) -> None:
@@ -234,11 +243,11 @@ class Checkpointer:
 
     def _apply_retention(self) -> None:
         """Delete all but the newest keep_last_n epoch files, from the run and from the local folder."""
-        if self.keep_last_n <= 0:
+        if self.policy.keep_last_n <= 0:
             return
         names = set(self.published) | {p.name for p in self.directory.glob("epoch_*.pth")}
         epochs = sorted(int(m.group(1)) for m in map(EPOCH_FILE.match, names) if m)
-        for old in epochs[: -self.keep_last_n]:
+        for old in epochs[: -self.policy.keep_last_n]:
             name = epoch_file(old)
             for file in (name, checksum_path(Path(name)).name):  # the checkpoint first: a checksum alone is ignored
                 if name in self.published:

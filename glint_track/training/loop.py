@@ -2,7 +2,7 @@
 → logged model.
 
 Read `train()` from start to end to see everything a run does; each step it takes lives in a module of
-its own (training.parts, training.epoch, training.opening, training.run, data.batches, tracking). Nothing here
+its own (training.parts, training.epoch, training.opening, training.tracked_run, data.batches, tracking). Nothing here
 imports MLflow: a new run's first step does not wait for it (training.opening).
 """
 
@@ -43,7 +43,7 @@ from glint_track.training.resume import ResumePlan, check_same_data, plan_init, 
 from glint_track.training.stopping import StopRequest, TrainingStopped
 
 if TYPE_CHECKING:
-    from glint_track.training.run import TrackedRun
+    from glint_track.training.tracked_run import TrackedRun
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from glint_track.training.resume import ResumePlan
 from glint_track.training.run_log import RunLogHandler
 
 if TYPE_CHECKING:
-    from glint_track.training.run import TrackedRun
+    from glint_track.training.tracked_run import TrackedRun
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RunOpening:
         """In the opening thread: what `prepare` was given, opened."""
         cfg, plan, data, ddp, device, best_epoch, announce = prepared
         from glint_track.tracking.server import open_tracking_store  # imports MLflow: here, not before the first step
-        from glint_track.training.run import TrackedRun
+        from glint_track.training.tracked_run import TrackedRun
 
         open_tracking_store()
         run = TrackedRun.open(cfg, plan, data, ddp, device, self.log_handler)

@@ -22,7 +22,7 @@ LAYERS = [
     "figures",
     "glints",
     "model",
-    "errors|files|logs|constants",
+    "errors|files|logs|constants|text",
 ]
 
 
@@ -107,3 +107,17 @@ def test_a_command_that_succeeded_ends_without_finalising_modules_but_after_exit
     assert ok.returncode == 0 and ok.stdout.splitlines()[-2:] == ["thread done", "exit handler"], ok
     failed = subprocess.run([sys.executable, "-m", "glint_track", "train", "--epochs", "x"], capture_output=True)
     assert failed.returncode == 2  # a failure leaves the usual way, with its exit status
+
+
+def test_help_quotes_the_demo_the_readme_measured() -> None:
+    """`glint-track --help` and the README quoted different demo accuracies and times: both now state the one
+    measurement (F1, pixel error, training time) and must stay the same when it is re-measured."""
+    import re
+
+    from glint_track.cli.main import main
+
+    line = next(ln for ln in main.help.splitlines() if "train --h5 demo.h5" in ln)
+    minutes, f1, error = re.search(r"(\d+ min [\d–]+ s) on 2 CPU cores, val F1 ([\d.]+), ([\d.]+ px)", line).groups()
+    readme = " ".join((PACKAGE.parent / "README.md").read_text().split())
+    assert f"validation F1 of {f1} with glints placed to {error}" in readme
+    assert f"`train` {minutes} from Enter to its return" in readme

@@ -23,7 +23,7 @@ from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.cli import main
 from glint_track.files import file_digest
 from glint_track.tracking import send as tracking  # where tracking calls are performed
-from glint_track.training.checkpointer import Checkpointer, TrainProgress
+from glint_track.training.checkpointer import Checkpointer, KeepPolicy, TrainProgress
 from glint_track.training.save_process import SaveProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
     store = Store()
     local = tmp_path / "local"
     local.mkdir()
-    checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
+    checkpointer = Checkpointer(local, store, KeepPolicy(save_every_n_epochs=0))
     model = torch.nn.Linear(2, 2)
     parts = {"model": model, "progress": TrainProgress("val_loss", "min")}
     parts["progress"].update(1, {"val_loss": 1.0})
@@ -161,7 +161,7 @@ def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_ru
     local = tmp_path / "local"
     local.mkdir()
     store = SpoolingStore()
-    checkpointer = Checkpointer(local, store, save_every_n_epochs=0)
+    checkpointer = Checkpointer(local, store, KeepPolicy(save_every_n_epochs=0))
     model = torch.nn.Linear(2, 2)
     parts = {"model": model, "progress": TrainProgress("val_loss", "min")}
 

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from glint_track.checkpoint.format import load_checkpoint
 from glint_track.cli import main
-from glint_track.tracking.run import RunTracker
 from glint_track.tracking.server import open_local_store
+from glint_track.tracking.tracker import RunTracker
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))

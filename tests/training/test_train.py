@@ -235,6 +235,17 @@ def test_train_help_documents_every_flag_with_examples() -> None:
         assert param.help or param.name in {"h5"}, param.name
 
 
+def test_save_optimizer_help_names_the_parts_it_keeps() -> None:
+    """--no-save-optimizer leaves out OPTIMIZER_PARTS (optimizer, fp16 scaler); there is no scheduler state (the
+    schedule is a function of the epoch), so the help must not promise one."""
+    from glint_track.checkpoint.format import OPTIMIZER_PARTS
+    from glint_track.cli.train import train_cmd
+
+    (option,) = [p for p in train_cmd.params if p.name == "save_optimizer"]
+    assert OPTIMIZER_PARTS == ("optimizer", "scaler")
+    assert "optimizer's state" in option.help and "loss scale" in option.help and "scheduler" not in option.help
+
+
 def test_python_dash_m_entry_point() -> None:
     import subprocess
     import sys

@@ -22,7 +22,6 @@ from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, threshold_sweep
 from glint_track.text import px
 from glint_track.tracking import logged_model
-from glint_track.tracking.run import RunTracker, git_commit
 from glint_track.tracking.server import tracking_uri
 from glint_track.tracking.tags import (
     TAG_DATASET_DIGEST,
@@ -34,8 +33,9 @@ from glint_track.tracking.tags import (
     TAG_RESUMED_FROM,
     TAG_TRAIN_TIME,
 )
+from glint_track.tracking.tracker import RunTracker, git_commit
 from glint_track.training.background import BackgroundWriter
-from glint_track.training.checkpointer import Checkpointer
+from glint_track.training.checkpointer import Checkpointer, KeepPolicy
 from glint_track.training.config import INVOCATION, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import Validation, validate
@@ -87,13 +87,11 @@ class TrackedRun:
         self.checkpointer = Checkpointer(
             self.output_dir,
             tracker,
-            cfg.save_optimizer,
-            cfg.save_freq,
-            cfg.keep_last_n,
-            self.writer,
-            model_info,
-            resume.published if self.same_run else None,
-            self.save_process or save_and_digest,
+            KeepPolicy(cfg.save_optimizer, cfg.save_freq, cfg.keep_last_n),
+            writer=self.writer,
+            model_info=model_info,
+            published=resume.published if self.same_run else None,
+            serializer=self.save_process or save_and_digest,
         )
         tracker.spool_to(self.output_dir / "spool")  # where calls go while the tracking server is unreachable
 

@@ -9,9 +9,9 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from glint_track.tracking import run as tracking_run
-from glint_track.tracking.run import RunTracker
+from glint_track.tracking import tracker as tracker_module
 from glint_track.tracking.tags import TAG_NOTE, TAG_OVERRIDE
+from glint_track.tracking.tracker import RunTracker
 from glint_track.training.parts import seed_everything
 
 
@@ -45,15 +45,15 @@ def test_calls_the_server_cannot_take_are_spooled_and_sent_in_order_when_it_answ
 ) -> None:
     monkeypatch.setenv("GLINT_TRACK_SPOOL_RETRY_S", "0")
     tracker = RunTracker.start("exp", None, None, claim=False)
-    tracker.spool = tracking_run.Spool.create(tmp_path / "spool", tracker.run_id, "http://server")
-    real_send, away = tracking_run.send, [True]
+    tracker.spool = tracker_module.Spool.create(tmp_path / "spool", tracker.run_id, "http://server")
+    real_send, away = tracker_module.send, [True]
 
     def send(*args: object) -> None:
         if away[0]:
             raise ConnectionError("server away")
         real_send(*args)
 
-    monkeypatch.setattr(tracking_run, "send", send)
+    monkeypatch.setattr(tracker_module, "send", send)
     for epoch in (1, 2, 3):
         tracker.log_metrics({"val_loss": 1.0 / epoch}, epoch)
     assert len(tracker.spool) == 3 and not MlflowClient().get_metric_history(tracker.run_id, "val_loss")
@@ -67,10 +67,10 @@ def test_calls_the_server_cannot_take_are_spooled_and_sent_in_order_when_it_answ
 def test_a_store_that_refuses_a_call_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     tracker = RunTracker.start("exp", None, None, claim=False)
     monkeypatch.setattr(
-        tracking_run, "send", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        tracker_module, "send", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left on device"))
     )
     with pytest.raises(
-        tracking_run.GlintTrackError, match="could not store a file .*No space left on device.*artifact store"
+        tracker_module.GlintTrackError, match="could not store a file .*No space left on device.*artifact store"
     ):
         tracker.log_dict({"a": 1}, "train_args.json")
     tracker.finish("FAILED", wait_s=0)
