@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lent-GPU calls behind docs/benchmarks.md's issue 28 tables (the device tool: $OUT comes back). Each fits one
 # call (600 s at most); run them back to back (the machine stays warm 30 s):
-#   bash benchmarks/gpu_issue28.sh check   # a cold first run, start-up timelines, throughput vs the batch-16 bound
+#   bash benchmarks/gpu_issue28.sh check   # a cold first run, then start-up timelines (also alone: startup)
+#   bash benchmarks/gpu_issue28.sh throughput   # the default's steady throughput against the batch-16 bound
 #   bash benchmarks/gpu_issue28.sh tests   # the GPU tests
 #   bash benchmarks/gpu_issue28.sh tta     # time to each accuracy bar, every row, two runs
 # The GPU image has no MLflow: its wheels travel in .whl (benchmarks/gpu_wheels.sh; carry), installed into /tmp/site.
@@ -24,11 +25,21 @@ check)
     # a first run on this machine: new store, empty decoded-data cache (the data file was just written)
     timeout 120 python3 benchmarks/time_to_accuracy.py --h5 "$H5" --cold --only default --max-epochs 12 \
         --workdir /tmp/cold 2>&1 | tee "$OUT/cold.log"
+    bash "$0" startup
+    ;;
+startup)  # start-up timelines on a warm machine; with OLD=<a copy of the tree before a change>, the two alternate
+    data
+    ROOT=$PWD
     mkdir -p /tmp/su && cd /tmp/su
-    for i in 1 2 3; do  # run 1 creates the store; 2 and 3 find it
-        timeout 60 python3 "$OLDPWD/benchmarks/startup.py" --h5 "$H5" --epochs 4 2>&1 | tail -20
+    timeout 60 python3 "$ROOT/benchmarks/startup.py" --h5 "$H5" --epochs 1 >/dev/null 2>&1  # the store, warm caches
+    for i in 1 2; do
+        for tree in ${OLD:-} "$ROOT"; do
+            echo "== $tree, round $i"
+            timeout 60 python3 "$tree/benchmarks/startup.py" --h5 "$H5" --epochs 4 2>&1 | tail -17
+        done
     done | tee "$OUT/startup.log"
-    cd "$OLDPWD"
+    ;;
+throughput)
     timeout 240 python3 benchmarks/throughput.py --only c16_graphs,b_default,b_default \
         --epochs 4 --workdir /tmp/tp 2>&1 | tail -20 | tee "$OUT/throughput.log"
     ;;

@@ -33,6 +33,7 @@ from glint_track.training.epoch import TrainStep, Validation, train_epoch, valid
 from glint_track.training.opening import RunOpening
 from glint_track.training.parts import (
     check_output_dir,
+    import_optimizer_machinery,
     set_deterministic,
     set_hyperparameters,
     train_step,
@@ -107,6 +108,7 @@ def train(
     """Train as `cli_cfg` says; on --resume, settings not in `explicit` come from the checkpoint.
     Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None).
     `launched`: when the command started (time.time()), for the first epoch's line to say how long the start took."""
+    optimizer_imports = import_optimizer_machinery()  # beside reading the data and starting CUDA
     cfg, plan = settings(cli_cfg, explicit)
     device = resolve_device(cfg.device)
     ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun
@@ -119,6 +121,7 @@ def train(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         td = training_data(cfg, plan, ddp, device)
+        optimizer_imports.join()
         parts, precision, loss_fn = training_parts(cfg, td.data.num_glints, device, plan)  # restored on resume
         model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
         step = train_step(model, optimizer, loss_fn, precision, ddp, device, cfg)
