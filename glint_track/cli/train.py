@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -11,7 +12,7 @@ from click.core import ParameterSource
 
 from glint_track.cli.options import stacked
 from glint_track.cli.train_options import TRAIN_OPTIONS
-from glint_track.text import counted, px
+from glint_track.text import counted, glint_error
 from glint_track.training.config import TrainConfig
 
 
@@ -89,7 +90,7 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
     remote = result.tracking_uri.startswith(("http://", "https://"))
     ui = result.tracking_uri if remote else "http://127.0.0.1:5000"
     if not remote:
-        click.echo(f"  Browse:      mlflow ui --backend-store-uri {result.tracking_uri}   then open")
+        click.echo(f"  Browse:      mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}   then open")
     click.echo(f"  Runs:        {runs_table_url(ui, result.experiment_id)}")
     click.echo(f"  This run:    {run_url(ui, result.experiment_id, result.run_id)}")
     click.echo(f"  Resume:      glint-track train --resume {result.run_id} --epochs {result.epochs * 2}")
@@ -111,8 +112,7 @@ def _summary_line(result: Any) -> str:
         return head + "."
     g = result.glints
     return (
-        f"{head}: val F1 {g['f1']:.3f}, mean glint error {px(g['loc_err_mean'])} (median "
-        f"{px(g['loc_err_median'])}), "
+        f"{head}: val F1 {g['f1']:.3f}, {glint_error(g['loc_err_mean'], g['loc_err_median'])}, "
         f"best checkpoint = epoch {int(g['epoch'])} by {result.monitor}."
     )
 

@@ -20,7 +20,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.figures import threshold_curves
 from glint_track.files import os_reason
 from glint_track.glints import GlintMetrics, threshold_sweep
-from glint_track.text import px
+from glint_track.text import glint_error
 from glint_track.tracking import logged_model
 from glint_track.tracking.server import tracking_uri
 from glint_track.tracking.tags import (
@@ -317,11 +317,10 @@ class TrackedRun:
 
 def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
     """What the run page leads with: how well the logged model finds glints."""
+    error = glint_error(glints["loc_err_mean"], glints["loc_err_median"], "mean error")
     text = (
-        f"**Glints: val F1 {glints['f1']:.3f}, mean error {px(glints['loc_err_mean'])}** "
-        f"(median {px(glints['loc_err_median'])}, precision {glints['precision']:.3f}, recall "
-        f"{glints['recall']:.3f}; "
-        f"logged model = epoch {epoch} of {epochs})"
+        f"**Glints: val F1 {glints['f1']:.3f}, {error}** (precision {glints['precision']:.3f}, recall "
+        f"{glints['recall']:.3f}; logged model = epoch {epoch} of {epochs})"
     )
     if glints["f1"] < POOR_F1:
         text += f"\n\n⚠ {POOR_ADVICE}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -136,7 +137,10 @@ def test_a_run_leaves_only_its_store_and_files_even_in_a_unicode_folder(
     folder = tmp_path / "Ünïcode 目录"
     folder.mkdir()
     monkeypatch.chdir(folder)
-    _, run_id = train_tiny(tiny_h5, "--epochs", "1")
+    result, run_id = train_tiny(tiny_h5, "--epochs", "1")
     assert sorted(p.name for p in folder.iterdir()) == ["mlflow.db", "mlruns", "runs"]
+    browse = next(line for line in result.output.splitlines() if "mlflow ui" in line)
+    command = shlex.split(browse.split("Browse:")[1].split("then open")[0])  # as a shell reads the pasted line
+    assert command == ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["Ünïcode 目录", "cache"])
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"

@@ -54,9 +54,9 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
     assert "epoch 1/2" in result.output and f"--resume {run_id}" in result.output and "mlflow ui" in result.output
     # the end leads with the glint result, and says plainly when the model finds few glints (2 tiny epochs: none)
     best = run.data.metrics
-    assert f"Run {run_id} finished 2 epochs: val F1 {best['best_val_f1']:.3f}, mean glint error" in result.output
+    assert f"Run {run_id} finished 2 epochs: val F1 {best['best_val_f1']:.3f}, no glint found, best" in result.output
     assert "Warning: val F1 0.000. The model finds few glints. Train longer (--epochs)" in result.output
-    assert run.data.tags["mlflow.note.content"].startswith("**Glints: val F1 0.000, mean error none found**")
+    assert run.data.tags["mlflow.note.content"].startswith("**Glints: val F1 0.000, no glint found**")
     assert "val_err none found" in result.output and "nan" not in result.output  # no glint found: no error to show
     assert "The model finds few glints" in run.data.tags["mlflow.note.content"]
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
