@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from glint_track.constants import COMPRESSIONS
+from glint_track.data.chunks import read_gzip_chunks
 from glint_track.data.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path, file_digest, first_line
@@ -179,8 +180,7 @@ def _read_points(path: Path, datasets: dict[str, h5py.Dataset]) -> np.ndarray:
 
 def _decode(path: Path, datasets: dict[str, h5py.Dataset]) -> dict[str, np.ndarray]:
     """The images, heat-maps and presence flags, read once and checked for what training relies on."""
-    heatmaps = datasets["heatmaps"]
-    arrays = {"images": datasets["images"][()], "heatmaps": heatmaps.astype(_native(heatmaps.dtype))[()]}
+    arrays = {name: _read(datasets[name]) for name in ("images", "heatmaps")}
     _check_heatmap_values(path, arrays["heatmaps"])
     if "present" in datasets:
         present = datasets["present"][()]
@@ -192,6 +192,14 @@ def _decode(path: Path, datasets: dict[str, h5py.Dataset]) -> dict[str, np.ndarr
             )
         arrays["present"] = present.astype(np.uint8)
     return arrays
+
+
+def _read(dataset: h5py.Dataset) -> np.ndarray:
+    """A whole dataset in native byte order, its gzip chunks inflated on every core where it has the plain layout."""
+    array = read_gzip_chunks(dataset)
+    if array is None:
+        array = dataset[()]
+    return array.astype(_native(array.dtype), copy=False)
 
 
 def _check_heatmap_values(path: Path, heatmaps: np.ndarray, block: int = 1024) -> None:
