@@ -185,11 +185,13 @@ class Checkpointer:
 
     def complete(self, state: dict[str, Any], best_is_this: bool) -> None:
         """Publish the best/epoch copies of a resumed checkpoint that its run lacks: the process that
-        wrote it was killed after uploading latest_checkpoint.pth and before those."""
+        wrote it was killed after uploading latest_checkpoint.pth and before those. They are written from a
+        copy: the optimizer took the checkpoint's tensors as its own state (Optimizer.load_state_dict keeps
+        tensors that need no cast), and training changes them while the writer saves."""
         epoch = int(state["epoch"])
         names = [n for n in self._copies(epoch, best_is_this) if n == BEST or n not in self.published]
         if names:
-            self._submit(state, None, epoch, names)
+            self._submit(snapshot(state), None, epoch, names)
 
     def _copies(self, epoch: int, is_best: bool) -> list[str]:
         every = self.policy.save_every_n_epochs

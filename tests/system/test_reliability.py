@@ -131,6 +131,50 @@ def test_a_crash_between_checksum_and_checkpoint_upload_leaves_a_file_that_verif
         load_checkpoint(tmp_path / "run" / "latest_checkpoint.pth")
 
 
+def test_a_resumed_checkpoints_copies_are_written_as_it_was_not_as_training_changed_it_since(tmp_path: Path) -> None:
+    """Checkpointer.complete hands the resumed checkpoint to the background writer; the optimizer holds that
+    checkpoint's tensors as its state and training changes them in place meanwhile. The copies must hold the
+    checkpoint as it was (a fresh-clone CI run published an epoch file whose CRC failed: saved while it changed)."""
+
+    class Later:  # a busy background writer: the job runs after training has moved on
+        def __init__(self) -> None:
+            self.jobs: list = []
+
+        def submit(self, job, *args) -> None:
+            self.jobs.append((job, args))
+
+    class Store:
+        run_id = "r"
+
+        def log_artifact(self, local_path: Path, artifact_dir: str) -> bool:
+            return True
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    checkpoint = {"epoch": 2, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+    checkpoint = torch.load(_saved(checkpoint, tmp_path / "resumed.pth"), weights_only=True)  # as a resume reads it
+    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    before = checkpoint["optimizer_state_dict"]["state"][0]["exp_avg"].clone()
+    writer = Later()
+    local = tmp_path / "local"
+    local.mkdir()
+    Checkpointer(local, Store(), KeepPolicy(save_every_n_epochs=1), writer=writer).complete(checkpoint, True)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()  # epoch 3 trains: Adam's moments change in place
+    for job, args in writer.jobs:
+        job(*args)
+    for name in ("best_model.pth", "epoch_002.pth"):
+        written = load_checkpoint(local / name)["optimizer_state_dict"]["state"][0]["exp_avg"]
+        assert torch.equal(written, before), name
+
+
+def _saved(state: dict, path: Path) -> Path:
+    torch.save(state, path)
+    return path
+
+
 def test_checksums_written_while_uploads_are_spooled_accept_every_version_the_run_may_hold(tmp_path: Path) -> None:
     """While the server is away, uploads wait in the spool (a newer one replaces a pending one of the same file)
     and are replayed later in order; a crash may stop the replay after any call. Whatever it sent, the run's
