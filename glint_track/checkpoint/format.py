@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any
     """Read a checkpoint with weights_only=True: tensors and plain containers only, never pickled code.
     When its checksum file is beside it, the bytes are verified first (it may list two digests: the
     file's and the one it replaces, see Checkpointer._publish). `label` names the checkpoint in errors
-    where its path is a download's temporary copy (`run <id>'s checkpoints/best_model.pth`)."""
+    where its path is a download's temporary copy (`runs:/<id>/checkpoints/best_model.pth`)."""
     path = Path(path)
     label = label or str(path)
     if not path.is_file():

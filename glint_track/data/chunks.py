@@ -48,20 +48,20 @@ def read_gzip_chunks(dataset: h5py.Dataset, workers: int | None = None) -> np.nd
 
 def _chunk_index(dataset: h5py.Dataset) -> list[tuple[tuple[int, ...], int, int]] | None:
     """(offset in the dataset, byte offset in the file, stored size) of each chunk; None when some were never
-    written (they read as the fill value: h5py knows how). Chunks off the grid, twice on it or outside the file are
-    refused."""
+    written (they read as the fill value) or stored without their filter (HDF5 skips an optional filter that
+    fails): h5py knows how to read those. Chunks off the grid, twice on it or outside the file are refused."""
     shape, chunk = dataset.shape, dataset.chunks
     if not hasattr(dataset.id, "chunk_iter"):  # HDF5 before 1.12.3: one lookup per chunk costs more than it saves
         return None
     found: list = []
     dataset.id.chunk_iter(found.append)
-    if len(found) != math.prod(math.ceil(s / c) for s, c in zip(shape, chunk)):
+    if len(found) != math.prod(math.ceil(s / c) for s, c in zip(shape, chunk)) or any(i.filter_mask for i in found):
         return None
     size = os.path.getsize(dataset.file.filename)
     index, seen = [], set()
     for info in found:
         offset = tuple(info.chunk_offset)
-        if info.filter_mask or offset in seen or any(o % c or o >= s for o, c, s in zip(offset, chunk, shape)):
+        if offset in seen or any(o % c or o >= s for o, c, s in zip(offset, chunk, shape)):
             raise DamagedChunk(f"the chunk index of {dataset.name!r} lists chunk {offset} twice or off its grid")
         if info.byte_offset is None or info.byte_offset + info.size > size:
             raise DamagedChunk(f"chunk {offset} of {dataset.name!r} lies beyond the end of the file")

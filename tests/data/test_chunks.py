@@ -40,8 +40,11 @@ def test_other_layouts_are_left_to_h5py(tmp_path: Path) -> None:
         f.create_dataset("contiguous", data=data)
         f.create_dataset("partly_written", shape=(4, 16, 16), dtype=np.uint8, chunks=(1, 16, 16), compression="gzip")
         f["partly_written"][0] = data[0]
+        f.create_dataset("one_unfiltered", data=data, chunks=(1, 16, 16), compression="gzip")
+        f["one_unfiltered"].id.write_direct_chunk((2, 0, 0), data[2].tobytes(), filter_mask=1)  # gzip skipped
     with h5py.File(tmp_path / "b.h5", "r") as f:
         assert all(read_gzip_chunks(f[name]) is None for name in f)
+        assert np.array_equal(f["one_unfiltered"][()], data)  # a valid file, which h5py reads
 
 
 @pytest.mark.parametrize(
