@@ -90,9 +90,9 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
             f"copy the run ID from the MLflow UI or the end of a training log"
         )
     run = get_run(source)
-    if continued := run.data.tags.get(TAG_CONTINUED_IN):
+    if (continued := run.data.tags.get(TAG_CONTINUED_IN)) and continued != source:  # followed once: tags can loop
         log.info("run %s was made by `mlflow run`, which trained in run %s: using run %s", source, continued, continued)
-        return fetch_checkpoint(continued, prefer_best, option)
+        source, run = continued, get_run(continued)
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
     _refuse_deleted(run, experiment)
     names = list_artifact_names(source, ARTIFACT_DIR)

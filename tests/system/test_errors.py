@@ -145,6 +145,7 @@ def test_resuming_the_run_mlflow_run_made_continues_the_run_that_trained(tiny_h5
     made = client.create_run(mlflow.get_run(run_id).info.experiment_id)
     client.set_tag(made.info.run_id, "glint_track.continued_in", run_id)
     client.set_terminated(made.info.run_id, "FINISHED")
+    client.set_tag(run_id, "glint_track.continued_in", made.info.run_id)  # a loop (a copied store, a hand edit)
     result = CliRunner().invoke(main, ["train", "--resume", made.info.run_id, "--epochs", "2"])
     assert result.exit_code == 0, result.output
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2]
