@@ -27,6 +27,26 @@ from glint_track.data.synth import write_synthetic
 TINY = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu"]
 
 
+def _native_bf16_cpu() -> bool:
+    from glint_track.engine import Precision
+
+    return Precision.resolve("auto", torch.device("cpu"), channels_last=False).name == "bf16"
+
+
+#: `--precision auto` trains in bf16 on a CPU with AVX512-BF16 or AMX and in fp32 on others, and CI runs on both
+#: kinds. Tests whose assertions rest on what a trained model computes take the `train_precision` fixture: they
+#: run once per precision on a CPU that has bf16 (so a test that holds in one arithmetic only fails here, not on
+#: the next CI machine), and in fp32 elsewhere (bf16 would only be emulated there).
+CPU_PRECISIONS = ("fp32", "bf16") if _native_bf16_cpu() else ("fp32",)
+
+
+@pytest.fixture(params=CPU_PRECISIONS)
+def train_precision(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's training precision, as a user sets it (GLINT_TRACK_TRAIN_PRECISION)."""
+    monkeypatch.setenv("GLINT_TRACK_TRAIN_PRECISION", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("data") / "tiny.h5", num_samples=32, size=32, num_glints=4, seed=1)

@@ -50,7 +50,7 @@ def correct_as_the_renderer_drew(prelabelled: Path, truth: Path) -> dict[tuple[s
 
 
 @pytest.mark.timeout(600)
-def test_train_prelabel_correct_pack_and_fine_tune(tmp_path: Path) -> None:
+def test_train_prelabel_correct_pack_and_fine_tune(tmp_path: Path, train_precision: str) -> None:
     labels = tmp_path / "labels"
     first = synth(tmp_path / "first.h5", 64, seed=1, labelme=labels / "first")
     heldout = synth(tmp_path / "heldout.h5", 64, seed=3)

@@ -74,7 +74,7 @@ def test_two_epoch_run_logs_params_metrics_checkpoints_and_model(tiny_h5: Path) 
 
 
 @pytest.mark.timeout(240)
-def test_the_default_recipe_learns_to_find_glints(tmp_path: Path) -> None:
+def test_the_default_recipe_learns_to_find_glints(tmp_path: Path, train_precision: str) -> None:
     """README's promise, on the CPU in under a minute: no tuning flag, a small data set (128 images of 64²),
     the defaults' 15 epochs reach val F1 ≥ 0.9 with glints placed to within 1.5 px, and the last line says so."""
     from glint_track.data.synth import write_synthetic
@@ -104,7 +104,7 @@ def test_checkpoint_keys_and_sizes_with_and_without_optimizer(tiny_h5: Path) -> 
     assert 2.5 < ratio < 3.5, ratio
 
 
-def test_resume_by_run_id_continues_the_same_run_exactly(tiny_h5: Path) -> None:
+def test_resume_by_run_id_continues_the_same_run_exactly(tiny_h5: Path, train_precision: str) -> None:
     _, straight = train_tiny(tiny_h5, "--epochs", "3")
     _, run_id = train_tiny(tiny_h5, "--epochs", "2")
     first, _ = latest_checkpoint(run_id)
