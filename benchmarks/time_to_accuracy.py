@@ -18,7 +18,8 @@ first run: no warm-up, a new store, an empty decoded-data cache (run it first on
                 batch 16, Adam 1e-3, focal loss, the head at PyTorch's default initialisation, a checkpoint
                 every epoch; each checkpoint is decoded with glint-track's decoder between epochs, its time
                 taken off the clock.
-(b) default     `glint-track train --h5 FILE` with no flag but --epochs.
+(b) default     `glint-track train --h5 FILE` with no flag: its own epochs, as users type it.
+    before      the same command from another checkout (--before TREE): the default before a change.
 (r) recipes     `glint-track train` with the flags in RECIPES (those with their own --epochs train that many).
 (p) lightning   what a user would write instead: a LightningModule with the same UNet, loss (peak-bce), split,
                 Adam 1e-3 and batch 16; bf16-mixed, a per-sample DataLoader with 6 workers, MLFlowLogger
@@ -58,6 +59,10 @@ RECIPES = {
     "b256-cosine": ["--batch-size", "256", "--lr", "4e-3", "--scheduler", "cosine", "--epochs", "16"],
 }
 ROWS = ["research", *RECIPES, "lightning"]
+#: Rows that run the command exactly as typed, their own number of epochs (the others train --max-epochs).
+AS_TYPED = ("default", "before")
+#: The checkout the row "before" runs (--before).
+BEFORE: Path | None = None
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
 _EPOCH_LINE = re.compile(_STAMP + r"epoch (\d+)/\d+ ")
 _FIRST_STEP = re.compile(r"first step launched ([\d.]+) s after the command started")
@@ -252,17 +257,25 @@ def run_row(name: str, h5: Path, workdir: Path, store: str, max_epochs: int, bud
     for old in ("epochs.jsonl", "first_step.json"):
         (out / old).unlink(missing_ok=True)
     env = child_env(XDG_CACHE_HOME=str(workdir.parent / "cache"), MLFLOW_TRACKING_URI=store)
-    if name in RECIPES:
-        epochs = [] if "--epochs" in RECIPES[name] else ["--epochs", str(max_epochs)]
-        cmd = [*train_command("--h5", str(h5)), *epochs, "--output-dir", str(out / "run"), *RECIPES[name]]
+    if name == "before":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BEFORE), os.environ.get("PYTHONPATH")]))
+    if name in RECIPES or name == "before":
+        flags = RECIPES.get(name, [])
+        epochs = [] if "--epochs" in flags or name in AS_TYPED else ["--epochs", str(max_epochs)]
+        cmd = [*train_command("--h5", str(h5)), *epochs, "--output-dir", str(out / "run"), *flags]
     else:
         cmd = [sys.executable, __file__, "--row", name, "--h5", str(h5), "--workdir", str(workdir)]
         cmd += ["--max-epochs", str(max_epochs), "--budget-s", str(budget_s)]
     start = time.time()
     with open(out / "stdout.log", "w") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget_s + 600, check=False)
+        # from the row's own folder: `python -m` puts the working folder first on sys.path, which would make the row
+        # "before" import this checkout's glint_track from the repository's root
+        proc = subprocess.run(
+            cmd, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT, timeout=budget_s + 600, check=False
+        )
     returned = time.time()
-    epochs, first_step = _glint_track_epochs(out, store) if name in RECIPES else _read_epochs(out)
+    ours = name in RECIPES or name == "before"
+    epochs, first_step = _glint_track_epochs(out, store) if ours else _read_epochs(out)
     steady = (epochs[-1]["t"] - epochs[0]["t"]) / (len(epochs) - 1) if len(epochs) > 1 else float("nan")
     bars = {}
     for bar in PX_BARS:
@@ -274,7 +287,7 @@ def run_row(name: str, h5: Path, workdir: Path, store: str, max_epochs: int, bud
         "rc": proc.returncode,
         "wall_s": returned - start,
         "epochs": len(epochs),
-        "first_step_s": first_step if name in RECIPES else (first_step - start if first_step else None),
+        "first_step_s": first_step if ours else (first_step - start if first_step else None),
         "first_epoch_s": epochs[0]["t"] - start if epochs else None,
         "epoch_s": steady,
         "bars": bars,
@@ -369,8 +382,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--cold", action="store_true", help="no warm-up run: a new MLflow store, an empty cache")
+    parser.add_argument("--before", type=Path, help="a checkout before a change: the row 'before' runs its default")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # in the child process
     args = parser.parse_args()
+    global BEFORE
+    BEFORE = args.before.resolve() if args.before else None
     if args.row:
         out = args.workdir / args.row
         {"research": research, "lightning": lightning}[args.row](
@@ -379,7 +395,7 @@ def main() -> None:
         return
     workdir = make_workdir(args.workdir, "glint-tta-")
     h5 = args.h5 or synthetic_file(workdir, "tta", args.samples, args.size)
-    rows = args.only.split(",") if args.only else ROWS
+    rows = args.only.split(",") if args.only else ROWS + ["before"] * bool(BEFORE)
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     if not args.cold:
         warm_up(h5, workdir, store)

@@ -14,6 +14,9 @@ from pathlib import Path
 OUTPUT_STRIDE = 4
 #: Image sides must divide by this: the UNet's four 2× poolings.
 SIZE_MULTIPLE = 16
+#: Largest image side `pack --img-size`, `predict --input-size` and a checkpoint's trained size may have (memory grows
+#: with its square).
+MAX_SIDE = 8192
 
 #: A channel's peak probability at or above this is a detected glint.
 DEFAULT_THRESHOLD = 0.3

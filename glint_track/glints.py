@@ -175,6 +175,22 @@ _COUNTS = ("tp", "fp", "fn", "swaps", "predicted")
 METRIC_NAMES = ("precision", "recall", "f1", "loc_err_mean", "loc_err_median", "swap_rate")
 
 
+def metrics_by_group(
+    predictions: list[tuple[Glints, Glints]], groups: list[str], num_glints: int, match_radius: float
+) -> dict[str, dict[str, float]]:
+    """The overall metrics of each group's samples (participant, session), from (decoded prediction, ground truth)
+    pairs in sample order and the group of each sample, in that order."""
+    pred = Glints(*(torch.cat([getattr(p, k) for p, _ in predictions]) for k in ("xy", "score", "present")))
+    truth = Glints(*(torch.cat([getattr(t, k) for _, t in predictions]) for k in ("xy", "score", "present")))
+    out = {}
+    for name in sorted(set(groups)):
+        rows = torch.tensor([g == name for g in groups], device=pred.xy.device)
+        metrics = GlintMetrics(num_glints, match_radius)
+        metrics.update(pred.take(rows), truth.take(rows))
+        out[name] = metrics.compute()
+    return out
+
+
 def threshold_sweep(
     predictions: list[tuple[Glints, Glints]], num_glints: int, match_radius: float, in_use: float
 ) -> dict[str, list[float]]:

@@ -10,11 +10,23 @@ from __future__ import annotations
 import logging
 import os
 
+from glint_track.files import printable
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+class OneLineFormatter(logging.Formatter):
+    """Each record's message as one line of plain text: control characters in it (a newline, an ANSI escape, from a
+    file name someone chose) are escaped, so no input can forge a log line or colour the terminal. A traceback
+    (--debug) is appended as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def log_formatter() -> logging.Formatter:
-    return logging.Formatter(LOG_FORMAT)
+    return OneLineFormatter(LOG_FORMAT)
 
 
 def route_third_party(handler: logging.Handler, debug: bool) -> None:

@@ -24,7 +24,18 @@ from glint_track.cli import main
 from glint_track.data.synth import write_synthetic
 
 # Small enough for a 2-core CPU: 32×32 images, a 4-wide UNet, a few dozen samples.
-TINY = ["--base-channels", "4", "--batch-size", "8", "--val-split", "0.25", "--device", "cpu"]
+TINY = [
+    "--base-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--val-split",
+    "0.25",
+    "--passes-per-epoch",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def _native_bf16_cpu() -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glint_track.constants import MAX_SIDE, SIZE_MULTIPLE
 from glint_track.errors import GlintTrackError, shown
 from glint_track.files import first_line
 
@@ -201,6 +202,8 @@ def check_rng(state: dict[str, Any], label: str) -> None:
 
 
 def _check_model_info(info: dict[str, Any], label: str) -> None:
+    """Counts of at least 1; the trained image size within what `predict --input-size` accepts (predict and export
+    allocate images of that size), each side a multiple of SIZE_MULTIPLE."""
     size = info.get("image_size")
     ok = all(info.get(k) is None or (_is_int(info[k]) and info[k] >= 1) for k in ("num_glints", "base_channels")) and (
         size is None
@@ -208,3 +211,9 @@ def _check_model_info(info: dict[str, Any], label: str) -> None:
     )
     if not ok:
         raise refuse(label, f"its model_info {shown(info)} is not (num_glints, base_channels, image_size)")
+    if size is not None and not all(s <= MAX_SIDE and s % SIZE_MULTIPLE == 0 for s in size):
+        raise refuse(
+            label,
+            f"its model_info says it was trained on {shown(size)} images; a side must be a multiple of "
+            f"{SIZE_MULTIPLE} up to {MAX_SIDE}",
+        )

@@ -16,8 +16,9 @@ import click
 import psutil
 
 from glint_track import __version__
+from glint_track.cli.data import inspect_cmd, pack_cmd, synth_cmd
 from glint_track.cli.sweep import sweep_cmd, sync_cmd
-from glint_track.cli.tools import evaluate_cmd, export_cmd, inspect_cmd, pack_cmd, predict_cmd, synth_cmd
+from glint_track.cli.tools import evaluate_cmd, export_cmd, predict_cmd
 from glint_track.cli.train import train_cmd
 from glint_track.errors import GlintTrackError
 from glint_track.logs import log_formatter, route_third_party

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from glint_track.constants import MAX_SIDE
 from glint_track.training.config import TrainConfig
 
 D = TrainConfig()  # defaults live in TrainConfig only
@@ -49,10 +50,6 @@ def threshold_option(what: str) -> Callable[[Callable], Callable]:
         show_default=True,
         help=f"Peak probability from which {what}.",
     )
-
-
-#: Largest image side `pack --img-size` and `predict --input-size` accept (memory grows with its square).
-MAX_SIDE = 8192
 
 
 class Size(click.ParamType):

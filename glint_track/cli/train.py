@@ -56,6 +56,7 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 @stacked(*TRAIN_OPTIONS)
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
+    check_typed(options)  # before anything heavy is imported: a mistyped value answers at once
     from glint_track.tracking.ui import run_url, runs_table_url
     from glint_track.training.loop import train
     from glint_track.training.resume import AlreadyFinished
@@ -105,16 +106,32 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
         ctx.exit(EXIT_SPOOL_PENDING)
 
 
+def check_typed(options: dict[str, Any]) -> None:
+    """The settings' own checks, before torch and MLflow are imported: a value a user typed that no training could
+    take is refused in 0.1 s, not after seconds of imports. (A setting not typed has its valid default here; what a
+    resumed checkpoint brings is checked again once it is merged.)"""
+    settings = {k: v for k, v in options.items() if k != "gpus"}
+    for name in ("resume", "init_from", "output_dir", "cache_dir"):
+        settings[name] = settings[name] or None
+    if settings["resume"] and not settings["h5"]:
+        settings["h5"] = "the resumed run's data"  # the checkpoint names it
+    TrainConfig(**settings).validate()
+
+
 def _summary_line(result: Any) -> str:
     """The run's glint result first: what a user waits for."""
     head = f"Run {result.run_id} finished {counted(result.epochs, 'epoch')}"
     if result.glints is None:
         return head + "."
-    g = result.glints
-    return (
-        f"{head}: val F1 {g['f1']:.3f}, {glint_error(g['loc_err_mean'], g['loc_err_median'])}, "
+    g, groups = result.glints, result.by_group
+    unseen = f", validated on {counted(len(groups), 'group')} it never trained on" if groups else ""
+    line = (
+        f"{head}{unseen}: val F1 {g['f1']:.3f}, {glint_error(g['loc_err_mean'], g['loc_err_median'])}, "
         f"best checkpoint = epoch {int(g['epoch'])} by {result.monitor}."
     )
+    for name, m in (groups or {}).items():
+        line += f"\n  {name}: F1 {m['f1']:.3f}, {glint_error(m['loc_err_mean'], m['loc_err_median'])}"
+    return line
 
 
 #: Exit status of a training that finished but whose tracking calls wait in a spool.

@@ -9,10 +9,12 @@ from glint_track.training.config import (
     AGG_MODES,
     DIV_MODES,
     LOSSES,
+    MAX_AUGMENT_STRENGTH,
     MONITOR_MODES,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULERS,
+    SPLITS,
 )
 
 TRAIN_OPTIONS = (
@@ -46,6 +48,12 @@ TRAIN_OPTIONS = (
         default=D.epochs,
         show_default=True,
         help="Train until this epoch (total, counting resumed ones).",
+    ),
+    click.option(
+        "--passes-per-epoch",
+        type=click.IntRange(1, 10_000),
+        help="Passes over the training frames an epoch [default: auto: about 512 frames an epoch, so 58 labelled "
+        "frames get 9 passes and 512 or more get 1; the run records the number used].",
     ),
     click.option(
         "--batch-size",
@@ -83,7 +91,9 @@ TRAIN_OPTIONS = (
         type=click.Choice(SCHEDULERS),
         default=D.scheduler,
         show_default=True,
-        help="LR schedule, stepped per epoch; its state is checkpointed.",
+        help="LR schedule, set per epoch from the epoch number (no state): flat-cosine holds --lr, then decays it "
+        "along a cosine over the last 40 % of the epochs; cosine decays from the start; none keeps --lr (the research "
+        "script's).",
     ),
     click.option(
         "--step-size",
@@ -103,6 +113,30 @@ TRAIN_OPTIONS = (
         default=D.val_split,
         show_default=True,
         help="Fraction held out for validation; the split is fixed by --seed, identical on resume.",
+    ),
+    click.option(
+        "--split-by",
+        type=click.Choice(SPLITS),
+        default=D.split_by,
+        show_default=True,
+        help="What validation holds out: group = whole participants/sessions (the file's 'groups', which pack makes "
+        "from sub-folders), so the metrics say how the model does on people it never saw; frame = frames at random "
+        "(a recording's neighbouring frames then flatter it); auto = group where the file has two groups or more.",
+    ),
+    click.option(
+        "--augment/--no-augment",
+        default=D.augment,
+        show_default=True,
+        help="Redraw each training batch on the device: shifted, scaled and turned a little, partly covered, with "
+        "unlabelled bright spots, blurred, re-exposed and noisy, the glints moved along (never mirrored: that would "
+        "swap the LEDs). What makes a few dozen labelled frames hold on new people.",
+    ),
+    click.option(
+        "--augment-strength",
+        type=click.FloatRange(0, MAX_AUGMENT_STRENGTH),
+        default=D.augment_strength,
+        show_default=True,
+        help="Scales every augmentation's range and chance (0: none, 2: twice as far).",
     ),
     click.option(
         "--seed",

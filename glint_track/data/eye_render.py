@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glint_track.data.eye_model import (
+    CORNEA_RADIUS_MM,
     LIMBUS_RADIUS_MM,
     PUPIL_DEPTH_MM,
     Eye,
@@ -33,6 +34,37 @@ FISSURE_WIDTH_MM = 30.0  # corner to corner of the eye opening (palpebral fissur
 
 
 @dataclass(frozen=True)
+class Participant:
+    """What stays the same across one person's frames: their cornea, how the headset sits on them (distance,
+    framing, the eye's place), their headset's LED ring, and their skin and iris under its light. Frames of one
+    participant differ in gaze, pupil, lids, a little headset slip, and the sensor's noise."""
+
+    distance: float  # camera to corneal apex, mm
+    eye_share: float  # of the frame width the eye opening spans
+    offset: tuple[float, float]  # the eye's centre off the camera axis, mm
+    cornea_radius: float  # mm
+    leds: np.ndarray  # the ring, mounting tolerance included
+    intensities: dict[str, float]  # skin, sclera, iris (× the sensor's white)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, num_glints: int) -> Participant:
+        leds = led_ring(num_glints, rng.uniform(14.0, 22.0))
+        leds[:, :2] += rng.normal(0, 0.3, (num_glints, 2))
+        return cls(
+            distance=rng.uniform(28.0, 40.0),
+            eye_share=rng.uniform(0.7, 0.9),
+            offset=(rng.normal(0, 1.5), rng.normal(0, 1.5)),
+            cornea_radius=rng.uniform(7.0, 8.6),  # adult range (Gullstrand's 7.8 is its middle)
+            leds=leds,
+            intensities={
+                "skin": rng.uniform(0.5, 0.7),
+                "sclera": rng.uniform(0.38, 0.52),
+                "iris": rng.uniform(0.24, 0.36),
+            },
+        )
+
+
+@dataclass(frozen=True)
 class Scene:
     """What one image shows, drawn from human and tracker ranges scaled by `difficulty`."""
 
@@ -44,17 +76,28 @@ class Scene:
     intensities: dict[str, float]
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, size: int, num_glints: int, difficulty: float) -> Scene:
+    def draw(
+        cls, rng: np.random.Generator, size: int, num_glints: int, difficulty: float, who: Participant | None = None
+    ) -> Scene:
+        """A frame of participant `who`, or (None) of someone drawn for this frame alone."""
         d = float(np.clip(difficulty, 0.0, 1.0))
-        distance = rng.uniform(28.0, 40.0)  # camera to corneal apex, head-mounted trackers
-        eye_share = rng.uniform(0.7, 0.9)  # of the frame width the eye opening spans
+        if who is None:
+            distance = rng.uniform(28.0, 40.0)  # camera to corneal apex, head-mounted trackers
+            eye_share = rng.uniform(0.7, 0.9)  # of the frame width the eye opening spans
+            centre = np.array([rng.normal(0, 1.5), rng.normal(0, 1.5), distance + 13.5])
+            cornea = CORNEA_RADIUS_MM
+        else:  # the headset slips a little between frames
+            distance, eye_share, cornea = who.distance + rng.normal(0, 0.4), who.eye_share, who.cornea_radius
+            centre = np.array([*(np.array(who.offset) + rng.normal(0, 0.2, 2)), distance + 13.5])
         focal = eye_share * size * distance / FISSURE_WIDTH_MM
-        centre = np.array([rng.normal(0, 1.5), rng.normal(0, 1.5), distance + 13.5])
         max_angle = np.radians(12 + 20 * d)  # gaze range, human comfortable range ±30°
         yaw, pitch = rng.uniform(-max_angle, max_angle), rng.uniform(-0.7 * max_angle, 0.7 * max_angle)
-        eye = Eye(centre, gaze_vector(yaw, pitch), pupil_radius=rng.uniform(1.25, 3.5))
-        leds = led_ring(num_glints, rng.uniform(14.0, 22.0))
-        leds[:, :2] += rng.normal(0, 0.3, (num_glints, 2))  # mounting tolerance
+        eye = Eye(centre, gaze_vector(yaw, pitch), cornea_radius=cornea, pupil_radius=rng.uniform(1.25, 3.5))
+        if who is None:
+            leds = led_ring(num_glints, rng.uniform(14.0, 22.0))
+            leds[:, :2] += rng.normal(0, 0.3, (num_glints, 2))  # mounting tolerance
+        else:
+            leds = who.leds
         opening = float(np.clip(rng.uniform(0.8, 1.1) - d * rng.uniform(0, 0.6) - 0.8 * max(pitch, 0), 0.15, 1.1))
         intensities = {
             "skin": rng.uniform(0.5, 0.7),  # bright, yet below the glints once auto-exposure has set the gain
@@ -63,6 +106,8 @@ class Scene:
             "pupil": rng.uniform(0.02, 0.07),
             "glint": rng.uniform(2.0, 4.0),  # saturates: a specular LED image outshines everything
         }
+        if who is not None:
+            intensities |= who.intensities
         return cls(eye, leds, focal, (size / 2, size / 2), opening, intensities)
 
     def to_px(self, points: np.ndarray) -> np.ndarray:
@@ -235,12 +280,18 @@ def _sensor(img: np.ndarray, rng: np.random.Generator, difficulty: float, bits: 
 
 
 def render_sample(
-    rng: np.random.Generator, size: int, num_glints: int, difficulty: float = 0.5, bits: int = 8
+    rng: np.random.Generator,
+    size: int,
+    num_glints: int,
+    difficulty: float = 0.5,
+    bits: int = 8,
+    who: Participant | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One near-eye IR image (H×W, uint8, or uint16 holding `bits` bits), glint centres (C×2 px, NaN if
-    absent) and radii (C px), glint c being LED c of the ring (g1 at the top, then clockwise)."""
+    absent) and radii (C px), glint c being LED c of the ring (g1 at the top, then clockwise); of participant `who`
+    if given."""
     d = float(np.clip(difficulty, 0.0, 1.0))
-    return render_scene(Scene.draw(rng, size, num_glints, d), rng, size, d, bits)
+    return render_scene(Scene.draw(rng, size, num_glints, d, who), rng, size, d, bits)
 
 
 def render_scene(

@@ -24,7 +24,7 @@ from glint_track.constants import COMPRESSIONS
 from glint_track.data.chunks import read_gzip_chunks
 from glint_track.data.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path, file_digest, first_line
+from glint_track.files import atomic_path, file_digest, first_line, not_a_file, starts_with
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class GlintData:
     present: torch.Tensor | None  # N×C uint8
     points: torch.Tensor | None  # N×C×2 float32 glint centres in image pixels, NaN where absent
     stems: list[str] | None
+    groups: list[str] | None = None  # each sample's participant, session or recording, where the file says
     attrs: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
     from_cache: bool = False  # the decoded arrays came memory-mapped from the cache
@@ -98,6 +99,15 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+#: The longest sample name kept (a stem or a group), in characters.
+MAX_NAME_CHARS = 256
+
+
+def _names(dataset: h5py.Dataset) -> list[str]:
+    """A name per sample (h5check bounded their declared size), one line each, at most MAX_NAME_CHARS long."""
+    return [" ".join(_text(v).split())[:MAX_NAME_CHARS] for v in dataset[()]]
+
+
 def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintData:
     """Validate and load a glint HDF5 file, raising GlintTrackError with the fix on any problem.
 
@@ -108,8 +118,7 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
     and only the first run pays for decompression.
     """
     path = Path(path)
-    if not path.is_file():
-        problem = "is a folder, not a file" if path.is_dir() else "no such file"
+    if problem := not_a_file(path):
         raise GlintTrackError(
             f"{path}: {problem}; check --h5, or write demo data with `glint-track synth --out {path}`"
         )
@@ -122,7 +131,7 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
             check_layout(path, datasets)
             check_memory(path, datasets)
             check_stored(path, datasets)
-            stems = [_text(s) for s in datasets["stems"][()]] if "stems" in datasets else None
+            stems, groups = (_names(datasets[name]) if name in datasets else None for name in ("stems", "groups"))
             points = _read_points(path, datasets) if "points" in datasets else None
             expected = {
                 name: (tuple(ds.shape), _native(ds.dtype))
@@ -151,6 +160,7 @@ def load_glint_file(path: str | Path, cache_dir: Path | None = None) -> GlintDat
         present=tensors.get("present"),
         points=torch.from_numpy(points) if points is not None else None,
         stems=stems,
+        groups=groups,
         attrs=attrs,
         digest=digest,
         from_cache=from_cache,
@@ -268,6 +278,21 @@ def _write_cache(cache_dir: Path, digest: str, arrays: dict[str, np.ndarray]) ->
         return False
 
 
+def written_by_glint_track(path: Path) -> bool:
+    """A data file `pack` or `synth` wrote (so another of theirs may replace it): HDF5 whose `source` says so."""
+    if not starts_with(path, HDF5_SIGNATURE):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return _text(f.attrs.get("source", b"")).startswith("glint-track ")
+    except (OSError, ValueError):
+        return False
+
+
+#: The first bytes of an HDF5 file (a file with a user block has them later; glint-track writes none).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def write_glint_file(
     out: Path,
     images: np.ndarray,
@@ -277,8 +302,10 @@ def write_glint_file(
     stems: list[str],
     attrs: dict,
     compression: str = "gzip",
+    groups: list[str] | None = None,
 ) -> None:
-    """Write the SEED layout (plus `points`, `radii`) to a temp file beside `out`, then rename it into place."""
+    """Write the SEED layout (plus `points`, `radii`, and `groups` when given: each sample's participant or session)
+    to a temp file beside `out`, then rename it into place."""
     if compression not in COMPRESSIONS:
         raise GlintTrackError(f"unknown --compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     codec = None if compression == "none" else compression
@@ -288,6 +315,8 @@ def write_glint_file(
                 f.create_dataset(name, data=arr, chunks=(1, *arr.shape[1:]), compression=codec)
             f.create_dataset("present", data=(~np.isnan(points[..., 0])).astype(np.uint8), compression=codec)
             f.create_dataset("stems", data=stems, dtype=h5py.string_dtype())
+            if groups is not None:
+                f.create_dataset("groups", data=groups, dtype=h5py.string_dtype())
             f.attrs.update(attrs)
     except OSError as e:
         raise GlintTrackError(

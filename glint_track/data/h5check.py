@@ -21,7 +21,11 @@ from glint_track.errors import GlintTrackError
 
 #: The datasets the trainer reads; anything else in the file is left alone (and never resolved).
 REQUIRED = ("images", "heatmaps")
-OPTIONAL = ("present", "points", "stems")
+OPTIONAL = ("present", "points", "stems", "groups")
+#: Text datasets (a name per sample) and the longest name each may declare, in bytes: names are short, and a
+#: fixed-length string type of gigabytes would be allocated once per sample.
+TEXT = ("stems", "groups")
+MAX_NAME_BYTES = 1024
 HEATMAP_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 REPACK = "re-pack it with `glint-track pack` or `glint-track synth`"
 #: Decoding may use at most this share of the memory available now (the rest is for the model and batches).
@@ -98,7 +102,7 @@ def check_stored(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
     """Every fixed-size dataset stores as much as its shape declares: a file of a few kB that declares
     gigabytes (unwritten chunks read as zeros) is crafted or truncated, and refused before it is read."""
     for name, dataset in datasets.items():
-        if h5py.check_string_dtype(dataset.dtype) is None and dataset.size:
+        if dataset.dtype.kind != "O" and dataset.size:  # variable-length strings live in the file's heap
             _check_allocated(path, name, dataset)
 
 
@@ -166,7 +170,7 @@ def _check_sizes(path: Path, image_shape: tuple[int, ...], heatmap_shape: tuple[
 def _check_optional(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
     """Shapes and dtypes of `present`, `points` and `stems`, where the file has them."""
     n, channels = datasets["heatmaps"].shape[:2]
-    expected = {"present": (n, channels), "stems": (n,), "points": (n, channels, 2)}
+    expected = {"present": (n, channels), "stems": (n,), "groups": (n,), "points": (n, channels, 2)}
     for name, shape in expected.items():
         if name in datasets and tuple(datasets[name].shape) != shape:
             raise fail(path, f"'{name}' has shape {datasets[name].shape}, expected {shape}", REPACK)
@@ -175,14 +179,30 @@ def _check_optional(path: Path, datasets: dict[str, h5py.Dataset]) -> None:
         if name in datasets and datasets[name].dtype.kind not in allowed:
             what = "0/1 flags (uint8 or bool)" if name == "present" else "floating-point x, y"
             raise fail(path, f"'{name}' has dtype {datasets[name].dtype}, expected {what}", REPACK)
-    if "stems" in datasets and h5py.check_string_dtype(datasets["stems"].dtype) is None:
-        raise fail(path, f"'stems' has dtype {datasets['stems'].dtype}, expected strings", REPACK)
+    for name in TEXT:
+        if name in datasets:
+            _check_text(path, name, datasets[name])
+
+
+def _check_text(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """A name per sample: strings (`groups` may hold integers, e.g. participant numbers), none longer than
+    MAX_NAME_BYTES as declared."""
+    dtype = dataset.dtype
+    numbers = name == "groups" and dtype.kind in ("i", "u")
+    if h5py.check_string_dtype(dtype) is None and not numbers:
+        raise fail(path, f"'{name}' has dtype {dtype}, expected strings", REPACK)
+    if dtype.kind != "O" and dtype.itemsize > MAX_NAME_BYTES:
+        raise fail(
+            path,
+            f"'{name}' declares names of {dtype.itemsize:,} bytes each (at most {MAX_NAME_BYTES} are read)",
+            "names are short: " + REPACK,
+        )
 
 
 def decoded_bytes(datasets: dict[str, h5py.Dataset]) -> int:
     """Memory the decoded arrays take (as load_glint_file keeps them: points as float32, present as uint8)."""
     itemsize = {"points": 4, "present": 1}
-    return sum(ds.size * itemsize.get(name, ds.dtype.itemsize) for name, ds in datasets.items() if name != "stems")
+    return sum(ds.size * itemsize.get(name, ds.dtype.itemsize) for name, ds in datasets.items() if name not in TEXT)
 
 
 def check_memory(path: Path, datasets: dict[str, h5py.Dataset]) -> None:

@@ -41,7 +41,7 @@ from glint_track.data.corrections import Corrections
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import Glint, render_heatmaps
 from glint_track.errors import GlintTrackError, shown
-from glint_track.files import IMAGE_SUFFIXES, first_line
+from glint_track.files import IMAGE_SUFFIXES, first_line, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class PackSummary:
     packed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # file → reason
     glints: int = 0
+    groups: int = 0  # participants or sessions (first-level sub-folders) recorded, 0 if not two or more
     corrections: Corrections | None = None  # what the annotator changed in frames a model pre-labelled
 
 
@@ -239,13 +240,17 @@ def pack_labelme(
     hm_size: tuple[int, int] | None = None,
     recursive: bool = False,
     compression: str = "gzip",
+    groups: bool = True,
 ) -> PackSummary:
-    """Pack every labelme JSON under `in_dir` into `out` (written atomically; nothing with 0 samples)."""
+    """Pack every labelme JSON under `in_dir` into `out` (written atomically; nothing with 0 samples). With
+    `recursive` and `groups`, each frame's first-level sub-folder (a participant or session: in_dir/p07/…) is its
+    group, stored when there are two or more, so training can hold whole people out for validation."""
     in_dir, out = Path(in_dir), Path(out)
     if not in_dir.is_dir():
         raise GlintTrackError(f"{in_dir}: no such folder; pass --in-dir the folder holding the labelme .json files")
-    json_paths = sorted(in_dir.rglob("*.json") if recursive else in_dir.glob("*.json"))
     root = in_dir.resolve()
+    summary = PackSummary(out=None)
+    json_paths = _annotation_files(in_dir, root, recursive, summary)
     size = img_size or _first_image_size(json_paths, root)
     if size is None:
         raise GlintTrackError(
@@ -260,8 +265,8 @@ def pack_labelme(
             f"{max(16, size[0] // 16 * 16)}x{max(16, size[1] // 16 * 16)}"
         )
     label = re.compile(re.escape(prefix) + r"(\d+)")
-    summary = PackSummary(out=None)
     samples: list[_Sample] = []
+    sample_groups: list[str] = []
     for path in tqdm(json_paths, desc="packing", unit="file", disable=not sys.stderr.isatty()):
         try:
             sample, warnings_ = _read_sample(path, root, num_glints, label, size)
@@ -273,6 +278,7 @@ def pack_labelme(
         for w in warnings_:
             log.warning("%s: %s", path, w)
         samples.append(sample)
+        sample_groups.append(group_of(path, in_dir))
         if sample.prelabel is not None:
             summary.corrections = summary.corrections or Corrections()
             if problem := summary.corrections.add(path.name, sample.prelabel, sample.points, path.read_bytes()):
@@ -283,14 +289,7 @@ def pack_labelme(
         )
 
     n = len(samples)
-    images = np.stack([s.image for s in samples])
-    heatmaps = np.zeros((n, num_glints, *hm), np.float16)
-    points = np.full((n, num_glints, 2), np.nan, np.float32)
-    radii = np.full((n, num_glints), np.nan, np.float32)
-    for i, s in enumerate(samples):
-        heatmaps[i] = render_heatmaps(s.glints, num_glints, size, hm, sigma_scale, sigma_min)
-        for c, x, y, r in reversed(s.glints):  # reversed: the first annotation of a channel wins
-            points[i, c], radii[i, c] = (x, y), r
+    images, heatmaps, points, radii = _arrays(samples, num_glints, size, hm, sigma_scale, sigma_min)
     summary.glints = int((~np.isnan(points[..., 0])).sum())
     attrs = dict(
         num_classes=num_glints,
@@ -304,6 +303,49 @@ def pack_labelme(
         source=f"glint-track pack {in_dir}",
         **{PACKED_FROM: str(root), PACKED_DIGEST: folder_digest(json_paths)},
     )
-    write_glint_file(out, images, heatmaps, points, radii, [s.stem for s in samples], attrs, compression)
+    stored_groups = sample_groups if groups and len(set(sample_groups)) > 1 else None
+    write_glint_file(out, images, heatmaps, points, radii, [s.stem for s in samples], attrs, compression, stored_groups)
     summary.out, summary.packed = out, n
+    summary.groups = len(set(stored_groups or ()))
     return summary
+
+
+def _arrays(
+    samples: list[_Sample],
+    num_glints: int,
+    size: tuple[int, int],
+    hm: tuple[int, int],
+    sigma_scale: float,
+    sigma_min: float,
+) -> tuple[np.ndarray, ...]:
+    """images, heat-maps, points and radii of the samples, as the file stores them."""
+    n = len(samples)
+    images = np.stack([s.image for s in samples])
+    heatmaps = np.zeros((n, num_glints, *hm), np.float16)
+    points = np.full((n, num_glints, 2), np.nan, np.float32)
+    radii = np.full((n, num_glints), np.nan, np.float32)
+    for i, s in enumerate(samples):
+        heatmaps[i] = render_heatmaps(s.glints, num_glints, size, hm, sigma_scale, sigma_min)
+        for c, x, y, r in reversed(s.glints):  # reversed: the first annotation of a channel wins
+            points[i, c], radii[i, c] = (x, y), r
+    return images, heatmaps, points, radii
+
+
+def _annotation_files(in_dir: Path, root: Path, recursive: bool, summary: PackSummary) -> list[Path]:
+    """The labelme files to read: regular files inside the folder; the others are skipped with the reason."""
+    found = []
+    for path in sorted(in_dir.rglob("*.json") if recursive else in_dir.glob("*.json")):
+        if reason := unreadable_reason(path, root):
+            log.warning("skipping %s: %s", path, reason)
+            summary.skipped[str(path)] = reason
+        else:
+            found.append(path)
+    return found
+
+
+def group_of(json_path: Path, in_dir: Path) -> str:
+    """A frame's group: the first sub-folder of `in_dir` it lies in (in_dir/p07/s2/f.json → p07), or '.' for a frame
+    in `in_dir` itself; one line, as file names may hold anything."""
+    parts = json_path.relative_to(in_dir).parts
+    name = parts[0] if len(parts) > 1 else "."
+    return " ".join(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").split())

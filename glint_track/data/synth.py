@@ -17,14 +17,28 @@ import numpy as np
 from PIL import Image
 
 from glint_track.constants import OUTPUT_STRIDE, SENSOR_BITS, SIGMA_MIN, SIGMA_SCALE
-from glint_track.data.eye_render import render_sample
+from glint_track.data.eye_render import Participant, render_sample
 from glint_track.data.glint_file import write_glint_file
 from glint_track.data.heatmaps import glints_of, render_heatmaps
 
+#: Participant k of a data set draws from the stream [seed, PARTICIPANT_STREAM + k] (frame i's is [seed, i]).
+PARTICIPANT_STREAM = 2**40
 
-def _sample(seed: int, i: int, size: int, num_glints: int, difficulty: float, bits: int) -> tuple[np.ndarray, ...]:
-    """Sample i of a data set: its own random stream, so it does not depend on the count or on workers."""
-    raw, points, radii = render_sample(np.random.default_rng([seed, i]), size, num_glints, difficulty, bits)
+
+def participant_of(i: int, num_samples: int, participants: int) -> int:
+    """Which participant frame i shows: consecutive frames, one recording each (0 with no participants)."""
+    return i * participants // num_samples if participants else 0
+
+
+def _sample(
+    seed: int, i: int, size: int, num_glints: int, difficulty: float, bits: int, who: int | None = None
+) -> tuple[np.ndarray, ...]:
+    """Sample i of a data set: its own random stream, so it does not depend on the count or on workers; of
+    participant `who` (their own stream) or, with None, of a person drawn for this frame alone."""
+    person = (
+        None if who is None else Participant.draw(np.random.default_rng([seed, PARTICIPANT_STREAM + who]), num_glints)
+    )
+    raw, points, radii = render_sample(np.random.default_rng([seed, i]), size, num_glints, difficulty, bits, person)
     hm = size // OUTPUT_STRIDE
     heatmaps = render_heatmaps(glints_of(points, radii), num_glints, (size, size), (hm, hm))
     return raw, to_8_bits(raw, bits), points, radii, heatmaps
@@ -56,16 +70,21 @@ def write_synthetic(
     labelme_dir: str | Path | None = None,
     difficulty: float = 0.5,
     bits: int = 8,
+    participants: int = 0,
 ) -> Path:
     """Write a demo file in the SEED layout (plus `points`, `radii`); appears atomically at `out`.
     With `labelme_dir`, also write each image as PNG (`bits` deep: 16-bit PNGs above 8) with its labelme JSON
-    (what `pack` reads). Large sets are generated on every CPU core; the result is the same either way."""
+    (what `pack` reads). With `participants`, the frames are that many people's recordings, one after another (each
+    their own cornea, headset fit and LED ring), named p01, p02, … in the file's `groups` and as the labelme
+    sub-folders; else every frame is someone new. Large sets are generated on every CPU core; the result is the
+    same either way."""
     if size % 16:
         raise ValueError(f"image size {size} must be divisible by 16")
     if bits not in SENSOR_BITS:
         raise ValueError(f"bit depth {bits} is not one of {SENSOR_BITS}")
     out = Path(out)
-    jobs = [(seed, i, size, num_glints, difficulty, bits) for i in range(num_samples)]
+    whose = [participant_of(i, num_samples, participants) if participants else None for i in range(num_samples)]
+    jobs = [(seed, i, size, num_glints, difficulty, bits, whose[i]) for i in range(num_samples)]
     workers = min(os.cpu_count() or 1, num_samples // 256)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -74,9 +93,12 @@ def write_synthetic(
         samples = [_sample(*job) for job in jobs]
     raw, images, points, radii, heatmaps = (np.stack(parts) for parts in zip(*samples))
     stems = [f"synth_{i:06d}" for i in range(num_samples)]
+    width = len(str(participants))
+    groups = [f"p{k + 1:0{max(2, width)}d}" for k in whose] if participants else None
     if labelme_dir is not None:
         for i, stem in enumerate(stems):
-            write_labelme(Path(labelme_dir), stem, raw[i], points[i], radii[i])
+            folder = Path(labelme_dir) / groups[i] if groups else Path(labelme_dir)
+            write_labelme(folder, stem, raw[i], points[i], radii[i])
     hm = size // OUTPUT_STRIDE
     attrs = dict(
         num_classes=num_glints,
@@ -91,8 +113,9 @@ def write_synthetic(
         seed=seed,
         difficulty=difficulty,
         sensor_bits=bits,
+        participants=participants,
     )
-    write_glint_file(out, images, heatmaps.astype(np.float16), points, radii, stems, attrs)
+    write_glint_file(out, images, heatmaps.astype(np.float16), points, radii, stems, attrs, groups=groups)
     return out
 
 

@@ -20,7 +20,7 @@ from glint_track.constants import DEFAULT_THRESHOLD, SIZE_MULTIPLE
 from glint_track.data.pack import MAX_IMAGE_PIXELS, Unusable, open_gray, resize_gray
 from glint_track.errors import GlintTrackError
 from glint_track.figures import draw_glints
-from glint_track.files import IMAGE_SUFFIXES, atomic_path
+from glint_track.files import IMAGE_SUFFIXES, atomic_path, refuse_replacing, refuse_writing_into, starts_with
 from glint_track.inference.backends import Detector, open_detector
 from glint_track.inference.labelme import PrelabelFolder
 
@@ -146,6 +146,10 @@ def predict(
     if window is not None and window % SIZE_MULTIPLE:
         raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 128")
     files = sources(inputs)
+    if out is not None:
+        refuse_replacing(out, "--out", rows_written_by_predict, "predictions glint-track wrote")
+    if overlay_dir is not None:
+        refuse_writing_into(overlay_dir, "--overlay-dir", files)
     if labelme is not None:
         labelme.check(files, VIDEO_SUFFIXES)
     detector = open_detector(model_ref, backend, device_name)
@@ -269,6 +273,12 @@ def _overlay(folder: Path, frame: Frame, rows: list[dict[str, object]]) -> None:
     h0, w0 = frame.gray.shape
     name = Path(frame.name.replace("#", "_")).stem
     draw_glints(frame.gray, found, scale=max(1.0, 256 / max(h0, w0))).save(folder / f"{name}.png")
+
+
+def rows_written_by_predict(path: Path) -> bool:
+    """A file of predictions (so a new run of predict may replace it): what _Rows writes first, the CSV header or
+    a JSON array of rows (possibly empty)."""
+    return starts_with(path, ",".join(FIELDS).encode(), b'[\n {"image": ', b"[\n]")
 
 
 class _Rows:

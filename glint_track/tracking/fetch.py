@@ -18,6 +18,7 @@ from glint_track.checkpoint.schema import CorruptCheckpoint
 from glint_track.constants import RUNS_DIR
 from glint_track.errors import GlintTrackError
 from glint_track.files import file_digest
+from glint_track.tracking.lease import refuse_if_held
 from glint_track.tracking.server import RUN_ID, get_run, list_artifact_names, require_local_store, tracking_uri
 from glint_track.tracking.tags import TAG_CONTINUED_IN, TAG_DATASET_DIGEST, TAG_DATASET_PATH, TAG_LOCAL_COPY
 
@@ -95,6 +96,8 @@ def fetch_checkpoint(source: str, prefer_best: bool = False, option: str = "--re
         source, run = continued, get_run(continued)
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
     _refuse_deleted(run, experiment)
+    if option == "--resume":  # a run another process trains: its checkpoints are replaced while they are read
+        refuse_if_held(run)
     names = list_artifact_names(source, ARTIFACT_DIR)
     if LATEST not in names:
         raise GlintTrackError(_no_checkpoint(run, option))

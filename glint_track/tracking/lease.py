@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -72,6 +73,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def refuse_if_held(run: Run) -> Holder | None:
+    """Refuse in one line a run that a live process trains (its checkpoints are being replaced as they are read);
+    returns the holder it names, alive or not, if any."""
+    holder = Holder.parse(run.data.tags.get(TAG))
+    if holder is not None and holder.alive():
+        raise GlintTrackError(
+            f"run {run.info.run_id} is being trained by {holder.describe()}; wait for it to finish or stop it "
+            f"(kill {holder.pid} on {holder.host}); a claim left by a killed process expires {ttl_s():.0f} s after "
+            "its last heartbeat"
+        )
+    return holder
+
+
 class RunLease:
     """This process's claim on a run, renewed by a daemon thread until `release()`."""
 
@@ -87,13 +101,7 @@ class RunLease:
         """Claim the run (`new`: one this process created); returns the lease and the stale holder it took
         over, if any (to report). Refuses in one line while another live process holds it."""
         run = client.get_run(run_id)
-        previous = Holder.parse(run.data.tags.get(TAG))
-        if previous is not None and previous.alive():
-            raise GlintTrackError(
-                f"run {run_id} is being trained by {previous.describe()}; wait for it to finish or stop it "
-                f"(kill {previous.pid} on {previous.host}); a claim left by a killed process expires {ttl_s():.0f} s "
-                f"after its last heartbeat"
-            )
+        previous = refuse_if_held(run)
         claims = [
             int(k[len(PARAM_PREFIX) :])
             for k in [*run.data.params, *run.data.tags]

@@ -213,10 +213,14 @@ class Checkpointer:
                 if name != LATEST:
                     copy_atomic(latest, self.directory / name)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError around the OSError
+            then = (
+                f"resume with --resume {self.store.run_id}: the previous checkpoint is intact"
+                if LATEST in self.published
+                else "train again: the run has no checkpoint yet"
+            )
             raise GlintTrackError(
                 f"writing the epoch {epoch} checkpoint to {self.directory} failed ({os_reason(e)}); free space there "
-                f"(or pass --output-dir on another disk) and resume with --resume {self.store.run_id}: the previous "
-                f"checkpoint is intact"
+                f"(or pass --output-dir on another disk) and {then}"
             ) from e
         for name in names:
             self._publish(name, digest)

@@ -19,7 +19,15 @@ DIV_MODES = ("overlap", "cosine", "kl")
 AGG_MODES = ("max", "sum")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULERS = ("none", "cosine", "step")
+SCHEDULERS = ("flat-cosine", "none", "cosine", "step")
+SPLITS = ("auto", "group", "frame")
+#: --augment-strength: 0 (none) … this
+MAX_AUGMENT_STRENGTH = 3.0
+#: --passes-per-epoch auto: whole passes over the training frames to show the model about this many frames an epoch,
+#: so that a few dozen labelled frames get hundreds of updates (a set of this size or more: one pass).
+EPOCH_FRAMES = 512
+#: The part of the epochs over which --scheduler flat-cosine decays the learning rate (fastai's fit_flat_cos: 0.25).
+DECAY_SHARE = 0.4
 MONITOR_MODES = ("min", "max")
 #: Where a run's local folder goes without --output-dir: runs/<run id>.
 
@@ -50,12 +58,17 @@ def knobs_read(name: str) -> tuple[str, ...]:
 #: Research-script flag names (SEED.md) that differ from ours, for its checkpoints' `train_args`.
 _LEGACY_NAMES = {"batch": "batch_size", "agg_wF": "agg_wf", "agg_wB": "agg_wb", "agg_wD": "agg_wd"}
 #: Settings that describe this invocation, not the training: a resume never inherits them, and a new value
-#: on a continued run is not an override of the run's settings.
-INVOCATION = frozenset({"resume", "init_from"})
-#: Settings that belong to the run a checkpoint came from: inherited only when continuing that run.
-_RUN_ONLY = frozenset({"experiment", "run_name", "output_dir"})
+#: on a continued run is not an override of the run's settings. The cache folder is this machine's (a checkpoint,
+#: which may come from anyone, never chooses where this machine writes).
+INVOCATION = frozenset({"resume", "init_from", "cache_dir"})
+#: Settings that belong to the run a checkpoint came from: inherited only when continuing that run (a checkpoint
+#: file from elsewhere neither names where its copy is written nor registers a model under a name of its choosing).
+_RUN_ONLY = frozenset({"experiment", "run_name", "output_dir", "register_model"})
+#: What glint-track did before a setting existed, for checkpoints written then (their train_args lack it): a resume
+#: continues them as they were trained.
+_BEFORE_SETTING = {"augment": False, "passes_per_epoch": 1, "split_by": "frame"}
 #: What the research script did without a flag (it had no scheduler and always used Adam).
-_RESEARCH_FIXED = {"optimizer": "adam", "scheduler": "none", "weight_decay": 0.0, "loss": "focal"}
+_RESEARCH_FIXED = {"optimizer": "adam", "scheduler": "none", "weight_decay": 0.0, "loss": "focal", **_BEFORE_SETTING}
 #: The params a run page lists first (MLflow shows them in the order they were logged): what decides the model.
 _PARAMS_FIRST = (
     "loss",
@@ -71,7 +84,11 @@ _PARAMS_FIRST = (
     *(f.name for f in fields(LossWeights)),
     "base_channels",
     "h5",
+    "augment",
+    "augment_strength",
+    "passes_per_epoch",
     "val_split",
+    "split_by",
     "seed",
     "precision",
 )
@@ -92,15 +109,19 @@ class TrainConfig(LossWeights):
     loss: str = "peak-bce"  # the research script's was focal
     # optimisation
     epochs: int = 15
+    passes_per_epoch: int | None = None  # None: auto, EPOCH_FRAMES an epoch (run records the number it used)
     batch_size: int = 16
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
-    scheduler: str = "none"
+    scheduler: str = "flat-cosine"  # the research script had none
     step_size: int = 10  # step scheduler: epochs between decays
     step_gamma: float = 0.1
+    augment: bool = True  # each training batch redrawn (data/augment.py); the research script had none
+    augment_strength: float = 1.0
     val_split: float = 0.1
+    split_by: str = "auto"  # group: whole groups (participants) held out, where the file has groups
     seed: int = 42
     device: str = "auto"
     num_workers: int = 4  # only when the data does not fit on the GPU
@@ -141,6 +162,7 @@ class TrainConfig(LossWeights):
         unused = {f.name for f in fields(LossWeights)} - set(knobs_read(self.loss))
         unused |= {"momentum"} if self.optimizer != "sgd" else set()
         unused |= {"step_size", "step_gamma"} if self.scheduler != "step" else set()
+        unused |= {"augment_strength"} if not self.augment else set()
         unused.add("output_dir")  # where this machine keeps a copy (the tag glint_track.local_copy): not a setting
         values = self.to_dict()
         return {k: values[k] for k in dict.fromkeys([*_PARAMS_FIRST, *values]) if k not in unused}
@@ -164,6 +186,15 @@ class TrainConfig(LossWeights):
                 "--init-from starts a new run from a model's weights and --resume continues one: pass one of them",
             ),
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (
+                self.passes_per_epoch is None or 1 <= self.passes_per_epoch <= 10_000,
+                f"--passes-per-epoch must be auto or 1 … 10000 (got {self.passes_per_epoch})",
+            ),
+            (
+                math.isfinite(self.augment_strength) and 0 <= self.augment_strength <= MAX_AUGMENT_STRENGTH,
+                f"--augment-strength must be in 0 … {MAX_AUGMENT_STRENGTH:g} (got {self.augment_strength}); 0 is "
+                "none, 1 the default, or turn it off with --no-augment",
+            ),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})"),
             (
@@ -194,21 +225,6 @@ class TrainConfig(LossWeights):
             (self.save_freq >= 0, f"--save-freq must be 0 (off) or more (got {self.save_freq})"),
             (self.keep_last_n >= 0, f"--keep-last-n must be 0 (keep all) or more (got {self.keep_last_n})"),
             (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),
-            (self.loss in LOSSES, f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}"),
-            (
-                self.optimizer in OPTIMIZERS,
-                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}",
-            ),
-            (
-                self.scheduler in SCHEDULERS,
-                f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}",
-            ),
-            (self.div_mode in DIV_MODES, f"unknown --div-mode {self.div_mode!r}: choose one of {', '.join(DIV_MODES)}"),
-            (self.agg_mode in AGG_MODES, f"unknown --agg-mode {self.agg_mode!r}: choose one of {', '.join(AGG_MODES)}"),
-            (
-                self.precision in PRECISIONS,
-                f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}",
-            ),
             (0.0 < self.threshold < 1.0, f"--threshold must be inside (0, 1) (got {self.threshold})"),
             (
                 math.isfinite(self.match_radius) and self.match_radius > 0,
@@ -224,11 +240,30 @@ class TrainConfig(LossWeights):
                 "--deterministic cannot be combined with --compile, whose kernels are chosen by timing; drop one of "
                 "them",
             ),
-            (self.monitor_mode in MONITOR_MODES, f"--monitor-mode must be min or max (got {self.monitor_mode!r})"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._choice_checks():
             if not ok:
                 raise GlintTrackError(message)
+
+    def _choice_checks(self) -> list[tuple[bool, str]]:
+        """Each setting that takes one of a few names holds one of them."""
+        choices = {
+            "loss": LOSSES,
+            "optimizer": OPTIMIZERS,
+            "scheduler": SCHEDULERS,
+            "div_mode": DIV_MODES,
+            "agg_mode": AGG_MODES,
+            "precision": PRECISIONS,
+            "split_by": SPLITS,
+            "monitor_mode": MONITOR_MODES,
+        }
+        return [
+            (
+                getattr(self, name) in allowed,
+                f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}",
+            )
+            for name, allowed in choices.items()
+        ]
 
 
 def args_from_checkpoint(checkpoint: dict[str, Any], label: str) -> dict[str, Any]:
@@ -236,7 +271,7 @@ def args_from_checkpoint(checkpoint: dict[str, Any], label: str) -> dict[str, An
     flags), and for a research checkpoint what that script fixed without a flag. A value of the wrong
     type is refused in one line (validate() checks ranges once the settings are merged)."""
     types = get_type_hints(TrainConfig)
-    out: dict[str, Any] = {} if "format_version" in checkpoint else dict(_RESEARCH_FIXED)
+    out: dict[str, Any] = dict(_BEFORE_SETTING) if "format_version" in checkpoint else dict(_RESEARCH_FIXED)
     for key, value in checkpoint.get("train_args", {}).items():
         if key == "no_save_optimizer":
             key, value = "save_optimizer", not value if isinstance(value, bool) else value

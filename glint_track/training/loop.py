@@ -9,6 +9,7 @@ imports MLflow: a new run's first step does not wait for it (training.opening).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -19,19 +20,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from glint_track.data.batches import MIN_BATCH, Batches, make_batches, place, split_indices
-from glint_track.data.glint_file import GlintData, load_glint_file
 from glint_track.engine import Precision, resolve_device
 from glint_track.errors import GlintTrackError
-from glint_track.glints import GlintMetrics, Glints, ground_truth
+from glint_track.glints import GlintMetrics, Glints
 from glint_track.model import count_parameters
 from glint_track.text import px
 from glint_track.training.checkpointer import TrainProgress
-from glint_track.training.config import TrainConfig
+from glint_track.training.config import EPOCH_FRAMES, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import TrainStep, Validation, train_epoch, validate
 from glint_track.training.opening import RunOpening
 from glint_track.training.parts import (
+    check_local_store,
     check_output_dir,
     import_optimizer_machinery,
     set_deterministic,
@@ -40,8 +40,9 @@ from glint_track.training.parts import (
     training_parts,
 )
 from glint_track.training.preview import Preview
-from glint_track.training.resume import ResumePlan, check_same_data, plan_init, plan_resume
+from glint_track.training.resume import ResumePlan, plan_init, plan_resume
 from glint_track.training.stopping import StopRequest, TrainingStopped
+from glint_track.training.training_data import TrainingData, training_data
 
 if TYPE_CHECKING:
     from glint_track.training.tracked_run import TrackedRun
@@ -68,6 +69,7 @@ class TrainResult:
     output_dir: Path
     glints: dict[str, float] | None  # the logged model's validation glint metrics (f1, loc_err_mean, …)
     spool: Path | None = None  # tracking calls the server has not received yet (see `glint-track sync`)
+    by_group: dict[str, dict[str, float]] | None = None  # those metrics per held-out group (participant)
 
     @classmethod
     def of(
@@ -85,21 +87,8 @@ class TrainResult:
             run.output_dir,
             glints,
             spool,
+            run.by_group,
         )
-
-
-@dataclass
-class TrainingData:
-    """The data as training uses it: split, on the device when it fits, batched, with its ground truth."""
-
-    data: GlintData
-    resident: bool  # on the device (else streamed by loader workers)
-    truth: Glints  # of every sample, indexed by the batches
-    train_batches: Batches
-    val_batches: Batches  # the whole validation set (the logged model is evaluated on it by rank 0)
-    val_shard: Batches  # what this rank validates each epoch: every world-th sample under DDP, else all
-    train_count: int
-    val_idx: list[int]
 
 
 def train(
@@ -120,13 +109,17 @@ def train(
     status, glints = "FAILED", None
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
+        if opening is not None:  # before the data loads: a store that cannot be written is exit 2 in a moment
+            check_local_store()
         td = training_data(cfg, plan, ddp, device)
+        cfg = td.cfg  # with the choices made from the data (the split, passes per epoch), as the run records them
         optimizer_imports.join()
         parts, precision, loss_fn = training_parts(cfg, td.data.num_glints, device, plan)  # restored on resume
         model, optimizer, progress = parts["model"], parts["optimizer"], parts["progress"]
         step = train_step(model, optimizer, loss_fn, precision, ddp, device, cfg)
         if opening is not None:
-            check_output_dir(cfg.output_dir)  # before a run exists: a folder we cannot write is exit 2, not a run
+            # before a run exists: a folder we cannot write, or another run's, is exit 2, not a run
+            check_output_dir(cfg.output_dir, plan.source.run_id if plan and plan.same_run else None)
             # every input is checked: the run is opened (MLflow imported, store opened, run described) beside epoch 1
             announce = log_start(cfg, plan, td, ddp, model, precision, device)
             opening.prepare(cfg, plan, td.data, ddp, device, progress.best_epoch, announce)
@@ -140,15 +133,22 @@ def train(
         for epoch in range(plan.start_epoch if plan else 1, cfg.epochs + 1):
             stop.check(ddp.agree)
             metrics, last = fit_epoch(epoch, cfg, step, td, ddp, between_steps)
+            check_finite(metrics, epoch, cfg, opening)  # before anything of this epoch is kept
             is_best = progress.update(epoch, metrics)
+            line = (epoch, cfg.epochs, metrics, is_best, between_steps.start_up())
             if opening is not None:  # the run, waited for if it is still opening
-                opening.take().save_epoch(parts, epoch, metrics, is_best, preview)
-            log_epoch(epoch, cfg.epochs, metrics, is_best, between_steps.start_up())
+                run = opening.take()
+                run.save_epoch(parts, epoch, metrics, is_best, preview)
+                run.writer.submit(log_epoch, *line)  # once its checkpoint and metrics are in: a printed epoch is kept
+            else:
+                log_epoch(*line)
         stop.check(ddp.agree)  # a stop asked for during the last epoch: its model is logged on resume
         if opening is not None:
             finishing = plan is not None and plan.finishing
             reuse = last if last is not None and last.epoch == progress.best_epoch else None  # the model holds them
-            glints = opening.take().log_best_model(model, td.val_batches, loss_fn, precision, preview, finishing, reuse)
+            glints = opening.take().log_best_model(
+                model, td.val_batches, loss_fn, precision, preview, finishing, reuse, td.val_groups
+            )
         status = "FINISHED"
     except (TrainingStopped, KeyboardInterrupt):
         status = "KILLED"
@@ -181,7 +181,7 @@ def fit_epoch(
     train_terms = train_epoch(
         step, td.train_batches, desc=f"epoch {epoch} train", after_step=between_steps, reduce=ddp.sum
     )
-    images_per_s = td.train_count / (time.perf_counter() - t0)
+    images_per_s = td.train_count * cfg.passes_per_epoch / (time.perf_counter() - t0)
     between_steps.epoch_trained()
     glint_metrics = GlintMetrics(td.data.num_glints, cfg.match_radius)
     predictions: list[tuple[Glints, Glints]] = []
@@ -201,6 +201,25 @@ def fit_epoch(
     metrics = {f"train_{k}": v for k, v in train_terms.items()} | {f"val_{k}": v for k, v in val_terms.items()}
     metrics |= {"lr": lr, "epoch_time_s": time.perf_counter() - t0, "images_per_s": images_per_s}
     return metrics, None if ddp.enabled else Validation(epoch, val_terms, predictions)
+
+
+def check_finite(metrics: dict[str, float], epoch: int, cfg: TrainConfig, opening: RunOpening | None) -> None:
+    """A loss that is not a number stops the training before its epoch is saved: the weights it leaves are no model,
+    and the last checkpoint (the epoch before) stays the run's newest, to resume from with a lower --lr."""
+    bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(metrics[k])]
+    if not bad:
+        return
+    run = opening.run.tracker.run_id if opening is not None and opening.run is not None else None
+    lower = min(cfg.lr / 10, TrainConfig.lr)
+    resume = (
+        f"the checkpoint of epoch {epoch - 1} is kept: resume from it with --resume {run} --lr {lower:g}"
+        if run and epoch > 1
+        else f"train again with --lr {lower:g}"
+    )
+    raise GlintTrackError(
+        f"the {bad[0].replace('_', ' ')} became {metrics[bad[0]]} in epoch {epoch}: --lr {cfg.lr:g} is too high for "
+        f"this data (or the loss weights are): {resume}"
+    )
 
 
 def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfig, ResumePlan | None]:
@@ -228,37 +247,6 @@ def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfi
     cfg = plan.cfg if plan else cli_cfg
     cfg.validate()
     return cfg, plan
-
-
-def training_data(cfg: TrainConfig, plan: ResumePlan | None, ddp: Distributed, device: torch.device) -> TrainingData:
-    """The data file, checked before anything is started (and, on resume, that it is the run's), split and
-    batched; kept on the device when it fits."""
-    data = load_glint_file(cfg.h5, cfg.cache_folder())
-    if plan:
-        check_same_data(plan, data.digest)
-    train_idx, val_idx = split_indices(data.num_samples, cfg.val_split, cfg.seed)
-    if len(train_idx) // ddp.world_size < MIN_BATCH:
-        raise GlintTrackError(
-            f"{len(train_idx)} training samples cannot be shared by {ddp.world_size} GPUs with at least "
-            f"{MIN_BATCH} each (BatchNorm needs them); use fewer GPUs or more data"
-        )
-    if len(val_idx) < ddp.world_size:
-        raise GlintTrackError(
-            f"{len(val_idx)} validation samples cannot give each of {ddp.world_size} GPUs one; "
-            f"use a larger --val-split, fewer GPUs or more data"
-        )
-    # cuDNN autotuning (torch.backends.cudnn.benchmark) stays off: on an H100 it added 3-10 s to the first epoch
-    # and gained nothing after it, at batch 16 or 256 (docs/benchmarks.md, issue 16)
-    data, resident = place(data, device)
-    truth = ground_truth(data.points, data.present, data.heatmaps).to(data.images.device)
-    loading = {"seed": cfg.seed, "device": device, "num_workers": cfg.num_workers, "resident": resident}
-    train_batches = make_batches(data, train_idx, cfg.batch_size, shuffle=True, shard=ddp.shard, **loading)
-    val_batches = make_batches(data, val_idx, cfg.batch_size, shuffle=False, **loading)
-    rank, world = ddp.shard
-    val_shard = (
-        make_batches(data, val_idx[rank::world], cfg.batch_size, shuffle=False, **loading) if world > 1 else val_batches
-    )
-    return TrainingData(data, resident, truth, train_batches, val_batches, val_shard, len(train_idx), val_idx.tolist())
 
 
 class BetweenSteps:
@@ -307,9 +295,14 @@ def log_start(
     device: torch.device,
 ) -> Callable[[TrackedRun], None]:
     """The line on what is trained, where and from which epoch, logged once the run exists (beside epoch 1)."""
-    data = td.data
+    data, groups = td.data, td.val_groups
+    held_out = f" (held out: {len(set(groups))} of {len(set(data.groups or ()))} groups)" if groups else ""
+    passes = f", {cfg.passes_per_epoch} passes an epoch" if cfg.passes_per_epoch > 1 else ""
+    frames = min(1.0, EPOCH_FRAMES / td.train_count)
+    augment = f", augmented (strength {cfg.augment_strength:g}, {frames:.0%} of frames)" if cfg.augment else ""
     what = (
-        f"{td.train_count} train / {len(td.val_idx)} val images {'×'.join(map(str, data.image_size))}, "
+        f"{td.train_count} train / {len(td.val_idx)} val images{held_out} {'×'.join(map(str, data.image_size))}"
+        f"{passes}{augment}, "
         f"{data.num_glints} glints, {count_parameters(model):,} parameters, {cfg.loss} loss, {precision.name} on "
         f"{device}{f' × {ddp.world_size} ranks' if ddp.enabled else ''} (data "
         f"{'on the device' if td.resident else f'streamed by {cfg.num_workers} workers'}"

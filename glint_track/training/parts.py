@@ -27,7 +27,7 @@ from glint_track.errors import GlintTrackError
 from glint_track.glints import METRIC_NAMES
 from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
-from glint_track.training.config import LossWeights, TrainConfig
+from glint_track.training.config import DECAY_SHARE, LossWeights, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import TrainStep
 from glint_track.training.graphs import GraphedForward, GraphedStep, whole_step_capturable
@@ -53,9 +53,19 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     so a resume that changes --lr, --epochs or --scheduler applies from its first epoch."""
     if cfg.scheduler == "cosine":  # from --lr down towards 0 over --epochs
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+    if cfg.scheduler == "flat-cosine":  # --lr, then down towards 0 over the last DECAY_SHARE of the epochs
+        flat = max(1, cfg.epochs - max(1, round(DECAY_SHARE * cfg.epochs)))  # epoch 1 at --lr
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * max(0, epoch - flat) / (cfg.epochs - flat + 1)))
     if cfg.scheduler == "step":
         return cfg.lr * cfg.step_gamma ** ((epoch - 1) // cfg.step_size)
     return cfg.lr
+
+
+def augment_share(cfg: TrainConfig, epoch: int) -> float:
+    """How much of --augment-strength applies in `epoch`: under --scheduler flat-cosine (the default) it decays with
+    the learning rate, so the model sees the frames as recorded while it settles (YOLOX stops its strongest
+    augmentation for the last epochs for the same reason); all of it under the other schedules."""
+    return lr_at(cfg, epoch) / cfg.lr if cfg.scheduler == "flat-cosine" else 1.0
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
@@ -154,10 +164,24 @@ def training_parts(
     return parts, precision, loss_fn
 
 
-def check_output_dir(output_dir: str | None) -> None:
-    """The local folder (or, by default, `runs/`) can be created and written, or one line says why not."""
+#: The file in a run's local folder that names the run whose checkpoints and log it holds.
+RUN_MARKER = ".glint-track-run"
+
+
+def check_output_dir(output_dir: str | None, run_id: str | None = None) -> None:
+    """The local folder (or, by default, `runs/`) can be created and written, and holds no other run's files (a
+    continued run `run_id` may find its own), or one line says why not."""
     folder = Path(output_dir) if output_dir else RUNS_DIR
     option = f"--output-dir {folder}" if output_dir else f"the default output folder {folder.resolve()}/<run id>"
+    if output_dir and folder.is_dir():
+        marker = folder / RUN_MARKER
+        owner = marker.read_text(errors="replace").strip()[:64] if marker.is_file() else None
+        trained = any((folder / name).exists() for name in ("latest_checkpoint.pth", "best_model.pth", "training.log"))
+        if (owner and owner != run_id) or (owner is None and trained and run_id is None):
+            whose = f"run {owner}'s" if owner else "another training's"
+            raise GlintTrackError(
+                f"{option} holds {whose} checkpoints and log, which this run would replace; pass another --output-dir"
+            )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
@@ -165,6 +189,28 @@ def check_output_dir(output_dir: str | None) -> None:
     except OSError as e:
         raise GlintTrackError(
             f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder"
+        ) from e
+
+
+def check_local_store() -> None:
+    """A local MLflow store (./mlflow.db without MLFLOW_TRACKING_URI, or a sqlite: one) whose folder cannot be
+    written is said now, in one line, without importing MLflow: MLflow would find out beside the first epoch and
+    retry creating its engine for about two minutes first."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri[len("sqlite:///") :] or "mlflow.db")
+    try:
+        if not database.parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory (or missing)", str(database.parent))
+        with tempfile.NamedTemporaryFile(dir=database.parent, prefix=".glint-track-write-test-"):
+            pass
+        if database.exists() and not os.access(database, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(database))
+    except OSError as e:
+        raise GlintTrackError(
+            f"the MLflow store {database.absolute()} cannot be written ({e.strerror or e}): run in a folder you can "
+            "write, or set MLFLOW_TRACKING_URI to a store you can (e.g. sqlite:////home/me/mlflow.db)"
         ) from e
 
 

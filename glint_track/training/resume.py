@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # MLflow is imported where a resume needs it, so that a new r
 
 #: Settings that fix which images a run validates on: changing them mid-run would make its curves compare
 #: different images, so a continued run refuses them (a new run from the checkpoint takes them).
-_FIXED_IN_RUN = ("seed", "val_split")
+_FIXED_IN_RUN = ("seed", "val_split", "split_by")
 
 
 class AlreadyFinished(Exception):

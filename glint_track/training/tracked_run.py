@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from glint_track.engine import Precision
 from glint_track.errors import GlintTrackError
 from glint_track.figures import threshold_curves
 from glint_track.files import os_reason
-from glint_track.glints import GlintMetrics, threshold_sweep
-from glint_track.text import glint_error
+from glint_track.glints import GlintMetrics, metrics_by_group, threshold_sweep
+from glint_track.text import counted, glint_error
 from glint_track.tracking import logged_model
 from glint_track.tracking.server import tracking_uri
 from glint_track.tracking.tags import (
@@ -40,6 +41,7 @@ from glint_track.training.config import INVOCATION, TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import Validation, validate
 from glint_track.training.losses import GlintLoss
+from glint_track.training.parts import RUN_MARKER
 from glint_track.training.preview import Preview
 from glint_track.training.resume import ResumePlan, describe_changes
 from glint_track.training.run_log import RunLogHandler
@@ -67,10 +69,12 @@ class TrackedRun:
         self.same_run = plan is not None and plan.same_run
         self.started = time.monotonic()  # the run's training time: this process's part, added at close()
         self.lr_each_epoch = True  # decided by describe() (see _chart_lr)
+        self.by_group: dict[str, dict[str, float]] | None = None  # the logged model's metrics per held-out group
         self.output_dir = cfg.run_folder(tracker.run_id)
         cfg.output_dir = str(self.output_dir)
         cfg.experiment = tracker.experiment_name  # `mlflow run` may have chosen it
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / RUN_MARKER).write_text(tracker.run_id + "\n")  # whose files these are (check_output_dir)
         self.log_file = self.output_dir / "training.log"
         self.log_handler = log_handler  # attached since training started; its early lines go in first
         log_handler.open(self.log_file)
@@ -153,7 +157,9 @@ class TrackedRun:
         elif plan and not plan.same_run:
             tracker.set_tags({TAG_RESUMED_FROM: plan.source.label})
         scale = {"world_size": ddp.world_size, "global_batch_size": cfg.batch_size * ddp.world_size}
-        tracker.log_config(cfg.params() | scale, start, INVOCATION, everything=cfg.to_dict() | scale)
+        # a continued run found its data where it recorded it (the same content, checked): not a change of setting
+        same_data = {"h5"} if self.same_run and not plan.h5_typed else set()
+        tracker.log_config(cfg.params() | scale, start, INVOCATION | same_data, everything=cfg.to_dict() | scale)
         if self.same_run and plan.changed:
             tracker.add_history(f"Resumed at epoch {start} with {describe_changes(plan.changed)}.")
         self.lr_each_epoch = self._chart_lr(start)
@@ -227,9 +233,11 @@ class TrackedRun:
         preview: Preview,
         finishing: bool,
         reuse: Validation | None,
+        groups: list[str] | None = None,
     ) -> dict[str, float]:
         """The logged weights' validation metrics, heat-maps and threshold curves, the model itself, and the
-        run's description led by its glint result. Returns those metrics (with the epoch they come from).
+        run's description led by its glint result. Returns those metrics (with the epoch they come from); with the
+        `groups` of the validation samples (whole participants held out), each group's too (`by_group`).
         `reuse`: the last epoch's validation when its weights, which the model holds, are the ones logged (the
         usual case): no second pass, and the pictures are drawn while that epoch's checkpoint is still saving."""
         cfg, data, tracker = self.cfg, self.data, self.tracker
@@ -256,7 +264,12 @@ class TrackedRun:
         curve_figure = threshold_curves(*(curves[k] for k in ("threshold", "precision", "recall", "f1")), cfg.threshold)
         self.writer.flush()  # the last checkpoint is complete before the model made of it is logged
         tracker.log_summary({f"best_val_{k}": v for k, v in glints.items()})  # the logged model's
-        tracker.summarise(glint_summary(glints, epoch, cfg.epochs))
+        if groups:
+            self.by_group = metrics_by_group(reuse.predictions, groups, data.num_glints, cfg.match_radius)
+            tracker.log_summary(
+                {f"val_group/{metric_safe(g)}/{k}": v for g, m in self.by_group.items() for k, v in m.items()}
+            )
+        tracker.summarise(glint_summary(glints, epoch, cfg.epochs, self.by_group))
         tracker.log_image(heatmaps, "figures/heatmaps_best.png")
         tracker.log_dict(curves, "figures/threshold_curves.json")
         tracker.log_image(curve_figure, "figures/threshold_curves.png")
@@ -272,10 +285,16 @@ class TrackedRun:
     def close(self, status: str) -> Path | None:
         """Send everything still queued, upload the log, end the run; returns the spool folder if the
         tracking server has not received everything. Any failure here makes the run FAILED."""
-        if status == "KILLED":
+        if status == "KILLED" and (self.output_dir / LATEST).exists():
             log.warning(
                 "stopped: run %s marked KILLED with the checkpoint of its last finished epoch; resume with --resume %s",
                 self.tracker.run_id,
+                self.tracker.run_id,
+            )
+        elif status == "KILLED":
+            log.warning(
+                "stopped before the first epoch ended: run %s is marked KILLED and has no checkpoint to resume from; "
+                "start the training again with the same command",
                 self.tracker.run_id,
             )
         try:
@@ -315,13 +334,22 @@ class TrackedRun:
         return spool
 
 
-def glint_summary(glints: dict[str, float], epoch: int, epochs: int) -> str:
-    """What the run page leads with: how well the logged model finds glints."""
+def glint_summary(
+    glints: dict[str, float], epoch: int, epochs: int, by_group: dict[str, dict[str, float]] | None = None
+) -> str:
+    """What the run page leads with: how well the logged model finds glints (on people it never saw, where whole
+    groups were held out)."""
     error = glint_error(glints["loc_err_mean"], glints["loc_err_median"], "mean error")
+    unseen = f" on {counted(len(by_group), 'held-out group')} ({', '.join(by_group)})" if by_group else ""
     text = (
-        f"**Glints: val F1 {glints['f1']:.3f}, {error}** (precision {glints['precision']:.3f}, recall "
+        f"**Glints{unseen}: val F1 {glints['f1']:.3f}, {error}** (precision {glints['precision']:.3f}, recall "
         f"{glints['recall']:.3f}; logged model = epoch {epoch} of {epochs})"
     )
+    if by_group:
+        text += "\n\n" + "\n".join(
+            f"- {g}: F1 {m['f1']:.3f}, {glint_error(m['loc_err_mean'], m['loc_err_median'], 'mean error')}"
+            for g, m in by_group.items()
+        )
     if glints["f1"] < POOR_F1:
         text += f"\n\n⚠ {POOR_ADVICE}"
     return text
@@ -335,3 +363,8 @@ POOR_ADVICE = (
     "The model finds few glints. Train longer (--epochs), check the labels with `glint-track inspect FILE "
     "--preview preview.png`, or go back to the default loss and learning rate if you changed them."
 )
+
+
+def metric_safe(name: str) -> str:
+    """A group's name as part of an MLflow metric key (letters, digits, _ - . and spaces; at most 64 characters)."""
+    return re.sub(r"[^\w\-. ]", "_", name)[:64] or "_"

@@ -116,6 +116,12 @@ def build_h5(out: Path) -> None:
     with h5py.File(out / "stems_as_numbers.h5", "w") as f:
         _valid(f)
         f.create_dataset("stems", data=np.arange(N))
+    with h5py.File(out / "stems_declare_64_mib_each.h5", "w") as f:  # 256 MiB of names declared, none written
+        _valid(f)
+        f.create_dataset("stems", shape=(N,), dtype="S67108864")
+    with h5py.File(out / "groups_as_floats.h5", "w") as f:
+        _valid(f)
+        f.create_dataset("groups", data=np.linspace(0, 1, N, dtype=np.float32))
     with h5py.File(out / "zero_sized_images.h5", "w") as f:
         f.create_dataset("images", data=np.zeros((N, 0, 0), np.uint8))
         f.create_dataset("heatmaps", data=np.zeros((N, GLINTS, 0, 0), np.float16))
@@ -249,6 +255,8 @@ def build_checkpoints(out: Path) -> None:
         },
         "rng_wrong_types": {"rng_state": {"torch": "seed", "numpy": 3, "python": None}},
         "metrics_wrong_types": {"metrics": ["0.1", "0.2"]},
+        # predict and export would allocate images of this size: 3.6 gigapixels
+        "trained_size_60000": {"model_info": {"num_glints": 2, "base_channels": 1, "image_size": [60000, 60000]}},
     }
     for name, change in variants.items():
         torch.save(good | change, out / f"{name}.pth")

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from glint_track.cli import main
+from glint_track.data.synth import write_synthetic
 
 
 def reference_heatmap(size: int, hm: int, glints: list[tuple[float, float, float]]) -> np.ndarray:
@@ -143,6 +145,43 @@ def test_synth_labelme_round_trip_packs_identically_and_trains(tmp_path: Path) -
     assert result.exit_code == 0, result.output
 
 
+def test_participants_become_groups_and_validation_holds_whole_ones_out(tmp_path: Path) -> None:
+    """synth --participants writes one labelme sub-folder per person; pack records them as groups; train holds whole
+    people out (auto), logs each one's metrics and says so at the end; --split-by frame and a file without groups
+    split frames as before."""
+    runner = CliRunner()
+    args = ["synth", "--out", "s.h5", "--num-samples", "40", "--size", "32", "--num-glints", "4", "--participants", "5"]
+    result = runner.invoke(main, [*args, "--labelme-dir", "lm"])
+    assert result.exit_code == 0 and "of 5 participants" in result.output, result.output
+    assert sorted(p.name for p in Path("lm").iterdir()) == ["p01", "p02", "p03", "p04", "p05"]
+    result = runner.invoke(main, ["pack", "--in-dir", "lm", "--recursive", "--out", "p.h5", "--num-glints", "4"])
+    assert result.exit_code == 0 and "packed 40 samples from 5 groups" in result.output, result.output
+    with h5py.File("s.h5") as s, h5py.File("p.h5") as p:
+        assert [g.decode() for g in p["groups"][...]] == [g.decode() for g in s["groups"][...]]
+        assert sorted(set(p["groups"].asstr()[...])) == ["p01", "p02", "p03", "p04", "p05"]
+
+    result = runner.invoke(main, ["train", "--h5", "p.h5", *TINY, "--epochs", "1", "--val-split", "0.4"])
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split("Run ")[1].split()[0]
+    assert "24 train / 16 val images (held out: 2 of 5 groups)" in result.output  # 5 people of 8 frames each
+    assert ", validated on 2 groups it never trained on: val F1" in result.output
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["split_by"] == "group" and run.data.params["augment"] == "True"
+    held_out = sorted({k.split("/")[1] for k in run.data.metrics if k.startswith("val_group/")})
+    assert len(held_out) == 2 and {f"val_group/{g}/f1" for g in held_out} <= set(run.data.metrics)
+    for g in held_out:
+        assert f"  {g}: F1 " in result.output
+
+    for typed in (["--split-by", "frame"], []):
+        h5 = "p.h5" if typed else "plain.h5"
+        if not typed:
+            runner.invoke(main, ["synth", "--out", h5, "--num-samples", "24", "--size", "32", "--num-glints", "4"])
+        result = runner.invoke(main, ["train", "--h5", h5, *TINY, "--epochs", "1", *typed])
+        assert result.exit_code == 0 and "held out" not in result.output and "validated on" not in result.output
+    result = runner.invoke(main, ["train", "--h5", "plain.h5", *TINY, "--epochs", "1", "--split-by", "group"])
+    assert result.exit_code == 2 and "--split-by group: plain.h5 has no groups" in result.stderr
+
+
 def test_inspect_summary_and_preview(tiny_h5: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["inspect", str(tiny_h5), "--preview", str(tmp_path / "grid.png"), "--count", "4"]
@@ -173,7 +212,8 @@ def test_pack_output_appears_only_when_complete(
     labelme_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "packed.h5"
-    out.write_bytes(b"previous contents")
+    write_synthetic(out, num_samples=2, size=32, num_glints=4)  # an earlier output, which a new pack may replace
+    previous = out.read_bytes()
     real = h5py.Group.create_dataset
     calls = []
 
@@ -187,5 +227,5 @@ def test_pack_output_appears_only_when_complete(
     result = CliRunner().invoke(main, ["pack", "--in-dir", str(labelme_dir), "--out", str(out), "--num-glints", "4"])
     assert result.exit_code == 2 and "images" in calls
     assert "could not be written" in result.stderr and "No space left" in result.stderr
-    assert out.read_bytes() == b"previous contents"  # the old file is untouched
+    assert out.read_bytes() == previous  # the old file is untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".packed")] == []  # no temp file left

@@ -4,6 +4,7 @@ the problem; none reads outside its file, allocates what it only declares, or en
 
 from __future__ import annotations
 
+import os
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -18,6 +19,7 @@ from glint_track.cli import main
 from glint_track.data.glint_file import load_glint_file
 from glint_track.data.synth import write_synthetic
 from glint_track.errors import GlintTrackError
+from glint_track.logs import log_formatter
 
 CORPUS = Path(__file__).parents[1] / "corpus"
 
@@ -37,6 +39,8 @@ H5_REFUSED = {
     "present_as_strings.h5": "'present' has dtype |S3, expected 0/1 flags",
     "present_not_0_or_1.h5": "'present' holds values other than 0 and 1",
     "stems_as_numbers.h5": "'stems' has dtype int64, expected strings",
+    "stems_declare_64_mib_each.h5": "'stems' declares names of 67,108,864 bytes each (at most 1024 are read)",
+    "groups_as_floats.h5": "'groups' has dtype float32, expected strings",
     "zero_sized_images.h5": "image size 0×0 is not a positive multiple of 16",
     "images_is_a_group.h5": "'images' is a group, not a dataset",
 }
@@ -178,6 +182,7 @@ CHECKPOINTS_REFUSED = {
     "optimizer_moments_wrong_shape.pth": "its optimizer state 'exp_avg' is a torch.float32 tensor of shape (9,)",
     "rng_wrong_types.pth": "its rng_state is not a random generator state",
     "metrics_wrong_types.pth": "its metrics is a list, not a dict",
+    "trained_size_60000.pth": "its model_info says it was trained on [60000, 60000] images; a side must be a multiple",
 }
 
 
@@ -223,3 +228,32 @@ def test_a_filter_this_installation_lacks_is_one_line(tiny_h5: Path, monkeypatch
         GlintTrackError, match=r"'images' is compressed with HDF5 filter 1 \(deflate\), which this installation cannot"
     ):
         load_glint_file(tiny_h5)
+
+
+@pytest.mark.timeout(60)  # a FIFO read would block for ever
+def test_pack_reads_only_regular_files_inside_the_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A JSON that is a link out of the folder (its embedded image would be packed), a link to a device, a FIFO
+    (a read would hang): each skipped with its reason, from its metadata; the folder's own file packs."""
+    folder = tmp_path / "ann"
+    shutil.copytree(CORPUS / "labelme" / "embedded_image", folder)
+    outside = tmp_path / "outside"
+    shutil.copytree(CORPUS / "labelme" / "embedded_image", outside)
+    (folder / "out_link.json").symlink_to(next(outside.glob("*.json")))
+    (folder / "zero.json").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.json")
+    (folder / "news\nline.json").symlink_to("/dev/zero")  # a name that would forge a log line
+    output, log = _pack(folder, caplog)
+    assert "packed 1 samples" in output
+    assert "out_link.json: is a link to a file outside the input folder" in log
+    assert "zero.json: is a link to a file outside the input folder" in log
+    assert "fifo.json: is not a regular file" in log
+    shown = [log_formatter().format(record) for record in caplog.records]  # as the terminal and training.log show them
+    assert any("news\\nline.json" in line for line in shown) and not any("\n" in line for line in shown)
+
+
+def test_a_data_file_that_is_a_pipe_or_a_link_loop_is_named_as_such(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.h5")
+    (tmp_path / "a.h5").symlink_to(tmp_path / "b.h5")
+    (tmp_path / "b.h5").symlink_to(tmp_path / "a.h5")
+    fails_cleanly(["inspect", str(tmp_path / "pipe.h5")], "pipe.h5: is not a regular file (a pipe or a device)")
+    fails_cleanly(["train", "--h5", str(tmp_path / "a.h5"), *TINY], "a.h5: is a link that leads nowhere")

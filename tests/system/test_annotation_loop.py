@@ -16,7 +16,9 @@ from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
 SIZE = ["--size", "64", "--num-glints", "4"]
+# the loop's mechanics, at the speed of the recipe before augmentation (one pass an epoch, frames as recorded)
 TRAIN = ["--base-channels", "8", "--batch-size", "8", "--val-split", "0.25", "--no-system-metrics", "--device", "cpu"]
+TRAIN += ["--passes-per-epoch", "1", "--no-augment"]
 
 
 def synth(out: Path, samples: int, seed: int, labelme: Path | None = None) -> Path:

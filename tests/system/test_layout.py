@@ -69,7 +69,8 @@ def test_help_and_argument_errors_import_nothing_heavy() -> None:
     code = (
         "import sys; from click.testing import CliRunner; from glint_track.cli import main\n"
         "for args in (['--help'], ['train', '--help'], ['sweep', '--help'], ['predict', '--help'], ['pack', '--help'],"
-        " ['train', '--epochs', 'x'], ['evaluate', '--no-such-option'], ['synth', '--bits', '9']):\n"
+        " ['train', '--epochs', 'x'], ['evaluate', '--no-such-option'], ['synth', '--bits', '9'],"
+        " ['train', '--h5', 'd.h5', '--epochs', '-3'], ['train', '--resume', 'abc', '--lr', '-1']):\n"
         "    assert CliRunner().invoke(main, args).exit_code in (0, 2), args\n"
         "print(sorted(m for m in ('torch', 'numpy', 'h5py', 'mlflow', 'PIL', 'scipy') if m in sys.modules))"
     )

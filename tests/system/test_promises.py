@@ -185,7 +185,7 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines(tiny_h5: Path, tm
 
 
 def test_a_changed_scheduler_on_resume_applies_from_the_next_epoch(tiny_h5: Path) -> None:
-    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.01")
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.01", "--scheduler", "none")
     result = run_cli(
         "train", "--resume", run_id, "--epochs", "5", "--scheduler", "step", "--step-size", "1", "--step-gamma", "0.5"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import TINY, train_tiny
+from conftest import TINY, fails_cleanly, train_tiny
 from mlflow.tracking import MlflowClient
 
 from glint_track.checkpoint.format import load_checkpoint
@@ -82,11 +82,38 @@ def test_a_stop_signal_finishes_the_step_keeps_the_checkpoint_and_marks_the_run_
     assert steps(run_id) == list(range(1, done + 2)) and MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_stop_before_the_first_epoch_ends_says_there_is_nothing_to_resume(tiny_h5: Path, tmp_path: Path) -> None:
+    """Ctrl-C in epoch 1 offered `--resume <id>`, which then failed for want of a checkpoint: it says what is true."""
+    proc = start_training(tmp_path, "--h5", str(tiny_h5), *TINY, "--passes-per-epoch", "5000", "--epochs", "2")
+    deadline = time.monotonic() + 120
+    while not mlflow.search_runs(search_all_experiments=True, output_format="list"):  # the run exists: epoch 1 runs
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "stopped before the first epoch ended" in stderr and "--resume" not in stderr, stderr
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "KILLED"
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_line_and_no_run(tiny_h5: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
     result = CliRunner().invoke(main, ["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1", "--output-dir", "taken"])
     assert result.exit_code == 2 and "--output-dir taken cannot be written" in result.output, result.output
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_a_store_that_cannot_be_written_is_said_before_the_data_loads(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow retried creating its engine for about two minutes, warning nine times, before the one-line error."""
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}")
+    started = time.monotonic()
+    line = fails_cleanly(["train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"], "/a_file/mlflow.db cannot be written")
+    assert "MLFLOW_TRACKING_URI" in line and time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("where", ["describing the run", "uploading the log"])

@@ -4,6 +4,7 @@ run resumed to its own epochs is a no-op, and a checkpoint file starts a new run
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ def history(run_id: str, key: str) -> dict[int, float]:
 
 
 def test_a_typed_lr_applies_to_the_restored_optimizer_and_the_run_says_so(tiny_h5: Path) -> None:
-    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.003")
+    _, run_id = train_tiny(tiny_h5, "--epochs", "2", "--lr", "0.003", "--scheduler", "none")
     result = run_cli("train", "--resume", run_id, "--epochs", "3", "--lr", "0.0001")
     assert result.exit_code == 0, result.output
     assert "lr 0.003 → 0.0001" in result.output
@@ -118,7 +119,9 @@ def test_resuming_a_local_file_starts_a_new_run_and_leaves_its_folder_alone(tiny
 
 
 def test_a_runs_uri_starts_a_new_run_from_that_checkpoint(tiny_h5: Path) -> None:
-    _, source_run = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3")
+    _, source_run = train_tiny(
+        tiny_h5, "--epochs", "3", "--save-freq", "1", "--keep-last-n", "3", "--scheduler", "none"
+    )
     result = run_cli(
         "train", "--resume", f"runs:/{source_run}/checkpoints/epoch_001.pth", "--epochs", "2", "--lr", "0.0005"
     )
@@ -169,3 +172,13 @@ def test_a_resume_from_another_folder_finds_the_data_the_run_recorded(
     moved.write_bytes(tiny_h5.read_bytes()[:-64] + bytes(64))
     line = fails_cleanly(["train", "--resume", run_id, "--epochs", "4"], f"{moved} has changed since run")
     assert f"≠ {digest[:12]}" in line and "-P h5=FILE" in line
+
+
+def test_a_plain_resume_records_no_change_of_data(tiny_h5: Path) -> None:
+    """A continued run finds its file where it recorded it (an absolute path) while its param holds the path as
+    typed: that is not a change of setting, and the run must not say the data changed."""
+    shutil.copy(tiny_h5, "data.h5")
+    _, run_id = train_tiny(Path("data.h5"), "--epochs", "1")
+    assert run_cli("train", "--resume", run_id, "--epochs", "2").exit_code == 0
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert [t for t in tags if t.startswith("glint_track.override.")] == ["glint_track.override.epochs"], tags

@@ -136,9 +136,9 @@ def test_the_child_dies_with_a_killed_trainer(tmp_path: Path) -> None:
 
 
 def test_training_through_the_child_resumes_bit_identically(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _, straight = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1")
+    _, straight = train_tiny(tiny_h5, "--epochs", "3", "--save-freq", "1", "--scheduler", "none")  # see test_train
     monkeypatch.setenv("GLINT_TRACK_SAVE_PROCESS", "on")
-    first, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1")
+    first, run_id = train_tiny(tiny_h5, "--epochs", "2", "--save-freq", "1", "--scheduler", "none")
     assert "checkpoints are serialised by process" in first.output
     result = run_cli("train", "--resume", run_id, "--epochs", "3")
     assert result.exit_code == 0, result.output

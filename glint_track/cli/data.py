@@ -1,0 +1,210 @@
+"""`glint-track pack`, `inspect` and `synth`: parse options and call the data library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from glint_track.cli.options import Size
+from glint_track.constants import COMPRESSIONS, OUTPUT_STRIDE, SENSOR_BITS, SIGMA_MIN, SIGMA_SCALE, SIZE_MULTIPLE
+from glint_track.errors import GlintTrackError
+
+
+@click.command("pack")
+@click.option(
+    "--in-dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder of labelme .json files (and their images).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete)."
+)
+@click.option(
+    "--num-glints", type=click.IntRange(1, 64), default=8, show_default=True, help="Glint channels: labels g1..gN."
+)
+@click.option("--prefix", default="g", show_default=True, help="Label prefix before the 1-based glint number.")
+@click.option(
+    "--sigma-scale",
+    type=click.FloatRange(0, 100),
+    default=SIGMA_SCALE,
+    show_default=True,
+    help="Gaussian sigma = max(sigma-min, radius × sigma-scale).",
+)
+@click.option("--sigma-min", type=click.FloatRange(0, 100, min_open=True), default=SIGMA_MIN, show_default=True)
+@click.option("--img-size", type=Size(), help="Resize images to H[xW] (default: the first image's size).")
+@click.option(
+    "--hm-size",
+    type=Size(),
+    help=f"Heat-map size h[xw] (default and only accepted value: image size / {OUTPUT_STRIDE}).",
+)
+@click.option("--recursive/--no-recursive", default=False, show_default=True, help="Also read subfolders.")
+@click.option(
+    "--groups/--no-groups",
+    default=True,
+    show_default=True,
+    help="With --recursive, record each frame's first sub-folder (one per participant or session: labels/p07/…) as "
+    "its group: train then validates on whole groups it did not learn from.",
+)
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="For frames pre-labelled by `predict --labelme-out`: write, per frame and glint, how far the annotator moved "
+    "the model's point, and which glints were added or deleted (CSV).",
+)
+@click.option(
+    "--log-corrections/--no-log-corrections",
+    default=True,
+    show_default=True,
+    help="Log those corrections to the MLflow run whose model pre-labelled the frames (field_* metrics).",
+)
+def pack_cmd(
+    in_dir: str,
+    out: str,
+    num_glints: int,
+    prefix: str,
+    sigma_scale: float,
+    sigma_min: float,
+    img_size: tuple[int, int] | None,
+    hm_size: tuple[int, int] | None,
+    recursive: bool,
+    groups: bool,
+    compression: str,
+    report: str | None,
+    log_corrections: bool,
+) -> None:
+    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file. Frames a model pre-labelled
+    (`predict --labelme-out`) also say how far the annotator moved its points: the model's error on new frames.
+
+    \b
+    Examples:
+      glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
+      glint-track pack --in-dir labels/ --recursive --out lab.h5         # labels/<participant>/*.json
+      glint-track pack --in-dir to_correct/ --out round2.h5 --report corrections.csv
+    """
+    from glint_track.data.glint_file import written_by_glint_track
+    from glint_track.data.pack import pack_labelme
+    from glint_track.files import refuse_replacing
+
+    refuse_replacing(Path(out), "--out", written_by_glint_track, "a data file glint-track wrote")
+    summary = pack_labelme(
+        in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression, groups
+    )
+    skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
+    grouped = f" from {summary.groups} groups (sub-folders)" if summary.groups else ""
+    click.echo(f"packed {summary.packed} samples{grouped} with {summary.glints} glints into {summary.out}{skipped}")
+    corrections = summary.corrections
+    if corrections is None:
+        if report:
+            click.echo(f"no frame in {in_dir} was pre-labelled by `glint-track predict --labelme-out`: no report")
+        return
+    click.echo(corrections.line())
+    if report:
+        corrections.write_csv(Path(report))
+        click.echo(f"per glint: {report}")
+    if log_corrections:
+        from glint_track.tracking.field import log_field_report
+
+        for line in log_field_report(corrections, Path(in_dir)):
+            click.echo(line)
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples with the glints drawn and numbered."
+)
+@click.option("--count", type=click.IntRange(1, 256), default=16, show_default=True, help="Samples in the preview.")
+def inspect_cmd(file: str, preview: str | None, count: int) -> None:
+    """Summarise a glint HDF5 file and check that the trainer accepts it.
+
+    \b
+    Example:
+      glint-track inspect train_256.h5 --preview train_256.png
+    """
+    from glint_track.data.inspect import describe, format_summary
+    from glint_track.data.inspect import preview as draw_preview
+
+    data, summary = describe(file)
+    click.echo(format_summary(summary))
+    if preview:
+        click.echo(f"preview: {draw_preview(data, preview, count)}")
+
+
+@click.command("synth")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
+@click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(SIZE_MULTIPLE),
+    default=128,
+    show_default=True,
+    help=f"Image side in pixels (multiple of {SIZE_MULTIPLE}).",
+)
+@click.option(
+    "--difficulty",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="0: gaze within ±12°, open lids, glasses reflections in 1 image of 10, little blur; 1: gaze to ±32°, lids "
+    "up to 60 % closed, glasses reflections in 6 of 10, defocus and motion blur (≤ 3 px at 128²).",
+)
+@click.option("--num-glints", type=click.IntRange(1, 32), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--labelme-dir", type=click.Path(file_okay=False), help="Also write each image as PNG with its labelme JSON here."
+)
+@click.option(
+    "--bits",
+    type=click.Choice([str(b) for b in SENSOR_BITS]),
+    default="8",
+    show_default=True,
+    help="The sensor's bit depth: the labelme PNGs keep it (16-bit PNGs above 8); the HDF5 file holds 8 bits.",
+)
+@click.option(
+    "--participants",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    show_default=True,
+    help="Simulate this many people, each with their own cornea, headset fit and LED ring, their frames one after "
+    "another (groups p01, p02, … in the file; labelme sub-folders): train then holds whole people out for "
+    "validation. 0: every frame someone new.",
+)
+def synth_cmd(
+    out: str,
+    num_samples: int,
+    size: int,
+    difficulty: float,
+    num_glints: int,
+    seed: int,
+    labelme_dir: str | None,
+    bits: str,
+    participants: int,
+) -> None:
+    """Write built-in demo data: synthetic eye images with labelled glints.
+
+    \b
+    Examples:
+      glint-track synth --out demo.h5 && glint-track train --h5 demo.h5
+      glint-track synth --out lab.h5 --num-samples 96 --participants 6     # 6 people: validated on unseen ones
+    """
+    from glint_track.data.synth import write_synthetic
+
+    if size % SIZE_MULTIPLE:
+        fix = size // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE
+        raise GlintTrackError(
+            f"--size {size} is not a multiple of {SIZE_MULTIPLE}, which the UNet needs; use e.g. {fix}"
+        )
+    if participants > num_samples:
+        raise GlintTrackError(f"--participants {participants} is more than --num-samples {num_samples}; use fewer")
+    from glint_track.data.glint_file import written_by_glint_track
+    from glint_track.files import refuse_replacing
+
+    refuse_replacing(Path(out), "--out", written_by_glint_track, "a data file glint-track wrote")
+    path = write_synthetic(
+        out, num_samples, size, num_glints, seed, labelme_dir, difficulty, int(bits), participants=participants
+    )
+    people = f" of {participants} participants" if participants else ""
+    click.echo(f"wrote {num_samples} synthetic {size}×{size} samples{people} with {num_glints} glints to {path}")
