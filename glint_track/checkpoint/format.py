@@ -130,7 +130,7 @@ def load_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any
             f"{path}: no such checkpoint file; pass a run ID, a runs:/ URI or an existing .pth file to --resume"
         )
     sidecar = checksum_path(path)
-    if sidecar.is_file() and file_digest(path) not in sidecar.read_text().split():
+    if sidecar.is_file() and file_digest(path) not in sidecar.read_text(errors="replace")[:4096].split():
         raise CorruptCheckpoint(
             f"{label}: checksum mismatch, the file is truncated or corrupted; use an earlier checkpoint of the run"
         )

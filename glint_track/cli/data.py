@@ -7,8 +7,25 @@ from pathlib import Path
 import click
 
 from glint_track.cli.options import Size
-from glint_track.constants import COMPRESSIONS, OUTPUT_STRIDE, SENSOR_BITS, SIGMA_MIN, SIGMA_SCALE, SIZE_MULTIPLE
+from glint_track.constants import (
+    COMPRESSIONS,
+    MAX_SIDE,
+    OUTPUT_STRIDE,
+    SENSOR_BITS,
+    SIGMA_MIN,
+    SIGMA_SCALE,
+    SIZE_MULTIPLE,
+)
 from glint_track.errors import GlintTrackError
+
+#: synth may take this share of the memory free now (images, heat-maps and the raw frames are held at once).
+SYNTH_MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 @click.command("pack")
@@ -138,7 +155,7 @@ def inspect_cmd(file: str, preview: str | None, count: int) -> None:
 @click.option("--num-samples", type=click.IntRange(1), default=512, show_default=True)
 @click.option(
     "--size",
-    type=click.IntRange(SIZE_MULTIPLE),
+    type=click.IntRange(SIZE_MULTIPLE, MAX_SIDE),
     default=128,
     show_default=True,
     help=f"Image side in pixels (multiple of {SIZE_MULTIPLE}).",
@@ -196,6 +213,12 @@ def synth_cmd(
         fix = size // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE
         raise GlintTrackError(
             f"--size {size} is not a multiple of {SIZE_MULTIPLE}, which the UNet needs; use e.g. {fix}"
+        )
+    needed = num_samples * (size * size * (3 if int(bits) > 8 else 2) + num_glints * (size // OUTPUT_STRIDE) ** 2 * 6)
+    if needed > SYNTH_MEMORY_SHARE * available_memory():
+        raise GlintTrackError(
+            f"--num-samples {num_samples} of --size {size} need {needed / 2**30:.1f} GiB of memory while they are "
+            f"written, more than this machine has free; use fewer samples or a smaller size"
         )
     if participants > num_samples:
         raise GlintTrackError(f"--participants {participants} is more than --num-samples {num_samples}; use fewer")

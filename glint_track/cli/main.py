@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import re
@@ -29,7 +30,13 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except OSError as e:
+                one_line = _path_error(e)
+                if one_line is None:
+                    raise
+                raise one_line from e
         except (GlintTrackError, click.ClickException) as e:
             if isinstance(e, GlintTrackError) and ctx.params.get("debug"):
                 traceback.print_exc()
@@ -39,6 +46,27 @@ class _Group(click.Group):
             error = click.ClickException(_in_project_terms(e.format_message(), project or ""))
             error.exit_code = e.exit_code
             raise error from e
+
+
+#: What the file system says about a path the user chose (a name too long, a folder that cannot be written, a full
+#: disk) and what to do: a one-line error wherever in a command it surfaces, never a traceback.
+_PATH_FIXES = {
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EACCES: "choose a folder you can write, or fix its permissions",
+    errno.EPERM: "choose a folder you can write, or fix its permissions",
+    errno.EROFS: "choose a folder on a disk that can be written",
+    errno.ENOSPC: "free some space there, or choose another disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+}
+
+
+def _path_error(error: OSError) -> GlintTrackError | None:
+    """An OSError about a path the user chose, as a one-line GlintTrackError (None for any other OSError)."""
+    if error.errno not in _PATH_FIXES or error.filename is None:
+        return None
+    name = str(error.filename)
+    shown = name if len(name) <= 120 else f"{name[:60]}…{name[-40:]} ({len(name)} characters)"
+    return GlintTrackError(f"{shown}: {error.strerror}; {_PATH_FIXES[error.errno]}")
 
 
 #: Set by mlproject.sh to the MLproject's parameter names: under `mlflow run`, errors name `-P epochs`, not `--epochs`

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
+#: A file with thousands of bad shapes gets this many warnings, then their count (300,001 lines took 43 s).
+MAX_WARNINGS_PER_FILE = 5
+
+
 class Unusable(ValueError):
     """A labelme file that cannot be packed; the message says why (the file is skipped)."""
 
@@ -275,8 +279,10 @@ def pack_labelme(
             log.warning("skipping %s: %s", path, reason)
             summary.skipped[str(path)] = reason
             continue
-        for w in warnings_:
+        for w in warnings_[:MAX_WARNINGS_PER_FILE]:
             log.warning("%s: %s", path, w)
+        if len(warnings_) > MAX_WARNINGS_PER_FILE:
+            log.warning("%s: %d more such warnings", path, len(warnings_) - MAX_WARNINGS_PER_FILE)
         samples.append(sample)
         sample_groups.append(group_of(path, in_dir))
         if sample.prelabel is not None:

@@ -41,13 +41,13 @@ class Evaluation:
 
     def table(self) -> str:
         head = (
-            f"{'glint':6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'err mean':>10s}{'err median':>12s}{'swaps':>7s}"
+            f"{'glint':6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'err mean':>12s}{'err median':>12s}{'swaps':>7s}"
         )
         rows = [(f"g{c + 1}", m) for c, m in enumerate(self.per_glint)] + [("all", self.overall)]
         lines = [f"{self.model} on {self.h5} ({self.samples} images)", head]
-        for name, m in rows:
+        for name, m in rows:  # columns wide enough for "none found" with a space before it
             lines.append(
-                f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{px(m['loc_err_mean']):>10s}"
+                f"{name:6s}{m['precision']:10.3f}{m['recall']:8.3f}{m['f1']:7.3f}{px(m['loc_err_mean']):>12s}"
                 f"{px(m['loc_err_median']):>12s}{m['swap_rate']:7.3f}"
             )
         return "\n".join(lines)

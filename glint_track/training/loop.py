@@ -236,6 +236,8 @@ def settings(cli_cfg: TrainConfig, explicit: frozenset[str]) -> tuple[TrainConfi
 
         open_tracking_store()
         plan = plan_init(cli_cfg, explicit)
+    elif cli_cfg.resume and Path(cli_cfg.resume).is_file():  # a new run from a file: checked before any store is opened
+        plan = plan_resume(cli_cfg, explicit)
     elif cli_cfg.resume:  # the checkpoint comes from the tracking store: it is opened first (MLflow imported)
         from glint_track.tracking.server import open_tracking_store
         from glint_track.tracking.sync import send_spool_if_pending

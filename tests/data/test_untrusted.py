@@ -4,6 +4,7 @@ the problem; none reads outside its file, allocates what it only declares, or en
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tracemalloc
@@ -202,6 +203,7 @@ def test_crafted_checkpoints_are_refused_before_a_run_exists(name: str, two_glin
         CHECKPOINTS_REFUSED[name],
     )
     assert not Path("runs").exists() and not Path("mlruns").exists()
+    assert not Path("mlflow.db").exists()  # a file refused before any store is opened (MLflow creates one on use)
 
 
 @pytest.mark.parametrize("name", ["valid.pth", "with_optimizer.pth"])
@@ -257,3 +259,20 @@ def test_a_data_file_that_is_a_pipe_or_a_link_loop_is_named_as_such(tmp_path: Pa
     (tmp_path / "b.h5").symlink_to(tmp_path / "a.h5")
     fails_cleanly(["inspect", str(tmp_path / "pipe.h5")], "pipe.h5: is not a regular file (a pipe or a device)")
     fails_cleanly(["train", "--h5", str(tmp_path / "a.h5"), *TINY], "a.h5: is a link that leads nowhere")
+
+
+def test_a_file_with_thousands_of_bad_shapes_gets_a_few_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300,001 duplicate shapes printed 300,001 warnings (43 s): a file gets five, then their count."""
+    folder = tmp_path / "ann"
+    shutil.copytree(CORPUS / "labelme" / "embedded_image", folder)
+    path = next(folder.glob("*.json"))
+    record = json.loads(path.read_text())
+    shape = {"label": "g1", "points": [[10, 10], [11, 10]], "shape_type": "circle"}
+    record["shapes"] = [shape] * 2000
+    path.write_text(json.dumps(record))
+    output, _ = _pack(folder, caplog)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "packed 1 samples" in output and len(warnings) == 6, warnings
+    assert warnings[-1].endswith("1994 more such warnings")

@@ -117,6 +117,7 @@ def test_evaluate_by_run_id_table_json_and_log(tiny_h5: Path, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "nan" not in result.stdout and "none found" in lines[-1]  # one tiny epoch finds no glint to measure
+    assert "0.000none" not in result.stdout and lines[-1].split()[4:8] == ["none", "found", "none", "found"]
     assert lines[1].split() == ["glint", "precision", "recall", "f1", "err", "mean", "err", "median", "swaps"]
     assert [ln.split()[0] for ln in lines[2:]] == ["g1", "g2", "g3", "g4", "all"]
     result = runner.invoke(

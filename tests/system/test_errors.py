@@ -254,3 +254,17 @@ def test_refused_credentials(tiny_h5: Path) -> None:
         fails_cleanly(["train", "--h5", str(tiny_h5)], "refused the credentials (HTTP 401)", env=env)
     finally:
         server.shutdown()
+
+
+def test_a_path_the_file_system_refuses_is_one_line(tiny_h5: Path, tmp_path: Path) -> None:
+    """A name too long for the file system (or a path through a file) surfaced as OSError tracebacks from wherever it
+    was first used; each is one line naming the path and what to do."""
+    long_name = str(tmp_path / ("a" * 300))
+    fails_cleanly(["synth", "--out", long_name + ".h5", "--num-samples", "2", "--size", "32"], "File name too long")
+    (tmp_path / "a_file").write_text("")
+    fails_cleanly(
+        ["synth", "--out", str(tmp_path / "a_file" / "x.h5"), "--num-samples", "2", "--size", "32"],
+        "could not be written",
+    )
+    fails_cleanly(["synth", "--out", "x.h5", "--size", "100000"], "100000 is not in the range 16<=x<=8192")
+    fails_cleanly(["synth", "--out", "x.h5", "--size", "8192", "--num-samples", "100000"], "GiB of memory")
