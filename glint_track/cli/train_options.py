@@ -31,8 +31,9 @@ TRAIN_OPTIONS = (
     click.option(
         "--init-from",
         help="Fine-tune: a new run on --h5 that starts from a trained model's weights (an MLflow run ID: its best "
-        "checkpoint; a runs:/ or models:/ URI; a checkpoint file), from epoch 1 with a fresh optimizer; its width is "
-        "the model's. The run is tagged with where it started and shows that model's data beside its own.",
+        "checkpoint; a runs:/ or models:/ URI; a checkpoint file), from epoch 1 with a fresh optimizer (its lr "
+        "rising over that epoch); its width is the model's. The run is tagged with where it started and shows that "
+        "model's data beside its own.",
     ),
     click.option("--experiment", default=D.experiment, show_default=True, help="MLflow experiment of a new run."),
     click.option("--run-name", help="MLflow run name of a new run (default: MLflow picks one)."),

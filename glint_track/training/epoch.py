@@ -120,15 +120,25 @@ def train_epoch(
     desc: str,
     after_step: Callable[[int], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    warm_up: bool = False,
 ) -> dict[str, float]:
     """One optimisation pass over `batches`; returns the mean of each loss term. `after_step(i)` runs
-    once each step is launched (the stop check, releasing the checkpoint writer)."""
+    once each step is launched (the stop check, releasing the checkpoint writer). With `warm_up`, the learning rate
+    rises linearly over the pass to the epoch's: a fresh optimizer's first steps move every weight by about the
+    learning rate whatever its gradient (Adam normalises them), which undoes much of what a trained model knows."""
     step.model.train()
     totals = LossTotals()
+    groups = step.optimizer.param_groups
+    base = [group["lr"] for group in groups]
     for i, (images, targets, _) in enumerate(progress_bar(batches, desc)):
+        if warm_up:
+            for group, lr in zip(groups, base):
+                group["lr"] = lr * (i + 1) / len(batches)
         totals.add(step(images, targets), images.shape[0])
         if after_step is not None:
             after_step(i)
+    for group, lr in zip(groups, base):
+        group["lr"] = lr
     return totals.means(reduce)
 
 

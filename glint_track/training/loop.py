@@ -132,7 +132,8 @@ def train(
         last: Validation | None = None  # the latest epoch's: what the logged model scores, if it is the best
         for epoch in range(plan.start_epoch if plan else 1, cfg.epochs + 1):
             stop.check(ddp.agree)
-            metrics, last = fit_epoch(epoch, cfg, step, td, ddp, between_steps)
+            warm_up = plan is not None and plan.fresh_optimizer and epoch == plan.start_epoch
+            metrics, last = fit_epoch(epoch, cfg, step, td, ddp, between_steps, warm_up)
             check_finite(metrics, epoch, cfg, opening)  # before anything of this epoch is kept
             is_best = progress.update(epoch, metrics)
             line = (epoch, cfg.epochs, metrics, is_best, between_steps.start_up())
@@ -172,14 +173,16 @@ def fit_epoch(
     td: TrainingData,
     ddp: Distributed,
     between_steps: BetweenSteps,
+    warm_up: bool = False,
 ) -> tuple[dict[str, float], Validation | None]:
     """Train one epoch and validate it; returns what is logged for it (at step = epoch) and, on one process, the
-    validation (under DDP each rank validates a share)."""
+    validation (under DDP each rank validates a share). `warm_up`: the learning rate rises over the epoch (a fresh
+    optimizer on trained weights)."""
     lr = set_hyperparameters(step.optimizer, cfg, epoch)
     td.train_batches.set_epoch(epoch)
     t0 = time.perf_counter()
     train_terms = train_epoch(
-        step, td.train_batches, desc=f"epoch {epoch} train", after_step=between_steps, reduce=ddp.sum
+        step, td.train_batches, desc=f"epoch {epoch} train", after_step=between_steps, reduce=ddp.sum, warm_up=warm_up
     )
     images_per_s = td.train_count * cfg.passes_per_epoch / (time.perf_counter() - t0)
     between_steps.epoch_trained()

@@ -225,7 +225,8 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
         )
     if plan.weights_only:  # --init-from: the weights alone; optimizer, epoch and progress start afresh
         restore({"model": parts["model"]}, source.checkpoint, source.label)
-        log.info("starting from the weights of %s (fresh optimizer, epoch 1)", source.label)
+        log.info("starting from the weights of %s (fresh optimizer, warmed up over epoch 1)", source.label)
+        plan.fresh_optimizer = True
         return
     restorable = dict(parts)
     if "optimizer" in plan.changed:
@@ -234,6 +235,7 @@ def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> N
         )
         del restorable["optimizer"]
     missing = restore(restorable, source.checkpoint, source.label)
+    plan.fresh_optimizer = "optimizer" in missing or "optimizer" in plan.changed
     loss_changed = any(name in plan.changed for name in ("loss", *(f.name for f in fields(LossWeights))))
     if loss_changed and cfg.monitor.endswith("loss"):
         log.warning(

@@ -41,6 +41,7 @@ class ResumePlan:
     h5_typed: bool = False  # --h5 was passed (else cfg.h5 is the file the run recorded)
     weights_only: bool = False  # --init-from: a new run from the model's weights alone (fine-tuning)
     parent_run: str | None = None  # with --init-from: the run the weights come from
+    fresh_optimizer: bool = False  # trained weights with an optimizer that starts afresh: its first epoch warms up
 
     @property
     def same_run(self) -> bool:
