@@ -86,6 +86,28 @@ def refuse_if_held(run: Run) -> Holder | None:
     return holder
 
 
+def end_abandoned_runs(client: MlflowClient, experiment_id: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED the runs of an experiment left RUNNING by a glint-track process that is gone (its claim stale: kill
+    -9, a lost node), so the runs table shows what happened; returns their IDs. Runs without a claim (another tool's)
+    and `keep` (the run about to be continued) are left alone."""
+    ended = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+        holder = Holder.parse(run.data.tags.get(TAG))
+        if run.info.run_id == keep or holder is None or holder.alive():
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(run.info.run_id, TAG, "")  # the claim of a process that is gone
+        log.warning(
+            "run %s was left RUNNING by %s, which is gone (killed without ending it): marked KILLED; resume it with "
+            "--resume %s",
+            run.info.run_id,
+            holder.describe(),
+            run.info.run_id,
+        )
+        ended.append(run.info.run_id)
+    return ended
+
+
 class RunLease:
     """This process's claim on a run, renewed by a daemon thread until `release()`."""
 

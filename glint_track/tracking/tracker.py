@@ -28,7 +28,7 @@ from glint_track.data.glint_file import GlintData
 from glint_track.errors import GlintTrackError
 from glint_track.files import os_reason
 from glint_track.tracking.datasets import log_parent_data, log_training_data
-from glint_track.tracking.lease import RunLease
+from glint_track.tracking.lease import RunLease, end_abandoned_runs
 from glint_track.tracking.logged_model import model_of
 from glint_track.tracking.project import provenance, report_left_running, retire, run_made_for_us
 from glint_track.tracking.send import ARTIFACT_OPS, send
@@ -132,6 +132,7 @@ class RunTracker:
                 continue_run_id = given.info.run_id  # ours to fill: a sweep child
             if continue_run_id is None:
                 experiment_id = experiment_id_for(experiment, client)
+                end_abandoned_runs(client, experiment_id)  # what a killed process left RUNNING, shown as it is
                 tags = resolve_tags() | (provenance(project) if project is not None else {})
                 continue_run_id = client.create_run(
                     experiment_id, run_name=run_name or fresh_run_name(), tags=tags

@@ -216,3 +216,26 @@ def test_a_resume_that_read_an_older_checkpoint_refuses_instead_of_training_epoc
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and steps(run_id) == [1, 2]
     assert MlflowClient().get_run(run_id).data.tags.get("glint_track.writer") is None  # its claim was let go
+
+
+def test_a_run_whose_process_was_killed_is_shown_killed_by_the_next_run(tiny_h5: Path, tmp_path: Path) -> None:
+    """kill -9 leaves a run RUNNING for ever; the next training in its experiment sees that its claim's process is
+    gone and marks it KILLED (resumable), so the runs table says what happened."""
+    proc = start_training(tmp_path, "--h5", str(tiny_h5), *TINY, "--epochs", "500")
+    run_id = wait_for_checkpoint(proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING"
+    result = subprocess.run(
+        [sys.executable, "-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"],
+        cwd=tmp_path,
+        env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"run {run_id} was left RUNNING by pid {proc.pid}" in result.stderr and "marked KILLED" in result.stderr
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    resumed = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "3"])
+    assert resumed.exit_code == 0, resumed.output
