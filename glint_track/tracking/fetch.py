@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +158,11 @@ def _no_checkpoint(run: Any, option: str) -> str:
                 f"run {run_id} has no {ARTIFACT_DIR}/{LATEST} in the tracking store (its artifacts were deleted); "
                 f"this machine kept a copy, which a new run can start from: {option} {local}"
             )
+    data = run.data.tags.get(TAG_DATASET_PATH) or run.data.params.get("h5")
+    again = f": glint-track train --h5 {shlex.quote(data)} (its settings are in its train_args.json)" if data else ""
     return (
         f"run {run_id} has no {ARTIFACT_DIR}/{LATEST} (it stopped before finishing an epoch, or was not a "
-        f"glint-track run); start a new training instead"
+        f"glint-track run), so there is nothing to continue; start a new training instead{again}"
     )
 
 

@@ -96,6 +96,10 @@ def test_a_stop_before_the_first_epoch_ends_says_there_is_nothing_to_resume(tiny
     assert "stopped before the first epoch ended" in stderr and "--resume" not in stderr, stderr
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "KILLED"
+    fails_cleanly(  # a resume anyway says why not, and the command that does what was meant
+        ["train", "--resume", run.info.run_id],
+        f"nothing to continue; start a new training instead: glint-track train --h5 {tiny_h5}",
+    )
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line_and_no_run(tiny_h5: Path, tmp_path: Path) -> None:
