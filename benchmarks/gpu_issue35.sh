@@ -5,8 +5,9 @@
 #   bash benchmarks/gpu_issue35.sh tta   # augmentation's cost per batch; time to each accuracy bar, default vs before
 #   bash benchmarks/gpu_issue35.sh tests # the GPU tests that cover the training step (graphs, determinism)
 #   bash benchmarks/gpu_issue35.sh final # after a change to the recipe: augmentation, tta and 1,024 frames in one call
-# "before" is the tree before issue 35, copied into the ignored .before/ (carry [".whl", ".before"]):
-#   rm -rf .before && git worktree add /tmp/b 33ec8f2 && cp -r /tmp/b/glint_track .before/ (a folder holding it)
+# "before" is the tree before issue 35 (commit 33ec8f2), its package copied into the ignored .before/ (carry
+# [".whl", ".before"]; `echo /.before/ >> .git/info/exclude` once):
+#   git worktree add /tmp/b 33ec8f2 && rm -rf .before && mkdir .before && cp -r /tmp/b/glint_track .before/
 # The GPU image has no MLflow: its wheels travel in .whl (benchmarks/gpu_wheels.sh), installed into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
