@@ -98,6 +98,7 @@ def train(
     Under torchrun, every rank trains and rank 0 alone tracks and saves (the others return None).
     `launched`: when the command started (time.time()), for the first epoch's line to say how long the start took."""
     optimizer_imports = import_optimizer_machinery()  # beside reading the data and starting CUDA
+    check_local_store()  # a store that cannot be written: one line now, before a resume reads the run or data loads
     cfg, plan = settings(cli_cfg, explicit)
     device = resolve_device(cfg.device)
     ddp = Distributed.from_env(device)  # rank 0 of 1 unless started by torchrun
@@ -109,8 +110,6 @@ def train(
     status, glints = "FAILED", None
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        if opening is not None:  # before the data loads: a store that cannot be written is exit 2 in a moment
-            check_local_store()
         td = training_data(cfg, plan, ddp, device)
         cfg = td.cfg  # with the choices made from the data (the split, passes per epoch), as the run records them
         optimizer_imports.join()
