@@ -29,6 +29,24 @@ def log_formatter() -> logging.Formatter:
     return OneLineFormatter(LOG_FORMAT)
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Log lines on stderr; on a terminal, written through tqdm so that a line from a background thread (an epoch's,
+    printed once its checkpoint is in, while the next epoch's progress bar runs) clears the bar and redraws it below
+    instead of breaking it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self.stream, "isatty", lambda: False)():
+            super().emit(record)
+            return
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging's own rule: a record that cannot be written is reported, not raised
+            self.handleError(record)
+
+
 def route_third_party(handler: logging.Handler, debug: bool) -> None:
     """MLflow's log lines go through `handler` (our format, no colours), its warnings and errors only unless
     `debug`; Python warnings become log records, shown only with `debug`. Called before MLflow is imported

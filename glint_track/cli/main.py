@@ -22,7 +22,7 @@ from glint_track.cli.sweep import sweep_cmd, sync_cmd
 from glint_track.cli.tools import evaluate_cmd, export_cmd, predict_cmd
 from glint_track.cli.train import train_cmd
 from glint_track.errors import GlintTrackError
-from glint_track.logs import log_formatter, route_third_party
+from glint_track.logs import ConsoleHandler, log_formatter, route_third_party
 
 
 class _Group(click.Group):
@@ -145,7 +145,7 @@ def _log_to_stderr(debug: bool) -> None:
     logger = logging.getLogger("glint_track")
     if _console is not None:
         logger.removeHandler(_console)
-    _console = logging.StreamHandler(sys.stderr)
+    _console = ConsoleHandler(sys.stderr)
     _console.setFormatter(log_formatter())
     logger.addHandler(_console)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -279,10 +279,7 @@ def pack_labelme(
             log.warning("skipping %s: %s", path, reason)
             summary.skipped[str(path)] = reason
             continue
-        for w in warnings_[:MAX_WARNINGS_PER_FILE]:
-            log.warning("%s: %s", path, w)
-        if len(warnings_) > MAX_WARNINGS_PER_FILE:
-            log.warning("%s: %d more such warnings", path, len(warnings_) - MAX_WARNINGS_PER_FILE)
+        _warn(path, warnings_)
         samples.append(sample)
         sample_groups.append(group_of(path, in_dir))
         if sample.prelabel is not None:
@@ -314,6 +311,14 @@ def pack_labelme(
     summary.out, summary.packed = out, n
     summary.groups = len(set(stored_groups or ()))
     return summary
+
+
+def _warn(path: Path, warnings_: list[str]) -> None:
+    """A file's first MAX_WARNINGS_PER_FILE warnings, then how many more there were."""
+    for w in warnings_[:MAX_WARNINGS_PER_FILE]:
+        log.warning("%s: %s", path, w)
+    if len(warnings_) > MAX_WARNINGS_PER_FILE:
+        log.warning("%s: %d more such warnings", path, len(warnings_) - MAX_WARNINGS_PER_FILE)
 
 
 def _arrays(

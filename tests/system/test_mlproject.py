@@ -112,8 +112,8 @@ def test_a_parameter_the_project_does_not_declare_is_refused_not_ignored(tiny_h5
     errors = [line for line in typed.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [
         "Error: -P resume is not a parameter of this project's train entry point; use one of: h5, epochs, "
-        "batch_size, lr, loss, scheduler, val_split, seed, device, save_freq, keep_last_n, no_save_optimizer, "
-        "resume_run_id, init_from, output_dir"
+        "batch_size, lr, loss, scheduler, augment, passes_per_epoch, val_split, split_by, seed, device, save_freq, "
+        "keep_last_n, no_save_optimizer, resume_run_id, init_from, output_dir"
     ]
     assert "Traceback" not in typed.stderr
     client = MlflowClient()
