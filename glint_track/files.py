@@ -69,16 +69,22 @@ def unreadable_reason(path: Path, root: Path, max_bytes: int = MAX_ANNOTATION_BY
     file's metadata, so a FIFO that would block a read, a device, or a link to a file elsewhere is never opened."""
     try:
         target = path.resolve(strict=True)
-        mode = os.stat(target)
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop on older Pythons
         return f"cannot be opened ({getattr(e, 'strerror', None) or first_line(e)})"
     if not target.is_relative_to(root):
         return "is a link to a file outside the input folder, which is not read"
-    if not stat.S_ISREG(mode.st_mode):
-        return "is not a regular file (a pipe, a device or a folder), which is not read"
-    if mode.st_size > max_bytes:
+    if problem := not_a_file(target):
+        return f"{problem}, which is not read"
+    if target.stat().st_size > max_bytes:
         return f"is larger than the {max_bytes // 2**20} MB an annotation may be"
     return None
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError that writing a file in `folder` meets (a temporary one, removed at once): permissions,
+    a read-only or full disk, a path through a file."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
+        pass
 
 
 def printable(text: Path | str) -> str:

@@ -278,11 +278,13 @@ class AugmentedBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         pending: list[Batch] = []
+        pixels = 0
         for batch in self.batches:
             pending.append(batch)
-            if sum(b[0].numel() for b in pending) >= self.chunk:
+            pixels += batch[0].numel()
+            if pixels >= self.chunk:
                 yield from self._augmented(pending)
-                pending = []
+                pending, pixels = [], 0
         yield from self._augmented(pending)
 
     def _augmented(self, batches: list[Batch]) -> Iterator[Batch]:

@@ -24,7 +24,7 @@ from glint_track.constants import COMPRESSIONS
 from glint_track.data.chunks import read_gzip_chunks
 from glint_track.data.h5check import REPACK, check_layout, check_memory, check_stored, fail, open_datasets
 from glint_track.errors import GlintTrackError
-from glint_track.files import atomic_path, file_digest, first_line, not_a_file, starts_with
+from glint_track.files import atomic_path, file_digest, first_line, not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -280,17 +280,13 @@ def _write_cache(cache_dir: Path, digest: str, arrays: dict[str, np.ndarray]) ->
 
 def written_by_glint_track(path: Path) -> bool:
     """A data file `pack` or `synth` wrote (so another of theirs may replace it): HDF5 whose `source` says so."""
-    if not starts_with(path, HDF5_SIGNATURE):
+    if not h5py.is_hdf5(path):
         return False
     try:
         with h5py.File(path, "r") as f:
             return _text(f.attrs.get("source", b"")).startswith("glint-track ")
     except (OSError, ValueError):
         return False
-
-
-#: The first bytes of an HDF5 file (a file with a user block has them later; glint-track writes none).
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def write_glint_file(

@@ -26,7 +26,7 @@ from glint_track.glints import GlintMetrics, Glints
 from glint_track.model import count_parameters
 from glint_track.text import px
 from glint_track.training.checkpointer import TrainProgress
-from glint_track.training.config import EPOCH_FRAMES, TrainConfig
+from glint_track.training.config import TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import TrainStep, Validation, train_epoch, validate
 from glint_track.training.opening import RunOpening
@@ -302,8 +302,11 @@ def log_start(
     data, groups = td.data, td.val_groups
     held_out = f" (held out: {len(set(groups))} of {len(set(data.groups or ()))} groups)" if groups else ""
     passes = f", {cfg.passes_per_epoch} passes an epoch" if cfg.passes_per_epoch > 1 else ""
-    frames = min(1.0, EPOCH_FRAMES / td.train_count)
-    augment = f", augmented (strength {cfg.augment_strength:g}, {frames:.0%} of frames)" if cfg.augment else ""
+    augment = (
+        f", augmented (strength {cfg.augment_strength:g}, {td.train_batches.augmenter.frames:.0%} of frames)"
+        if cfg.augment
+        else ""
+    )
     what = (
         f"{td.train_count} train / {len(td.val_idx)} val images{held_out} {'×'.join(map(str, data.image_size))}"
         f"{passes}{augment}, "

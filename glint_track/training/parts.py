@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import threading
 from dataclasses import fields
 from pathlib import Path
@@ -24,6 +23,7 @@ from glint_track.checkpoint.schema import check_optimizer_fits
 from glint_track.constants import RUNS_DIR
 from glint_track.engine import Precision
 from glint_track.errors import GlintTrackError
+from glint_track.files import check_writable
 from glint_track.glints import METRIC_NAMES
 from glint_track.model import GlintUNet, model_shape
 from glint_track.training.checkpointer import RNGState, TrainProgress
@@ -184,8 +184,7 @@ def check_output_dir(output_dir: str | None, run_id: str | None = None) -> None:
             )
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".glint-track-write-test-"):
-            pass
+        check_writable(folder)
     except OSError as e:
         raise GlintTrackError(
             f"{option} cannot be written ({e.strerror or e}); pass --output-dir with a writable folder"
@@ -203,8 +202,7 @@ def check_local_store() -> None:
     try:
         if not database.parent.is_dir():
             raise NotADirectoryError(20, "Not a directory (or missing)", str(database.parent))
-        with tempfile.NamedTemporaryFile(dir=database.parent, prefix=".glint-track-write-test-"):
-            pass
+        check_writable(database.parent)
         if database.exists() and not os.access(database, os.W_OK):
             raise PermissionError(13, "Permission denied", str(database))
     except OSError as e:

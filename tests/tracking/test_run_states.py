@@ -230,16 +230,10 @@ def test_a_run_whose_process_was_killed_is_shown_killed_by_the_next_run(tiny_h5:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"
-    result = subprocess.run(
-        [sys.executable, "-m", "glint_track", "train", "--h5", str(tiny_h5), *TINY, "--epochs", "1"],
-        cwd=tmp_path,
-        env=child_env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"run {run_id} was left RUNNING by pid {proc.pid}" in result.stderr and "marked KILLED" in result.stderr
+    next_run = start_training(tmp_path, "--h5", str(tiny_h5), *TINY, "--epochs", "1")
+    _, stderr = next_run.communicate(timeout=300)
+    assert next_run.returncode == 0, stderr
+    assert f"run {run_id} was left RUNNING by pid {proc.pid}" in stderr and "marked KILLED" in stderr
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     resumed = CliRunner().invoke(main, ["train", "--resume", run_id, "--epochs", "3"])
     assert resumed.exit_code == 0, resumed.output
