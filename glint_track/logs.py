@@ -55,7 +55,10 @@ def route_third_party(handler: logging.Handler, debug: bool) -> None:
     _only_through(logging.getLogger("mlflow"), handler, logging.INFO if debug else logging.WARNING)
     logging.captureWarnings(True)
     _only_through(logging.getLogger("py.warnings"), handler, logging.WARNING if debug else logging.CRITICAL)
-    # the ONNX exporter notes at WARNING which optional operator sets (torchvision's) it skips
+    # the ONNX exporter notes at WARNING which optional operator sets (torchvision's) it skips; importing torch
+    # resets that logger's level from TORCH_LOGS ("-onnx": errors only), so that says it too
+    if not debug:
+        os.environ.setdefault("TORCH_LOGS", "-onnx")
     _only_through(logging.getLogger("torch.onnx"), handler, logging.WARNING if debug else logging.ERROR)
 
 

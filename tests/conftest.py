@@ -10,8 +10,9 @@ import sys
 if "PYTEST_XDIST_WORKER" in os.environ:  # one worker per core: one compute thread each, for it and its subprocesses
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +74,23 @@ def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` cannot have files added while inside: its mode without write bits, or, for root (whom modes do
+    not stop), the immutable attribute; skipped where neither holds."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("cannot make a folder read-only here (root without chattr)")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
 
 
 T = TypeVar("T")

@@ -144,6 +144,7 @@ def export(model_ref: str, out: Path, threshold: float = DEFAULT_THRESHOLD, atta
 
     from glint_track.data.synth import example_frames
     from glint_track.tracking.fetch import fetch_checkpoint
+    from glint_track.tracking.local_store import check_local_store
     from glint_track.tracking.logged_model import model_id_of
     from glint_track.tracking.server import require_local_store
 
@@ -152,6 +153,8 @@ def export(model_ref: str, out: Path, threshold: float = DEFAULT_THRESHOLD, atta
     require_onnx()
     if not Path(model_ref).is_file():
         require_local_store()  # before MLflow is asked: it would create an empty store
+        if attach:  # before the export: the file is added to the run's model afterwards
+            check_local_store(", or pass --no-attach to write the .onnx file alone")
     client = MlflowClient()
     model_id = model_id_of(client, model_ref)
     source = fetch_checkpoint(f"models:/{model_id}" if model_id else model_ref, prefer_best=True, option="--model")

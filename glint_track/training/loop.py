@@ -25,13 +25,13 @@ from glint_track.errors import GlintTrackError
 from glint_track.glints import GlintMetrics, Glints
 from glint_track.model import count_parameters
 from glint_track.text import px
+from glint_track.tracking.local_store import check_local_store
 from glint_track.training.checkpointer import TrainProgress
 from glint_track.training.config import TrainConfig
 from glint_track.training.distributed import Distributed
 from glint_track.training.epoch import TrainStep, Validation, train_epoch, validate
 from glint_track.training.opening import RunOpening
 from glint_track.training.parts import (
-    check_local_store,
     check_output_dir,
     import_optimizer_machinery,
     set_deterministic,

@@ -191,27 +191,6 @@ def check_output_dir(output_dir: str | None, run_id: str | None = None) -> None:
         ) from e
 
 
-def check_local_store() -> None:
-    """A local MLflow store (./mlflow.db without MLFLOW_TRACKING_URI, or a sqlite: one) whose folder cannot be
-    written is said now, in one line, without importing MLflow: MLflow would find out beside the first epoch and
-    retry creating its engine for about two minutes first."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if not uri.startswith("sqlite:///"):
-        return
-    database = Path(uri[len("sqlite:///") :] or "mlflow.db")
-    try:
-        if not database.parent.is_dir():
-            raise NotADirectoryError(20, "Not a directory (or missing)", str(database.parent))
-        check_writable(database.parent)
-        if database.exists() and not os.access(database, os.W_OK):
-            raise PermissionError(13, "Permission denied", str(database))
-    except OSError as e:
-        raise GlintTrackError(
-            f"the MLflow store {database.absolute()} cannot be written ({e.strerror or e}): run in a folder you can "
-            "write, or set MLFLOW_TRACKING_URI to a store you can (e.g. sqlite:////home/me/mlflow.db)"
-        ) from e
-
-
 def restore_state(plan: ResumePlan, parts: dict[str, Any], num_glints: int) -> None:
     """Load the checkpoint into the training parts; what was typed on resume wins over what it holds."""
     cfg, source = plan.cfg, plan.source

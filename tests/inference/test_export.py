@@ -4,6 +4,9 @@ predict writes the same rows either way (images and videos), and a run's export 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import fails_cleanly, run_cli, train_tiny
+from conftest import fails_cleanly, read_only, run_cli, train_tiny
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -116,6 +119,11 @@ def test_a_runs_export_travels_in_its_mlflow_model_and_predict_onnx_uses_it(tiny
     Image.fromarray(example_frames(1, (32, 32), 4)[0]).save(frames / "f0.png")
     result = run_cli("--debug", "predict", "--model", run_id, "--backend", "onnx", str(frames), "--out", "p.csv")
     assert result.exit_code == 0 and "exporting it now" not in result.output, result.output
+    (tmp_path / "out").mkdir()
+    with read_only(tmp_path):  # the store's folder: the file could not be added, so it is not exported at all
+        fails_cleanly(["export", "--model", run_id, "--out", "out/g.onnx"], "or pass --no-attach to write the .onnx")
+        assert not (tmp_path / "out" / "g.onnx").exists()
+        assert "wrote out/g.onnx" in exported(run_id, Path("out/g.onnx"), "--no-attach")
 
 
 def test_export_and_backend_mistakes_are_one_line_each(model_file: tuple[Path, GlintUNet], tmp_path: Path) -> None:
@@ -188,3 +196,15 @@ def test_an_export_that_does_not_reproduce_pytorch_is_not_written(
     path, _ = model_file
     fails_cleanly(["export", "--model", str(path), "--out", str(tmp_path / "g.onnx")], "does not reproduce PyTorch")
     assert not (tmp_path / "g.onnx").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_export_on_the_command_line_prints_its_own_lines_only(model_file: tuple[Path, GlintUNet]) -> None:
+    """Importing torch resets the ONNX exporter's logger, whose warnings (torchvision's operators skipped) would
+    otherwise come twice, in two formats, before ours."""
+    path, _ = model_file
+    cmd = [sys.executable, "-m", "glint_track", "export", "--model", str(path), "--out", "g.onnx"]
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert lines[0].startswith("wrote g.onnx") and all(line.startswith("  ONNX Runtime vs") for line in lines[1:])
