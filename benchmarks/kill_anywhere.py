@@ -246,11 +246,12 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
         ("val_loss", list(range(1, epochs + 1))),
         ("val_f1", list(range(1, epochs + 1))),
         ("lr", list(range(1, epochs + 1))),  # the default schedule (flat-cosine) sets it each epoch
-        ("best_val_f1", [0]),
     ):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         if steps != expected:
             problems.append(f"{key} steps {steps}")
+    if len(best := client.get_metric_history(run_id, "best_val_f1")) != 1:  # the logged model's, once
+        problems.append(f"best_val_f1 logged {len(best)} times")
     folder = _artifact_dir(workdir, run_id)
     if leftovers := [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]:
         problems.append(f"partial files left in the run: {leftovers}")

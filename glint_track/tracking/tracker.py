@@ -214,9 +214,11 @@ class RunTracker:
         """A fine-tuning's inputs also show what the model it started from learnt from."""
         log_parent_data(self.client, self.run_id, parent_run_id)
 
-    def log_summary(self, values: dict[str, float]) -> None:
-        """Values of the run as a whole (not of an epoch) at step 0, where the UI draws each as one bar; only
-        those that differ from what the run holds, so a resume that changed nothing adds no point."""
+    def log_summary(self, values: dict[str, float], step: int = 0) -> None:
+        """Values of the run as a whole (not of an epoch), where the UI draws each as one bar while it has one
+        point: at step 0, or at the epoch they belong to (a resume whose model is a later epoch's adds its point
+        there, never a second value at the same step); only those that differ from what the run holds, so a
+        resume that changed nothing adds no point."""
         try:
             held = self.client.get_run(self.run_id).data.metrics
         except Exception as e:  # the server is away: log them all (spooled)
@@ -224,7 +226,7 @@ class RunTracker:
             held = {}
         changed = {k: v for k, v in values.items() if k not in held or not _same(held[k], v)}
         if changed:
-            self.log_metrics(changed, step=0)
+            self.log_metrics(changed, step=step)
 
     def metric_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}

@@ -263,11 +263,11 @@ class TrackedRun:
         curves = threshold_sweep(reuse.predictions, data.num_glints, cfg.match_radius, cfg.threshold)
         curve_figure = threshold_curves(*(curves[k] for k in ("threshold", "precision", "recall", "f1")), cfg.threshold)
         self.writer.flush()  # the last checkpoint is complete before the model made of it is logged
-        tracker.log_summary({f"best_val_{k}": v for k, v in glints.items()})  # the logged model's
+        tracker.log_summary({f"best_val_{k}": v for k, v in glints.items()}, epoch)  # the logged model's
         if groups:
             self.by_group = metrics_by_group(reuse.predictions, groups, data.num_glints, cfg.match_radius)
             tracker.log_summary(
-                {f"val_group/{metric_safe(g)}/{k}": v for g, m in self.by_group.items() for k, v in m.items()}
+                {f"val_group/{metric_safe(g)}/{k}": v for g, m in self.by_group.items() for k, v in m.items()}, epoch
             )
         tracker.summarise(glint_summary(glints, epoch, cfg.epochs, self.by_group))
         tracker.log_image(heatmaps, "figures/heatmaps_best.png")
