@@ -25,7 +25,6 @@ COLUMNS = [
     "params.`loss`",
     "tags.`glint_track.epochs`",
     "attributes.`Models`",
-    "attributes.`Dataset`",
 ]
 _VIEW = {"selectedColumns": COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}
 
