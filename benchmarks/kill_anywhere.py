@@ -265,7 +265,7 @@ def final_checks(workdir: Path, run_id: str, ref_run: str, epochs: int) -> list[
     try:
         check_run(workdir, run_id, epochs, epochs)
         best = load_checkpoint(folder / "best_model.pth")["epoch"]
-        files = sorted(p.name for p in folder.glob("epoch_*.pth"))
+        files = sorted((p.name for p in folder.glob("epoch_*.pth")), key=lambda name: int(name[6:-4]))  # 999 < 1000
         assert best == killed["best"]["epoch"], (
             f"best_model.pth holds epoch {best}, the best is {killed['best']['epoch']}"
         )
