@@ -46,12 +46,17 @@ def train_command(*args: str) -> list[str]:
 KILLPOINTS = ROOT / "tests" / "killpoints"
 
 
-def with_killpoint(env: dict[str, str], point: str | None, *, gate: Path | None = None) -> dict[str, str]:
-    """`env` for a `python -m glint_track` child that SIGKILLs itself at `point` (None: never), and with `gate`
-    waits in that folder before claiming its run (see tests/killpoints), this checkout importable."""
+def with_killpoint(
+    env: dict[str, str], point: str | None, *, gate: Path | None = None, slow_upload_s: float = 0.0
+) -> dict[str, str]:
+    """`env` for a `python -m glint_track` child that SIGKILLs itself at `point` (None: never), with `gate`
+    waits in that folder before claiming its run, and with `slow_upload_s` uploads each checkpoint file that much
+    late (see tests/killpoints), this checkout importable."""
     hooks = {"GLINT_TRACK_TEST_KILL": point} if point else {}
     if gate is not None:
         hooks["GLINT_TRACK_TEST_GATE"] = str(gate)
+    if slow_upload_s:
+        hooks["GLINT_TRACK_TEST_SLOW_UPLOAD"] = str(slow_upload_s)
     paths = [str(KILLPOINTS)] * bool(hooks) + [str(ROOT), env.get("PYTHONPATH", "")]
     return dict(env, PYTHONPATH=os.pathsep.join(p for p in paths if p)) | hooks
 

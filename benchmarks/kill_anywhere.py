@@ -1,14 +1,15 @@
-"""Kill anywhere: SIGKILL a training at random moments, resume it by run ID, again and again.
+"""Kill anywhere: SIGKILL or SIGTERM a training at random moments, resume it by run ID, again and again.
 
     python benchmarks/kill_anywhere.py [--kills 50] [--epochs 1000] [--seed 0]
 
-A reference run trains straight through. A second run is killed with SIGKILL — every other time the
-moment a checkpoint file is being written (it kills itself then: tests/killpoints), otherwise from outside
-at a random moment while it starts, steps,
-writes checkpoints, uploads them, logs metrics or deletes old epoch files (`--save-freq 1` makes every
-epoch do all of those) — and resumed by its run ID each time. Checked
-after every kill: each checkpoint in the run loads and matches its checksum, and the next process
-resumes from the newest of them. Checked at the end: the run is FINISHED at the last epoch, every
+A reference run trains straight through. A second run is stopped — every other time by SIGKILL the moment a
+checkpoint file is being written (it kills itself then: tests/killpoints), otherwise from outside, by SIGKILL
+and SIGTERM in turn, at a random moment while it starts, steps, writes checkpoints, uploads them, logs metrics
+or deletes old epoch files (`--save-freq 1` makes every epoch do all of those); every third process uploads
+each checkpoint file SLOW_UPLOAD_S late, as a slow machine or store would — and resumed by its run ID each
+time. Checked after every kill: each checkpoint in the run loads and matches its checksum, the metric history
+agrees with it, and the next process resumes from the newest of them; after a SIGTERM, the run is KILLED and
+holds the last epoch the process printed. Checked at the end: the run is FINISHED at the last epoch, every
 epoch metric has each step exactly once, and (the training being deterministic on the CPU) its
 final weights and optimizer moments equal the reference run's bit for bit.
 
@@ -66,19 +67,28 @@ class Report:
     failures: list[str] = field(default_factory=list)
 
 
-def _env(workdir: Path, kill_at: str | None, save_process: str) -> dict[str, str]:
+#: Every third process uploads each checkpoint file this late (a slow machine or store; tests/killpoints).
+SLOW_UPLOAD_S = 0.4
+
+
+def _env(workdir: Path, kill_at: str | None, save_process: str, slow_upload_s: float) -> dict[str, str]:
     env = child_env(XDG_CACHE_HOME=str(workdir / "cache"), GLINT_TRACK_SAVE_PROCESS=save_process)
     env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's embedded default: ./mlflow.db in workdir
-    return with_killpoint(env, kill_at)
+    return with_killpoint(env, kill_at, slow_upload_s=slow_upload_s)
 
 
 def _start(
-    workdir: Path, args: list[str], log: Path, kill_at: str | None = None, save_process: str = "off"
+    workdir: Path,
+    args: list[str],
+    log: Path,
+    kill_at: str | None = None,
+    save_process: str = "off",
+    slow_upload_s: float = 0.0,
 ) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "glint_track", "train", *args],
         cwd=workdir,
-        env=_env(workdir, kill_at, save_process),
+        env=_env(workdir, kill_at, save_process, slow_upload_s),
         stdout=subprocess.DEVNULL,
         stderr=open(log, "w"),
     )
@@ -148,6 +158,17 @@ def check_run(workdir: Path, run_id: str, finished: int, previous: int) -> int:
     return epoch
 
 
+def _stopped_cleanly(workdir: Path, run_id: str, log: Path) -> list[str]:
+    """A SIGTERM: the run is KILLED, and the newest checkpoint is the last epoch the process printed (a printed
+    epoch is kept; the step in flight is finished, the epoch in progress is not saved)."""
+    run = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id)
+    latest = int(load_checkpoint(_artifact_dir(workdir, run_id) / LATEST)["epoch"])
+    problems = [f"after SIGTERM the run is {run.info.status}"] * (run.info.status != "KILLED")
+    if finished_epoch(log) and latest < finished_epoch(log):
+        problems.append(f"after SIGTERM the newest checkpoint is epoch {latest}, epoch {finished_epoch(log)} printed")
+    return problems
+
+
 def _phase(log: Path, workdir: Path, run_id: str | None) -> str:
     """Where the kill landed. A temp file left beside a checkpoint (locally or in the run) proves it was
     being written; otherwise the log tells start-up from training."""
@@ -190,8 +211,9 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
     delay, saved, attempt, aimed = rng.uniform(0, 0.5), None, 0, None
     while True:
         # the odd attempts die (SIGKILL, from a thread of their own) while writing their 1st-3rd checkpoint
-        # (tests/killpoints), the even ones are killed from here at a random moment: start-up, steps, saving,
-        # uploading, logging metrics, deleting old epoch files
+        # (tests/killpoints), the even ones are stopped from here at a random moment (start-up, steps, saving,
+        # uploading, logging metrics, deleting old epoch files), by SIGKILL and SIGTERM in turn
+        stop = (signal.SIGKILL, signal.SIGTERM)[attempt // 2 % 2]
         # an aimed attempt gets 30 s of training to reach its write, counted from the end of its start-up (which
         # a loaded machine can stretch far beyond the reference's; a start-up that never ends is cut at 300 s)
         deadline = time.perf_counter() + (300.0 if aimed else delay)
@@ -201,9 +223,17 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
                 training, deadline = True, time.perf_counter() + 30.0
             time.sleep(0.01)
         killed = report.kills < kills and proc.poll() in (None, -signal.SIGKILL)
+        sent = signal.SIGKILL if aimed else stop
         if killed and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
+            proc.send_signal(sent)
+        try:
+            code = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            report.failures.append(f"attempt {attempt} had not exited 300 s after {sent.name}")
+            break
+        if code == 128 + signal.SIGTERM and sent == signal.SIGTERM:
+            report.failures += _stopped_cleanly(workdir, run_id, log)
         if saved is not None and (match := RUN_LINE.search(log.read_text())) and int(match.group(2)) != saved + 1:
             report.failures.append(
                 f"attempt {attempt} resumed at epoch {match.group(2)}, the newest checkpoint is {saved}"
@@ -213,7 +243,7 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
                 report.failures.append(f"attempt {attempt} exited {proc.returncode}: {log.read_text()[-2000:]}")
             break
         report.kills += 1
-        phase = _phase(log, workdir, run_id)
+        phase = _phase(log, workdir, run_id) + (" (SIGTERM)" if sent == signal.SIGTERM else "")
         report.kill_phases[phase] = report.kill_phases.get(phase, 0) + 1
         try:
             saved = check_run(workdir, run_id, finished_epoch(log), saved or 0)
@@ -226,7 +256,7 @@ def kill_and_resume(workdir: Path, h5: Path, kills: int, epochs: int, seed: int,
         log = logs / f"attempt_{attempt:03d}.log"
         aimed = f"write:{rng.randint(1, 3)}" if attempt % 2 and report.kills < kills else None
         mode = ("off", "on")[attempt // 2 % 2] if save_process == "alternate" else save_process
-        proc = _start(workdir, ["--resume", run_id], log, aimed, mode)
+        proc = _start(workdir, ["--resume", run_id], log, aimed, mode, SLOW_UPLOAD_S * (attempt % 3 == 0))
         report.resumes += 1
         # mostly during training (every epoch writes and uploads files), sometimes during start-up
         delay = rng.uniform(startup, startup + 1.0) if rng.random() < 0.7 else rng.uniform(0.3, startup)

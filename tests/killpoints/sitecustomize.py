@@ -7,6 +7,9 @@ Put this folder first on PYTHONPATH and set GLINT_TRACK_TEST_KILL to one of
   log_model           halfway through uploading the files of the MLflow model.
 The process then dies as under `kill -9`: no handler, no `finally`, no atexit.
 
+GLINT_TRACK_TEST_SLOW_UPLOAD=<seconds> delays each checkpoint file's upload into the run by that long (a slow
+machine or store: the epoch's checkpoint, and its metrics queued behind it, reach the run late).
+
 GLINT_TRACK_TEST_GATE=<folder> holds the process just before it claims its MLflow run (its plan, and on a
 resume its checkpoint, already read): it writes <folder>/<pid>.waiting and goes on once <folder>/<pid>.go or
 <folder>/all.go exists, so a test decides which process claims when.
@@ -80,6 +83,20 @@ def _in_log_model() -> None:
     LocalArtifactRepository.log_artifacts = log_artifacts
 
 
+def _slow_upload(seconds: float) -> None:
+    import time
+
+    from glint_track.training.checkpointer import Checkpointer
+
+    real = Checkpointer._publish
+
+    def publish(self, file: str, digest: str) -> None:
+        time.sleep(seconds)
+        real(self, file, digest)
+
+    Checkpointer._publish = publish
+
+
 def _gate(folder: Path) -> None:
     import time
 
@@ -99,6 +116,8 @@ def _gate(folder: Path) -> None:
     RunLease.acquire = classmethod(acquire)
 
 
+if os.environ.get("GLINT_TRACK_TEST_SLOW_UPLOAD"):
+    _slow_upload(float(os.environ["GLINT_TRACK_TEST_SLOW_UPLOAD"]))
 if os.environ.get("GLINT_TRACK_TEST_GATE"):
     _gate(Path(os.environ["GLINT_TRACK_TEST_GATE"]))
 

@@ -47,12 +47,15 @@ def one_error_line(result) -> str:
 
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_and_while_writing_then_resume_by_run_id(tmp_path: Path, tiny_h5: Path) -> None:
-    """Quick mode of benchmarks/kill_anywhere.py: 6 SIGKILLs, each followed by a resume by run ID; half of
-    them while a checkpoint file is written, half of the processes serialising in the save process."""
+    """Quick mode of benchmarks/kill_anywhere.py: 6 stops, each followed by a resume by run ID; half of them
+    SIGKILLs while a checkpoint file is written, the others a SIGKILL or a SIGTERM from outside (then the run must
+    be KILLED and hold the last printed epoch); half of the processes serialise in the save process, a third
+    upload their checkpoints late."""
     save_process = "alternate" if SaveProcess.available() else "off"
     report = kill_and_resume(tmp_path, tiny_h5, kills=6, epochs=60, seed=1, save_process=save_process)
     assert report.failures == [] and report.kills == 6, report
     assert report.kill_phases.get("writing a checkpoint", 0) >= 3, report
+    assert any(phase.endswith("(SIGTERM)") for phase in report.kill_phases), report
 
 
 def test_deterministic_run_killed_after_epoch_2_and_resumed_equals_a_straight_run(tiny_h5: Path) -> None:
