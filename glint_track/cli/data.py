@@ -231,3 +231,38 @@ def synth_cmd(
     )
     people = f" of {participants} participants" if participants else ""
     click.echo(f"wrote {num_samples} synthetic {size}×{size} samples{people} with {num_glints} glints to {path}")
+
+
+@click.command("select")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="A new folder for the frames to label (labelme opens it).",
+)
+@click.option("--count", "-k", type=click.IntRange(1, 4096), default=64, show_default=True, help="Frames to choose.")
+@click.option(
+    "--labelled",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="A folder (or HDF5 file) of frames labelled already: they and their near-copies are not chosen. Repeatable.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling and clustering seed.")
+def select_cmd(inputs: tuple[str, ...], out: str, count: int, labelled: tuple[str, ...], seed: int) -> None:
+    """Choose the frames to label first from videos, image folders or glint HDF5 files: spread over how the eye
+    looks (k-means over small normalised thumbnails, as DeepLabCut extracts frames), never two near-copies, never
+    a frame already labelled. Images are copied as they are (bit depth kept); video and HDF5 frames become PNGs.
+    selected.csv in --out says where each came from.
+
+    \b
+    Examples:
+      glint-track select session1.mp4 session2.mp4 --out to_label/ -k 64
+      glint-track select frames/ --out round2/ -k 32 --labelled to_label/
+    """
+    from glint_track.data.select import select_frames
+
+    done = select_frames(list(inputs), Path(out), count, list(labelled), seed)
+    click.echo(f"chose {len(done.picks)} of {done.frames} frames → {out}; where each came from: {done.listing}")
+    if len(done.picks) < count:
+        click.echo(f"only {len(done.picks)} frames differ enough from each other and from the labelled ones", err=True)

@@ -17,7 +17,7 @@ import click
 import psutil
 
 from glint_track import __version__
-from glint_track.cli.data import inspect_cmd, pack_cmd, synth_cmd
+from glint_track.cli.data import inspect_cmd, pack_cmd, select_cmd, synth_cmd
 from glint_track.cli.sweep import sweep_cmd, sync_cmd
 from glint_track.cli.tools import evaluate_cmd, export_cmd, predict_cmd
 from glint_track.cli.train import train_cmd
@@ -163,6 +163,7 @@ for command in (
     evaluate_cmd,
     predict_cmd,
     export_cmd,
+    select_cmd,
     pack_cmd,
     inspect_cmd,
     synth_cmd,
