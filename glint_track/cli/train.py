@@ -57,11 +57,10 @@ Research-script spellings (--batch, --output_dir, --no_save_optimizer, --save_fr
 @click.pass_context
 def train_cmd(ctx: click.Context, **options: Any) -> None:
     check_typed(options)  # before anything heavy is imported: a mistyped value answers at once
-    from glint_track.tracking.ui import run_url, runs_table_url
+    # MLflow is not imported here: a new run's first step does not wait for it (training.opening imports it)
     from glint_track.training.loop import train
     from glint_track.training.resume import AlreadyFinished
     from glint_track.training.stopping import TrainingStopped
-    from glint_track.training.tracked_run import POOR_ADVICE, POOR_F1
 
     for name in ("resume", "init_from", "output_dir", "cache_dir"):  # `mlflow run` passes "" for "not set"
         options[name] = options[name] or None
@@ -86,6 +85,9 @@ def train_cmd(ctx: click.Context, **options: Any) -> None:
         ctx.exit(e.exit_code)  # 130 for SIGINT, 143 for SIGTERM; the log said which run and how to resume
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return
+    from glint_track.tracking.ui import run_url, runs_table_url
+    from glint_track.training.tracked_run import POOR_ADVICE, POOR_F1
+
     click.echo(f"\n{_summary_line(result)}")
     click.echo(f"  Local copy:  {result.output_dir}")
     remote = result.tracking_uri.startswith(("http://", "https://"))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TINY
+
 import glint_track
 
 PACKAGE = Path(glint_track.__file__).parent
@@ -76,6 +78,26 @@ def test_help_and_argument_errors_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_train_reaches_its_training_loop_without_mlflow(tiny_h5: Path, tmp_path: Path) -> None:
+    """A new run's MLflow import (seconds) happens in the thread that opens the run beside the first epoch, never
+    on the way to the first step: the command itself imports nothing of MLflow before it calls train()."""
+    code = (
+        "import sys; from click.testing import CliRunner; from glint_track.cli import main\n"
+        "import glint_track.training.loop as loop\n"
+        "real = loop.train\n"
+        "def train(*args, **kwargs):\n"
+        "    print('mlflow imported before train():', 'mlflow' in sys.modules, file=sys.__stdout__)\n"
+        "    return real(*args, **kwargs)\n"
+        "loop.train = train\n"
+        f"result = CliRunner().invoke(main, ['train', '--h5', {str(tiny_h5)!r}, *{TINY!r}, '--epochs', '1'])\n"
+        "assert result.exit_code == 0, result.output\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True
+    )
+    assert "mlflow imported before train(): False" in out.stdout, out.stdout + out.stderr
 
 
 def test_no_module_over_400_lines_and_no_function_over_80() -> None:
