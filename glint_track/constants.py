@@ -49,3 +49,5 @@ PRELABEL_KEY = "glint_track"
 #: The attributes of a file `pack` wrote naming the labelme folder it came from (absolute) and its JSON files' digest:
 #: a run's dataset input shows them, so a data version leads back to its annotations.
 PACKED_FROM, PACKED_DIGEST = "labelme_folder", "labelme_digest"
+#: The COCO keypoints file `pack --coco` read, and its SHA-256.
+COCO_FROM, COCO_DIGEST = "coco_file", "coco_digest"

@@ -29,11 +29,11 @@ def available_memory() -> int:
 
 
 @click.command("pack")
+@click.option("--in-dir", type=click.Path(file_okay=False), help="Folder of labelme .json files (and their images).")
 @click.option(
-    "--in-dir",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Folder of labelme .json files (and their images).",
+    "--coco",
+    type=click.Path(dir_okay=False),
+    help="Instead: a COCO keypoints .json (CVAT, Label Studio), keypoints named g1..gN, its images in its folder.",
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write (appears only when complete)."
@@ -78,7 +78,8 @@ def available_memory() -> int:
     help="Log those corrections to the MLflow run whose model pre-labelled the frames (field_* metrics).",
 )
 def pack_cmd(
-    in_dir: str,
+    in_dir: str | None,
+    coco: str | None,
     out: str,
     num_glints: int,
     prefix: str,
@@ -92,23 +93,33 @@ def pack_cmd(
     report: str | None,
     log_corrections: bool,
 ) -> None:
-    """Pack labelme glint annotations (circles g1..gN) into a training HDF5 file. Frames a model pre-labelled
-    (`predict --labelme-out`) also say how far the annotator moved its points: the model's error on new frames.
+    """Pack labelme glint annotations (circles g1..gN), or a COCO keypoints file, into a training HDF5 file.
+    Frames a model pre-labelled (`predict --labelme-out`) also say how far the annotator moved its points: the
+    model's error on new frames.
 
     \b
     Examples:
       glint-track pack --in-dir annotations/ --out train_256.h5 --img-size 256
       glint-track pack --in-dir labels/ --recursive --out lab.h5         # labels/<participant>/*.json
       glint-track pack --in-dir to_correct/ --out round2.h5 --report corrections.csv
+      glint-track pack --coco cvat_export/person_keypoints_default.json --out lab.h5
     """
+    if (in_dir is None) == (coco is None):
+        raise click.UsageError("pass --in-dir (a labelme folder) or --coco (a COCO keypoints file), one of them")
     from glint_track.data.glint_file import written_by_glint_track
-    from glint_track.data.pack import pack_labelme
     from glint_track.files import refuse_replacing
 
     refuse_replacing(Path(out), "--out", written_by_glint_track, "a data file glint-track wrote")
-    summary = pack_labelme(
-        in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression, groups
-    )
+    if coco is not None:
+        from glint_track.data.coco import pack_coco
+
+        summary = pack_coco(coco, out, num_glints, prefix, sigma_scale, sigma_min, img_size, compression)
+    else:
+        from glint_track.data.pack import pack_labelme
+
+        summary = pack_labelme(
+            in_dir, out, num_glints, prefix, sigma_scale, sigma_min, img_size, hm_size, recursive, compression, groups
+        )
     skipped = f", skipped {len(summary.skipped)} file(s) (see warnings)" if summary.skipped else ""
     grouped = f" from {summary.groups} groups (sub-folders)" if summary.groups else ""
     click.echo(f"packed {summary.packed} samples{grouped} with {summary.glints} glints into {summary.out}{skipped}")

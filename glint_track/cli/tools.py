@@ -109,6 +109,12 @@ def evaluate_cmd(
 @click.option(
     "--overlay-dir", type=click.Path(file_okay=False), help="Also write each frame with its numbered glints drawn."
 )
+@click.option(
+    "--coco-out",
+    type=click.Path(dir_okay=False),
+    help="Also write the glints as one COCO keypoints .json (pre-labels for CVAT or Label Studio; `pack --coco` "
+    "reads it back): put it in the images' folder to name them relative to it.",
+)
 @threshold_option("a glint is reported present")
 @click.option(
     "--input-size", type=Size(), help="Model input H[xW] [default: the training images' size from the checkpoint]."
@@ -140,6 +146,7 @@ def predict_cmd(
     overwrite: bool,
     radius: float | None,
     overlay_dir: str | None,
+    coco_out: str | None,
     threshold: float,
     input_size: tuple[int, int] | None,
     backend: str,
@@ -156,6 +163,7 @@ def predict_cmd(
       glint-track predict --model glints.onnx --backend onnx session.mp4 --out preds.csv --window 128
       glint-track predict --model best_model.pth eye1.png eye2.png --out preds.json
       glint-track predict --model 5308fe93de8b4c3f9a278246725680ea --images new_frames/ --labelme-out to_correct/
+      glint-track predict --model 5308fe93de8b4c3f9a278246725680ea new_frames/ --coco-out new_frames/prelabels.json
     """
     from glint_track.inference.labelme import PrelabelFolder
     from glint_track.inference.predict import predict
@@ -175,8 +183,10 @@ def predict_cmd(
         batch_size,
         window,
         labelme,
+        Path(coco_out) if coco_out else None,
     )
-    click.echo(f"{done.glints} glints found in {done.frames} frames" + (f" → {out}" if out else ""))
+    written = " and ".join(str(p) for p in (out, coco_out) if p)
+    click.echo(f"{done.glints} glints found in {done.frames} frames" + (f" → {written}" if written else ""))
     if done.review is not None:
         click.echo(f"pre-labels for labelme in {labelme_out}; correct them in the order of {done.review}")
 

@@ -21,7 +21,6 @@ import math
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from glint_track.constants import (
-    OUTPUT_STRIDE,
     PACKED_DIGEST,
     PACKED_FROM,
     PRELABEL_KEY,
@@ -38,8 +36,7 @@ from glint_track.constants import (
     SIGMA_SCALE,
 )
 from glint_track.data.corrections import Corrections
-from glint_track.data.glint_file import write_glint_file
-from glint_track.data.heatmaps import Glint, render_heatmaps
+from glint_track.data.packing import Layout, PackedSample, PackSummary, trainable_sizes, write_samples
 from glint_track.errors import GlintTrackError, shown
 from glint_track.files import IMAGE_SUFFIXES, first_line, unreadable_reason
 
@@ -55,25 +52,6 @@ MAX_WARNINGS_PER_FILE = 5
 
 class Unusable(ValueError):
     """A labelme file that cannot be packed; the message says why (the file is skipped)."""
-
-
-@dataclass
-class PackSummary:
-    out: Path | None
-    packed: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)  # file → reason
-    glints: int = 0
-    groups: int = 0  # participants or sessions (first-level sub-folders) recorded, 0 if not two or more
-    corrections: Corrections | None = None  # what the annotator changed in frames a model pre-labelled
-
-
-@dataclass
-class _Sample:
-    stem: str
-    image: np.ndarray  # H×W uint8 at the output size
-    glints: list[Glint]
-    points: dict[str, tuple[float, float]]  # g1… → the glint's centre in the source image's pixels (the first)
-    prelabel: Any  # what `predict --labelme-out` recorded the model predicted (PRELABEL_KEY), if anything
 
 
 def _read_record(json_path: Path) -> dict[str, Any]:
@@ -188,7 +166,7 @@ def _read_glint(
 
 def _read_sample(
     json_path: Path, root: Path, num_glints: int, label: re.Pattern, size: tuple[int, int] | None
-) -> tuple[_Sample, list[str]]:
+) -> tuple[PackedSample, list[str]]:
     """One annotated image, resized to `size` (H, W) with its glints scaled alike; plus warnings."""
     record = _read_record(json_path)
     gray0 = open_gray(_image_source(json_path, record, root))
@@ -208,7 +186,7 @@ def _read_sample(
         points.setdefault(f"g{channel + 1}", (cx, cy))  # as `predict --labelme-out` labels it
         glints.append((channel, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, radius * (sx + sy) / 2))
     stem = json_path.stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a file name of any bytes
-    return _Sample(stem, gray, glints, points, record.get(PRELABEL_KEY)), warnings_
+    return PackedSample(stem, gray, glints, points, record.get(PRELABEL_KEY)), warnings_
 
 
 def folder_digest(json_paths: list[Path]) -> str:
@@ -261,15 +239,9 @@ def pack_labelme(
             f"{in_dir}: no labelme .json file with a readable "
             f"image{' (add --recursive for subfolders)' if not recursive else ''}"
         )
-    hm = hm_size or (size[0] // OUTPUT_STRIDE, size[1] // OUTPUT_STRIDE)
-    if (size[0] % 16 or size[1] % 16) or hm != (size[0] // OUTPUT_STRIDE, size[1] // OUTPUT_STRIDE):
-        raise GlintTrackError(
-            f"image size {size[0]}x{size[1]} with heat-maps {hm[0]}x{hm[1]}: the trainer needs sides divisible by 16 "
-            "and heat-maps of 1/4 the image; pass e.g. --img-size "
-            f"{max(16, size[0] // 16 * 16)}x{max(16, size[1] // 16 * 16)}"
-        )
+    hm = trainable_sizes(size, hm_size)
     label = re.compile(re.escape(prefix) + r"(\d+)")
-    samples: list[_Sample] = []
+    samples: list[PackedSample] = []
     sample_groups: list[str] = []
     for path in tqdm(json_paths, desc="packing", unit="file", disable=not sys.stderr.isatty()):
         try:
@@ -279,7 +251,7 @@ def pack_labelme(
             log.warning("skipping %s: %s", path, reason)
             summary.skipped[str(path)] = reason
             continue
-        _warn(path, warnings_)
+        warn_capped(path, warnings_)
         samples.append(sample)
         sample_groups.append(group_of(path, in_dir))
         if sample.prelabel is not None:
@@ -291,55 +263,22 @@ def pack_labelme(
             f"{in_dir}: none of {len(json_paths)} labelme files could be packed (see warnings); nothing was written"
         )
 
-    n = len(samples)
-    images, heatmaps, points, radii = _arrays(samples, num_glints, size, hm, sigma_scale, sigma_min)
-    summary.glints = int((~np.isnan(points[..., 0])).sum())
-    attrs = dict(
-        num_classes=num_glints,
-        sigma_scale=sigma_scale,
-        sigma_min=sigma_min,
-        img_h=size[0],
-        img_w=size[1],
-        hm_h=hm[0],
-        hm_w=hm[1],
-        prefix=prefix,
-        source=f"glint-track pack {in_dir}",
-        **{PACKED_FROM: str(root), PACKED_DIGEST: folder_digest(json_paths)},
-    )
-    stored_groups = sample_groups if groups and len(set(sample_groups)) > 1 else None
-    write_glint_file(out, images, heatmaps, points, radii, [s.stem for s in samples], attrs, compression, stored_groups)
-    summary.out, summary.packed = out, n
-    summary.groups = len(set(stored_groups or ()))
+    provenance = {
+        "source": f"glint-track pack {in_dir}",
+        PACKED_FROM: str(root),
+        PACKED_DIGEST: folder_digest(json_paths),
+    }
+    layout = Layout(num_glints, size, hm, sigma_scale, sigma_min, prefix)
+    write_samples(out, samples, sample_groups if groups else None, layout, provenance, compression, summary)
     return summary
 
 
-def _warn(path: Path, warnings_: list[str]) -> None:
+def warn_capped(path: Path, warnings_: list[str]) -> None:
     """A file's first MAX_WARNINGS_PER_FILE warnings, then how many more there were."""
     for w in warnings_[:MAX_WARNINGS_PER_FILE]:
         log.warning("%s: %s", path, w)
     if len(warnings_) > MAX_WARNINGS_PER_FILE:
         log.warning("%s: %d more such warnings", path, len(warnings_) - MAX_WARNINGS_PER_FILE)
-
-
-def _arrays(
-    samples: list[_Sample],
-    num_glints: int,
-    size: tuple[int, int],
-    hm: tuple[int, int],
-    sigma_scale: float,
-    sigma_min: float,
-) -> tuple[np.ndarray, ...]:
-    """images, heat-maps, points and radii of the samples, as the file stores them."""
-    n = len(samples)
-    images = np.stack([s.image for s in samples])
-    heatmaps = np.zeros((n, num_glints, *hm), np.float16)
-    points = np.full((n, num_glints, 2), np.nan, np.float32)
-    radii = np.full((n, num_glints), np.nan, np.float32)
-    for i, s in enumerate(samples):
-        heatmaps[i] = render_heatmaps(s.glints, num_glints, size, hm, sigma_scale, sigma_min)
-        for c, x, y, r in reversed(s.glints):  # reversed: the first annotation of a channel wins
-            points[i, c], radii[i, c] = (x, y), r
-    return images, heatmaps, points, radii
 
 
 def _annotation_files(in_dir: Path, root: Path, recursive: bool, summary: PackSummary) -> list[Path]:

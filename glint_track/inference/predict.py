@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from glint_track.constants import DEFAULT_THRESHOLD, SIZE_MULTIPLE
+from glint_track.data.coco import CocoOut, written_by_predict
 from glint_track.data.frames import VIDEO_SUFFIXES, Frame, frame_count, frames, sources
 from glint_track.data.pack import resize_gray
 from glint_track.errors import GlintTrackError
@@ -47,24 +48,15 @@ def predict(
     batch_size: int = 16,
     window: int | None = None,
     labelme: PrelabelFolder | None = None,
+    coco: Path | None = None,
 ) -> Predicted:
     """One row per frame and glint: image, glint (g1…), x, y (the frame's own pixels), score, present, into `out`
     and, with `labelme`, as each frame's pre-labels. Frames are resized to `input_size` (default: the training
     images' size) and run `batch_size` at a time; with `window`, one at a time, each on the window×window square
-    (model-input pixels) around the previous frame's glints."""
-    if out is None and labelme is None:
-        raise GlintTrackError("nothing to write: pass --out preds.csv, --labelme-out FOLDER, or both")
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
-    if window is not None and window % SIZE_MULTIPLE:
-        raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 128")
+    (model-input pixels) around the previous frame's glints. With `coco`, also as one COCO keypoints file."""
     files = sources(inputs)
-    if out is not None:
-        refuse_replacing(out, "--out", rows_written_by_predict, "predictions glint-track wrote")
-    if overlay_dir is not None:
-        refuse_writing_into(overlay_dir, "--overlay-dir", files)
-    if labelme is not None:
-        labelme.check(files, VIDEO_SUFFIXES)
+    _check_outputs(files, out, overlay_dir, labelme, coco, window)
+    coco_out = CocoOut(coco) if coco is not None else None
     detector = open_detector(model_ref, backend, device_name)
     size = input_size or detector.trained_size
     done = Predicted(0, 0)
@@ -84,11 +76,43 @@ def predict(
                 _overlay(overlay_dir, frame, found)
             if labelme is not None:
                 labelme.write(frame.name, frame.gray, frame.index is not None, (h, w), found)
+            if coco_out is not None:
+                coco_out.add(frame.name, frame.index, frame.sequence, frame.gray.shape, found)
             bar.update(1)
         bar.close()
+    if coco_out is not None:
+        coco_out.close()
     if labelme is not None:
         done.review = labelme.close()
     return done
+
+
+def _check_outputs(
+    files: list[Path],
+    out: Path | None,
+    overlay_dir: Path | None,
+    labelme: PrelabelFolder | None,
+    coco: Path | None,
+    window: int | None,
+) -> None:
+    """Every output checked before a model is loaded: a name it can be written as, never over an input or a file
+    someone else wrote."""
+    if out is None and labelme is None and coco is None:
+        raise GlintTrackError("nothing to write: pass --out preds.csv, --labelme-out FOLDER or --coco-out FILE.json")
+    if coco is not None and coco.suffix.lower() != ".json":
+        raise GlintTrackError(f"--coco-out {coco}: use a .json file name")
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise GlintTrackError(f"--out {out}: use a .csv or .json file name")
+    if window is not None and window % SIZE_MULTIPLE:
+        raise GlintTrackError(f"--window {window} is not a multiple of {SIZE_MULTIPLE}; use e.g. 128")
+    if out is not None:
+        refuse_replacing(out, "--out", rows_written_by_predict, "predictions glint-track wrote")
+    if overlay_dir is not None:
+        refuse_writing_into(overlay_dir, "--overlay-dir", files)
+    if labelme is not None:
+        labelme.check(files, VIDEO_SUFFIXES)
+    if coco is not None:
+        refuse_replacing(coco, "--coco-out", written_by_predict, "a COCO file glint-track predict wrote")
 
 
 Detected = tuple[Frame, tuple[np.ndarray, np.ndarray], tuple[int, int]]  # frame, (xy C×2, score C), model input

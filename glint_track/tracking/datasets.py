@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from glint_track.constants import OUTPUT_STRIDE, PACKED_DIGEST, PACKED_FROM
+from glint_track.constants import COCO_DIGEST, COCO_FROM, OUTPUT_STRIDE, PACKED_DIGEST, PACKED_FROM
 from glint_track.data.glint_file import GlintData
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,11 @@ def log_training_data(client: MlflowClient, run_id: str, data: GlintData) -> Non
     )
     described = MetaDataset(source, name=data.path.stem, digest=data.digest[:16], schema=schema).to_dict()
     profile = {"samples": data.num_samples, "glints": c, "image_size": [h, w]}
-    profile |= {k: data.attrs[k] for k in (PACKED_FROM, PACKED_DIGEST) if isinstance(data.attrs.get(k), str)}
+    profile |= {
+        k: data.attrs[k]
+        for k in (PACKED_FROM, PACKED_DIGEST, COCO_FROM, COCO_DIGEST)
+        if isinstance(data.attrs.get(k), str)
+    }
     dataset = Dataset(**{k: described.get(k) for k in _DATASET_FIELDS}, profile=json.dumps(profile))
     _log_inputs(client, run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
 
