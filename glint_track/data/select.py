@@ -5,19 +5,21 @@ and contrast, and the K frames nearest the centres of K clusters of those thumbn
 cover the appearances the recording holds (gaze directions, lids, reflections) rather than the commonest one. Two
 chosen frames are never near-copies, and a frame that is (by content) already in a labelled folder is never
 chosen. Memory is bounded by K: a uniform sample of POOL_PER_PICK·K frames' thumbnails is kept while the inputs
-stream (reservoir sampling), and the chosen frames are read again to be written.
+stream (reservoir sampling), and the chosen frames are read again to be written. A terminal shows a progress bar.
 """
 
 from __future__ import annotations
 
 import csv
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from glint_track.data.frames import VIDEO_SUFFIXES, Frame, frames, sources
 from glint_track.errors import GlintTrackError
@@ -160,7 +162,9 @@ def select_frames(inputs: list[str], out: Path, k: int, labelled: list[str], see
     frames as 8-bit PNG), and `out`/selected.csv saying where each came from."""
     check_output_folder(out, inputs + labelled)
     known = labelled_thumbnails(labelled)
-    drawn = sample(input_frames(inputs), POOL_PER_PICK * k, seed, known)
+    reading = tqdm(input_frames(inputs), desc="reading", unit="frame", disable=not sys.stderr.isatty())
+    drawn = sample(reading, POOL_PER_PICK * k, seed, known)
+    reading.close()
     if not drawn.seen:
         raise GlintTrackError("every frame given is already in the labelled folders (--labelled); nothing to select")
     chosen = {drawn.positions[i]: size for i, size in choose(drawn.thumbs, k, seed)}
