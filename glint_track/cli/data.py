@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from glint_track.cli.options import Size
+from glint_track.cli.options import Size, threshold_option
 from glint_track.constants import (
     COMPRESSIONS,
     MAX_SIDE,
@@ -260,7 +260,23 @@ def synth_cmd(
     help="A folder (or HDF5 file) of frames labelled already: they and their near-copies are not chosen. Repeatable.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling and clustering seed.")
-def select_cmd(inputs: tuple[str, ...], out: str, count: int, labelled: tuple[str, ...], seed: int) -> None:
+@click.option(
+    "--model",
+    help="A trained model (run ID, models:/ URI or checkpoint): up to half the frames are those it doubts most "
+    "(glints missing, low scores, out of the LEDs' order, or jumping in a video), each written with its pre-labels.",
+)
+@threshold_option("the model reports a glint present")
+@click.option("--device", default="auto", show_default=True, help="With --model: auto, cpu, cuda or cuda:N.")
+def select_cmd(
+    inputs: tuple[str, ...],
+    out: str,
+    count: int,
+    labelled: tuple[str, ...],
+    seed: int,
+    model: str | None,
+    threshold: float,
+    device: str,
+) -> None:
     """Choose the frames to label first from videos, image folders or glint HDF5 files: spread over how the eye
     looks (k-means over small normalised thumbnails, as DeepLabCut extracts frames), never two near-copies, never
     a frame already labelled. Images are copied as they are (bit depth kept); video and HDF5 frames become PNGs.
@@ -270,10 +286,16 @@ def select_cmd(inputs: tuple[str, ...], out: str, count: int, labelled: tuple[st
     Examples:
       glint-track select session1.mp4 session2.mp4 --out to_label/ -k 64
       glint-track select frames/ --out round2/ -k 32 --labelled to_label/
+      glint-track select session3.mp4 --out round3/ -k 32 --labelled to_label/ --model 5308fe93de8b4c3f9a278246725680ea
     """
     from glint_track.data.select import select_frames
 
-    done = select_frames(list(inputs), Path(out), count, list(labelled), seed)
+    guide = None
+    if model:
+        from glint_track.inference.doubt import ModelGuide
+
+        guide = ModelGuide(model, threshold, device)
+    done = select_frames(list(inputs), Path(out), count, list(labelled), seed, guide)
     click.echo(f"chose {len(done.picks)} of {done.frames} frames → {out}; where each came from: {done.listing}")
     if len(done.picks) < count:
         click.echo(f"only {len(done.picks)} frames differ enough from each other and from the labelled ones", err=True)

@@ -11,11 +11,13 @@ stream (reservoir sampling), and the chosen frames are read again to be written.
 from __future__ import annotations
 
 import csv
+import heapq
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -40,8 +42,18 @@ LIST_FILE = "selected.csv"
 class Pick:
     name: str  # Frame.name: the image file, or `<video or h5>#<frame index>`
     position: int  # where it came in the stream of all input frames
-    cluster_size: int  # sampled frames its cluster holds: how common the appearance it stands for is
+    reason: str  # why it was chosen: the appearance it stands for, or what the model doubts in it
     file: str = ""  # the file written for it in the output folder
+
+
+class Guide(Protocol):
+    """A model's view of the frames (inference/doubt.py): how much it doubts each and why, and pre-labels."""
+
+    def __call__(self, frame: Frame) -> tuple[float, str]: ...
+
+    def write(self, frame: Frame, out: Path) -> str: ...  # the frame's image and pre-label JSON; the image's name
+
+    def close(self, out: Path) -> None: ...
 
 
 def thumbnail(gray: np.ndarray) -> np.ndarray:
@@ -84,20 +96,32 @@ class Sample:
     positions: list[int]  # where each sampled frame came in the stream
     thumbs: np.ndarray  # their thumbnails, one row each
     seen: int  # frames the stream held that are not near-copies of a labelled one
+    #: the frames a guide doubted most (with a reason): (doubt, position, reason, thumbnail), most doubted first
+    doubted: list[tuple[float, int, str, np.ndarray]] = field(default_factory=list)
 
 
-def sample(stream: Iterator[Frame], size: int, seed: int, labelled: np.ndarray) -> Sample:
+def sample(
+    stream: Iterator[Frame], size: int, seed: int, labelled: np.ndarray, guide: Guide | None = None, doubts: int = 0
+) -> Sample:
     """A uniform sample of `size` frames of `stream` that are not near-copies of a labelled frame (reservoir
-    sampling, Algorithm R): memory for `size` thumbnails, whatever the stream's length."""
+    sampling, Algorithm R), and with a `guide` the `doubts` frames it doubts most: memory for `size` + `doubts`
+    thumbnails, whatever the stream's length."""
     rng = np.random.default_rng(seed)
     positions: list[int] = []
     thumbs = np.zeros((size, THUMB * THUMB), np.float32)
+    doubted: list[tuple[float, int, str, np.ndarray]] = []  # a heap: the least doubted of those kept first
     seen = 0
     for position, frame in enumerate(stream):
         thumb = thumbnail(frame.gray)
         if len(labelled) and distances(thumb[None], labelled).min() < NEAR_COPY:
             continue
         seen += 1
+        if guide is not None and doubts:
+            doubt, reason = guide(frame)
+            if reason:
+                heapq.heappush(doubted, (doubt, position, reason, thumb))
+                if len(doubted) > doubts:
+                    heapq.heappop(doubted)
         if len(positions) < size:
             slot = len(positions)
             positions.append(position)
@@ -106,7 +130,7 @@ def sample(stream: Iterator[Frame], size: int, seed: int, labelled: np.ndarray) 
         else:
             continue
         thumbs[slot] = thumb
-    return Sample(positions, thumbs[: len(positions)], seen)
+    return Sample(positions, thumbs[: len(positions)], seen, sorted(doubted, key=lambda d: (-d[0], d[1])))
 
 
 def kmeans(points: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,13 +154,14 @@ def kmeans(points: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return centres_arr, distances(points, centres_arr).argmin(1)
 
 
-def choose(thumbs: np.ndarray, k: int, seed: int) -> list[tuple[int, int]]:
-    """Up to `k` sampled frames, no two near-copies: each cluster's frame nearest its centre, the largest clusters
-    first. Returns (index into `thumbs`, its cluster's size)."""
-    if not len(thumbs):
+def choose(thumbs: np.ndarray, k: int, seed: int, taken: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Up to `k` sampled frames, no two near-copies (nor near-copies of `taken`): each cluster's frame nearest its
+    centre, the largest clusters first. Returns (index into `thumbs`, its cluster's size)."""
+    if not len(thumbs) or k <= 0:
         return []
     centres, assign = kmeans(thumbs, min(k, len(thumbs)), seed)
     sizes = np.bincount(assign, minlength=len(centres))
+    kept = list(taken) if taken is not None else []
     chosen: list[tuple[int, int]] = []
     for c in np.argsort(-sizes, kind="stable"):
         members = np.flatnonzero(assign == c)
@@ -144,9 +169,35 @@ def choose(thumbs: np.ndarray, k: int, seed: int) -> list[tuple[int, int]]:
             continue
         order = members[np.argsort(distances(thumbs[members], centres[c : c + 1])[:, 0])]
         for i in order:
-            if not chosen or distances(thumbs[i : i + 1], thumbs[[j for j, _ in chosen]]).min() >= NEAR_COPY:
+            if not kept or distances(thumbs[i : i + 1], np.stack(kept)).min() >= NEAR_COPY:
                 chosen.append((int(i), int(sizes[c])))
+                kept.append(thumbs[i])
                 break
+    while len(chosen) < k and kept:  # clusters whose every frame was taken already: the frames least like any kept
+        farthest = distances(thumbs, np.stack(kept)).min(1)
+        i = int(farthest.argmax())
+        if farthest[i] < NEAR_COPY:
+            break
+        chosen.append((i, int(sizes[assign[i]])))
+        kept.append(thumbs[i])
+    return chosen
+
+
+def plan_picks(drawn: Sample, k: int, seed: int) -> dict[int, str]:
+    """Which frames (stream positions) to write and why: up to half of `k` the guide doubts most, no two
+    near-copies; the rest spread over appearance."""
+    chosen: dict[int, str] = {}
+    kept: list[np.ndarray] = []
+    for _, position, reason, thumb in drawn.doubted:
+        if len(chosen) == k // 2:
+            break
+        if not kept or distances(thumb[None], np.stack(kept)).min() >= NEAR_COPY:
+            chosen[position] = f"model: {reason}"
+            kept.append(thumb)
+    free = [i for i, p in enumerate(drawn.positions) if p not in chosen]
+    taken = np.stack(kept) if kept else None
+    for i, size in choose(drawn.thumbs[free], k - len(chosen), seed, taken):
+        chosen[drawn.positions[free[i]]] = f"diverse: stands for {size} of the frames sampled"
     return chosen
 
 
@@ -157,43 +208,48 @@ class Selected:
     listing: Path  # selected.csv
 
 
-def select_frames(inputs: list[str], out: Path, k: int, labelled: list[str], seed: int = 0) -> Selected:
+def select_frames(
+    inputs: list[str], out: Path, k: int, labelled: list[str], seed: int = 0, guide: Guide | None = None
+) -> Selected:
     """Write `k` frames of `inputs` to label into `out` (images copied as they are, bit depth kept; video and HDF5
-    frames as 8-bit PNG), and `out`/selected.csv saying where each came from."""
+    frames as 8-bit PNG; with a `guide`, each with its pre-labels), and `out`/selected.csv saying where each came
+    from and why it was chosen."""
     check_output_folder(out, inputs + labelled)
     known = labelled_thumbnails(labelled)
     reading = tqdm(input_frames(inputs), desc="reading", unit="frame", disable=not sys.stderr.isatty())
-    drawn = sample(reading, POOL_PER_PICK * k, seed, known)
+    drawn = sample(reading, POOL_PER_PICK * k, seed, known, guide, k)
     reading.close()
     if not drawn.seen:
         raise GlintTrackError("every frame given is already in the labelled folders (--labelled); nothing to select")
-    chosen = {drawn.positions[i]: size for i, size in choose(drawn.thumbs, k, seed)}
+    chosen = plan_picks(drawn, k, seed)
     out.mkdir(parents=True, exist_ok=True)
     picks: list[Pick] = []
     for position, frame in enumerate(input_frames(inputs)):
         if position in chosen:
             pick = Pick(frame.name, position, chosen[position])
-            pick.file = _write(frame, out, {p.file for p in picks})
+            pick.file = guide.write(frame, out) if guide is not None else _write(frame, out, {p.file for p in picks})
             picks.append(pick)
             if len(picks) == len(chosen):
                 break
+    if guide is not None:
+        guide.close(out)
     listing = out / LIST_FILE
     with atomic_path(listing) as staged, open(staged, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "source", "cluster_frames"])
-        writer.writerows([p.file, p.name, p.cluster_size] for p in sorted(picks, key=lambda p: -p.cluster_size))
+        writer.writerow(["file", "source", "reason"])
+        writer.writerows([p.file, p.name, p.reason] for p in sorted(picks, key=lambda p: p.reason))
     return Selected(picks, drawn.seen, listing)
 
 
 def check_output_folder(out: Path, inputs: list[str]) -> None:
-    """`out` gets new files only: it may not hold an input, nor images already (those may be labelled ones)."""
+    """`out` gets new files only: it may not hold an input, nor images or JSON already (they may be labelled)."""
     if out.exists() and not out.is_dir():
         raise GlintTrackError(f"--out {out}: not a folder; name a new folder")
     refuse_writing_into(out, "--out", [p / "x" if p.is_dir() else p for p in map(Path, inputs)])
-    if out.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in out.iterdir()):
+    if out.is_dir() and any(p.suffix.lower() in (*IMAGE_SUFFIXES, ".json") for p in out.iterdir()):
         raise GlintTrackError(
-            f"--out {out} already holds images; name a new folder (pass this one to --labelled if it holds frames "
-            "already chosen)"
+            f"--out {out} already holds images or labelme files; name a new folder (pass this one to --labelled if it "
+            "holds frames already chosen)"
         )
 
 

@@ -71,8 +71,9 @@ class PrelabelFolder:
 
     def write(
         self, name: str, gray: np.ndarray, video_frame: bool, model_input: tuple[int, int], rows: list[Row]
-    ) -> None:
-        """The frame's JSON, its image beside it (a copy of the file; a video's frame as PNG) and its review line."""
+    ) -> str:
+        """The frame's JSON, its image beside it (a copy of the file; a video's frame as PNG) and its review line;
+        returns the image's name."""
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = json_stem(name)
         image_name = self._write_png(stem, gray) if video_frame else self._copy_image(Path(name))
@@ -83,6 +84,7 @@ class PrelabelFolder:
             tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
         scale = (w0 / model_input[1] + h0 / model_input[0]) / 2
         self.reviews.append(review(f"{stem}.json", rows, self.threshold, DEFAULT_MATCH_RADIUS * scale))
+        return image_name
 
     def close(self) -> Path:
         """to_review.csv: the frames by their least confident glint, lowest first, with the reasons."""

@@ -68,7 +68,7 @@ def predict(
             else _batched(detector, frames(files), size, batch_size)
         )
         for frame, (xy, score), (h, w) in stream:
-            found = _rows(frame, xy, score, (h, w), threshold)
+            found = glint_rows(frame, xy, score, (h, w), threshold)
             rows.write(found)
             done.frames += 1
             done.glints += sum(r["present"] for r in found)
@@ -124,16 +124,17 @@ def _batched(
     """Consecutive frames that resize to the same model input, `batch_size` per call."""
     batch: list[Frame] = []
     for frame in stream:
-        if batch and (len(batch) == batch_size or _input_size(batch[0], size) != _input_size(frame, size)):
-            yield from _run(detector, batch, size)
+        if batch and (len(batch) == batch_size or input_size_of(batch[0], size) != input_size_of(frame, size)):
+            yield from detect(detector, batch, size)
             batch = []
         batch.append(frame)
     if batch:
-        yield from _run(detector, batch, size)
+        yield from detect(detector, batch, size)
 
 
-def _run(detector: Detector, batch: list[Frame], size: tuple[int, int] | None) -> Iterator[Detected]:
-    h, w = _input_size(batch[0], size)
+def detect(detector: Detector, batch: list[Frame], size: tuple[int, int] | None) -> Iterator[Detected]:
+    """Frames that resize to one model input, in one call: each with its glints and that input size."""
+    h, w = input_size_of(batch[0], size)
     xy, score = detector(np.stack([resize_gray(frame.gray, (h, w)) for frame in batch]))
     for i, frame in enumerate(batch):
         yield frame, (xy[i], score[i]), (h, w)
@@ -146,7 +147,7 @@ def _windowed(
     first, and again after a frame where fewer than half the glints were found."""
     centre, sequence = None, None
     for frame in stream:
-        h, w = _input_size(frame, size)
+        h, w = input_size_of(frame, size)
         image = resize_gray(frame.gray, (h, w))
         if frame.sequence != sequence or window >= min(h, w):
             centre, sequence = None, frame.sequence
@@ -178,7 +179,8 @@ def window_corner(centre: tuple[float, float], window: int, size: tuple[int, int
     return int(np.clip(top, 0, h - window)), int(np.clip(left, 0, w - window))
 
 
-def _input_size(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, int]:
+def input_size_of(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The model input a frame is resized to: `input_size`, else its own size on the 16-pixel grid."""
     h0, w0 = frame.gray.shape
     return input_size or (
         max(SIZE_MULTIPLE, round(h0 / SIZE_MULTIPLE) * SIZE_MULTIPLE),
@@ -186,9 +188,10 @@ def _input_size(frame: Frame, input_size: tuple[int, int] | None) -> tuple[int, 
     )
 
 
-def _rows(
+def glint_rows(
     frame: Frame, xy: np.ndarray, score: np.ndarray, size: tuple[int, int], threshold: float
 ) -> list[dict[str, object]]:
+    """One row per glint of a frame, its position back in the frame's own pixels."""
     h0, w0 = frame.gray.shape
     sx, sy = w0 / size[1], h0 / size[0]
     return [

@@ -7,11 +7,14 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import fails_cleanly, run_cli
 from PIL import Image
 
 from glint_track.data.frames import Frame
 from glint_track.data.select import NEAR_COPY, distances, sample, thumbnail
+from glint_track.inference.doubt import jumps
+from glint_track.model import GlintUNet
 
 SIZE = 32
 
@@ -78,7 +81,9 @@ def test_the_output_never_lands_on_an_input_or_on_frames_chosen_before(tmp_path:
     frames = folder_of(tmp_path / "frames", [0, 1, 2])
     fails_cleanly(["select", str(frames), "--out", str(frames), "-k", "2"], "which would be written over")
     assert run_cli("select", str(frames), "--out", "pick", "-k", "2").exit_code == 0
-    fails_cleanly(["select", str(frames), "--out", "pick", "-k", "2"], "already holds images; name a new folder")
+    fails_cleanly(
+        ["select", str(frames), "--out", "pick", "-k", "2"], "already holds images or labelme files; name a new folder"
+    )
     fails_cleanly(["select", str(frames), "--out", "x", "--labelled", "pick", "--labelled", str(frames)], "nothing")
 
 
@@ -94,3 +99,39 @@ def test_sensor_noise_is_a_near_copy_and_another_look_is_not() -> None:
     rng = np.random.default_rng(0)
     a, b, c = (thumbnail(appearance(k, rng))[None] for k in (0, 0, 1))
     assert distances(a, b)[0, 0] < NEAR_COPY < distances(a, c)[0, 0]
+
+
+def _rows(points: list[tuple[float, float]]) -> list[dict[str, object]]:
+    return [
+        {"image": "f", "glint": f"g{i + 1}", "x": x, "y": y, "score": 0.9, "present": True}
+        for i, (x, y) in enumerate(points)
+    ]
+
+
+def test_a_glint_that_leaves_the_others_jumps_and_a_saccade_does_not() -> None:
+    ring = [(10.0, 10.0), (20.0, 10.0), (20.0, 20.0), (10.0, 20.0)]
+    steady = [(x + 0.4, y) for x, y in ring]
+    assert jumps(_rows(ring), _rows(steady)) == []
+    one_off = [*steady[:2], (28.0, 20.0), steady[3]]
+    assert jumps(_rows(ring), _rows(one_off)) == ["g3 jumped 8.0 px while the others moved 0.4"]
+    saccade = [(x + 8.0, y) for x, y in ring]  # the eye moved: every glint with it
+    assert jumps(_rows(ring), _rows(saccade)) == []
+
+
+def test_with_a_model_half_the_frames_are_its_doubts_written_with_pre_labels(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GlintUNet(4, 4)
+    torch.nn.init.normal_(model.out_conv.weight, std=50.0)  # peaks everywhere: frames it doubts, for its reasons
+    torch.nn.init.constant_(model.out_conv.bias, -2.0)
+    torch.save({"model_state_dict": model.state_dict(), "model_info": {"image_size": [SIZE, SIZE]}}, "m.pth")
+    frames = folder_of(tmp_path / "frames", [k for k in range(6) for _ in range(5)])
+    result = run_cli("select", str(frames), "--out", "pick", "-k", "6", "--model", "m.pth")
+    assert result.exit_code == 0, result.output
+    with open("pick/selected.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    doubted = [r for r in rows if r["reason"].startswith("model: ")]
+    assert len(rows) == 6 and 1 <= len(doubted) <= 3, rows
+    for row in rows:  # each image beside its pre-labels, as labelme opens them and pack reads them
+        assert (Path("pick") / row["file"]).is_file() and (Path("pick") / row["file"]).with_suffix(".json").is_file()
+    assert Path("pick/to_review.csv").is_file()
+    assert run_cli("pack", "--in-dir", "pick", "--out", "p.h5", "--num-glints", "4").exit_code == 0
