@@ -16,6 +16,9 @@ from glint_track.errors import GlintTrackError
 
 #: Image files pack and predict read (a labelme imagePath without a suffix tries them in this order).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: The process's umask, read once at import (reading it means setting it, which is not thread-safe later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -27,6 +30,7 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a file opened for writing would be, not mkstemp's owner-only 0600
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,6 +5,8 @@ a loss that is not a number stops before its epoch is kept."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import h5py
@@ -93,3 +95,14 @@ def test_a_checkpoint_file_chooses_no_folder_and_no_model_name(tiny_h5: Path, tm
     new_run = next(line.split()[1] for line in result.output.splitlines() if line.startswith("Run "))
     args = mlflow.artifacts.load_dict(f"runs:/{new_run}/train_args.json")
     assert args["cache_dir"] is None and args["register_model"] is None
+
+
+def test_outputs_get_the_permissions_the_umask_gives_not_owner_only(tmp_path: Path) -> None:
+    """Files are written under a temporary name and renamed into place; mkstemp makes them 0600, which would hide
+    a lab's packed data, frames to label and checkpoints from the colleagues the umask lets read them."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert run_cli("synth", "--out", "d.h5", "--num-samples", "4", "--size", "32").exit_code == 0
+    assert run_cli("select", "d.h5", "--out", "pick", "-k", "2").exit_code == 0
+    for path in [Path("d.h5"), *Path("pick").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
