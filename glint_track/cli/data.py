@@ -200,6 +200,14 @@ def inspect_cmd(file: str, preview: str | None, count: int) -> None:
     "another (groups p01, p02, … in the file; labelme sub-folders): train then holds whole people out for "
     "validation. 0: every frame someone new.",
 )
+@click.option(
+    "--recording",
+    type=click.FloatRange(0.1, 600),
+    help="Instead of separate frames: a recording of this many seconds of one person (fixations, saccades, blinks), "
+    "its frames in time order with their truth (--num-samples and --participants do not apply).",
+)
+@click.option("--fps", type=click.IntRange(1, 1000), default=30, show_default=True, help="The recording's frame rate.")
+@click.option("--video", type=click.Path(dir_okay=False), help="Also write the recording as this MP4 (needs PyAV).")
 def synth_cmd(
     out: str,
     num_samples: int,
@@ -210,16 +218,24 @@ def synth_cmd(
     labelme_dir: str | None,
     bits: str,
     participants: int,
+    recording: float | None,
+    fps: int,
+    video: str | None,
 ) -> None:
-    """Write built-in demo data: synthetic eye images with labelled glints.
+    """Write built-in demo data: synthetic eye images with labelled glints, or a short recording of one person.
 
     \b
     Examples:
       glint-track synth --out demo.h5 && glint-track train --h5 demo.h5
       glint-track synth --out lab.h5 --num-samples 96 --participants 6     # 6 people: validated on unseen ones
+      glint-track synth --out rec.h5 --recording 10 --video rec.mp4        # 300 frames at 30 fps, with truth
     """
     from glint_track.data.synth import write_synthetic
 
+    if video and not recording:
+        raise GlintTrackError("--video writes a recording: add --recording SECONDS")
+    if recording:
+        num_samples, participants = max(1, round(recording * fps)), 0
     if size % SIZE_MULTIPLE:
         fix = size // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE
         raise GlintTrackError(
@@ -237,6 +253,15 @@ def synth_cmd(
     from glint_track.files import refuse_replacing
 
     refuse_replacing(Path(out), "--out", written_by_glint_track, "a data file glint-track wrote")
+    if recording:
+        from glint_track.data.recording import write_recording
+
+        clip = Path(video) if video else None
+        if clip is not None and (clip.exists() or clip.is_symlink()):
+            raise GlintTrackError(f"--video {clip} exists; choose another path, or move it away first")
+        n = write_recording(Path(out), recording, fps, size, num_glints, seed, difficulty, int(bits), clip)
+        click.echo(f"wrote a {recording:g} s recording at {fps} fps ({n} frames of {size}×{size}) to {out}")
+        return
     path = write_synthetic(
         out, num_samples, size, num_glints, seed, labelme_dir, difficulty, int(bits), participants=participants
     )

@@ -295,11 +295,18 @@ def render_sample(
 
 
 def render_scene(
-    scene: Scene, rng: np.random.Generator, size: int, difficulty: float, bits: int = 8
+    scene: Scene,
+    rng: np.random.Generator,
+    size: int,
+    difficulty: float,
+    bits: int = 8,
+    sensor_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`render_sample` of a given scene (the rest of the randomness: texture, lashes, glasses, sensor)."""
+    """`render_sample` of a given scene (the rest of the randomness: texture, lashes, glasses, sensor). A recording
+    passes the same `rng` for every frame (the same skin, iris, lashes and glasses) and `sensor_rng` for what
+    changes from frame to frame (blur, gain, noise)."""
     d = difficulty
     img, opening = _eye_image(scene, rng, size)
     points, radii = _glints(scene, rng, img, opening)
     _glasses(scene, rng, img, d)
-    return _sensor(img, rng, d, bits), points, radii
+    return _sensor(img, sensor_rng or rng, d, bits), points, radii

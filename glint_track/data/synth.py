@@ -99,8 +99,15 @@ def write_synthetic(
         for i, stem in enumerate(stems):
             folder = Path(labelme_dir) / groups[i] if groups else Path(labelme_dir)
             write_labelme(folder, stem, raw[i], points[i], radii[i])
+    attrs = synth_attrs(num_glints, size, seed, difficulty, bits) | {"participants": participants}
+    write_glint_file(out, images, heatmaps.astype(np.float16), points, radii, stems, attrs, groups=groups)
+    return out
+
+
+def synth_attrs(num_glints: int, size: int, seed: int, difficulty: float, bits: int) -> dict[str, object]:
+    """The attributes of a file synth writes: the layout train reads, and how it was made."""
     hm = size // OUTPUT_STRIDE
-    attrs = dict(
+    return dict(
         num_classes=num_glints,
         sigma_scale=SIGMA_SCALE,
         sigma_min=SIGMA_MIN,
@@ -113,10 +120,7 @@ def write_synthetic(
         seed=seed,
         difficulty=difficulty,
         sensor_bits=bits,
-        participants=participants,
     )
-    write_glint_file(out, images, heatmaps.astype(np.float16), points, radii, stems, attrs, groups=groups)
-    return out
 
 
 def write_labelme(folder: Path, stem: str, image: np.ndarray, points: np.ndarray, radii: np.ndarray) -> None:
