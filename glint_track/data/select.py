@@ -1,4 +1,4 @@
-"""`glint-track select`: which frames to label first, before any model exists.
+"""`glint-track select`: which frames to label next — the first ones, before any model exists, and later ones.
 
 As DeepLabCut's k-means frame extraction: every frame is reduced to a small thumbnail normalised for brightness
 and contrast, and the K frames nearest the centres of K clusters of those thumbnails are chosen, so the labels
@@ -6,6 +6,9 @@ cover the appearances the recording holds (gaze directions, lids, reflections) r
 chosen frames are never near-copies, and a frame that is (by content) already in a labelled folder is never
 chosen. Memory is bounded by K: a uniform sample of POOL_PER_PICK·K frames' thumbnails is kept while the inputs
 stream (reservoir sampling), and the chosen frames are read again to be written. A terminal shows a progress bar.
+
+With a model (a Guide, inference/doubt.py), up to half the frames are those it doubts most, kept in a heap of K while
+the inputs stream, and every chosen frame is written with its pre-labels; the rest are spread over appearance.
 """
 
 from __future__ import annotations
