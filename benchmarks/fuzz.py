@@ -1,6 +1,6 @@
-"""Fuzzing at length: many crafted HDF5 files, labelme folders and checkpoints, with the outcome of each counted.
+"""Fuzzing at length: many crafted HDF5 files, labelme folders, COCO exports and checkpoints, each outcome counted.
 
-    python benchmarks/fuzz.py [--examples 10000] [--workers 8] [--only h5|labelme|checkpoint]
+    python benchmarks/fuzz.py [--examples 10000] [--workers 8] [--only h5|labelme|coco|checkpoint]
 
 The strategies and the property are tests/strategies.py's (tests/data/test_fuzz.py runs 300 per target): each
 input must end in success or the project's one-line error, never another exception, and within a small
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-TARGETS = ("h5", "labelme", "checkpoint")
+TARGETS = ("h5", "labelme", "coco", "checkpoint")
 MiB = 2**20
 
 
@@ -65,8 +65,12 @@ def run_worker(target: str, examples: int, seed: int) -> dict:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    specs = {"h5": s.h5_specs, "labelme": s.labelme_specs, "checkpoint": s.checkpoint_specs}[target]
-    run_one = {"h5": s.check_h5, "labelme": s.check_labelme, "checkpoint": s.check_checkpoint}[target]
+    specs = {"h5": s.h5_specs, "labelme": s.labelme_specs, "coco": s.coco_specs, "checkpoint": s.checkpoint_specs}[
+        target
+    ]
+    run_one = {"h5": s.check_h5, "labelme": s.check_labelme, "coco": s.check_coco, "checkpoint": s.check_checkpoint}[
+        target
+    ]
     extra = ()
     if target == "checkpoint":
         two = write_synthetic(work / "two.h5", num_samples=8, size=s.SIZE, num_glints=s.GLINTS, seed=5)

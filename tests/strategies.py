@@ -315,6 +315,97 @@ def write_labelme(spec: dict[str, Any], folder: Path) -> None:
         (folder / f"{stem}.json").write_bytes(text.encode() if text is not None else b'{"shapes": "\xff"}')
 
 
+COCO_WHERE = (
+    "beside",
+    "beside",
+    "beside",
+    "subfolder",
+    "outside_relative",
+    "outside_absolute",
+    "symlink_out",
+    "missing",
+    "garbage",
+    "bomb",
+)
+GOOD_NAMES = (["g1", "g2", "g3"], ["g1", "g2"], ["g1", "pupil", "g2", "g3"], ["g2", "g1"])
+KEYPOINT_NAMES = st.lists(st.sampled_from(["g1", "g2", "g3", "g0", "g9", "pupil", "", "g" + "9" * 40]), max_size=5)
+
+
+@st.composite
+def coco_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """A COCO keypoints export as CVAT or Label Studio would write it, or one of the many ways it can be wrong."""
+    names = draw(st.sampled_from(GOOD_NAMES)) if draw(st.integers(0, 2)) else draw(KEYPOINT_NAMES | JSON_JUNK)
+    count = len(names) if isinstance(names, list) else 3
+    images = []
+    for _ in range(draw(st.integers(0, 3))):
+        names_valid = draw(st.integers(0, 3)) > 0
+        point = st.tuples(st.floats(-8, 40), st.floats(-8, 40), st.sampled_from([0, 1, 2, 2]))
+        keypoints = (
+            draw(st.lists(point, min_size=count, max_size=count) | st.lists(point, max_size=5))
+            if names_valid
+            else draw(st.lists(NUMBERS | st.text(max_size=3) | st.none(), max_size=12))
+        )
+        images.append(
+            {
+                "where": draw(st.sampled_from(COCO_WHERE)),
+                "mode": draw(st.sampled_from(IMAGE_MODES)),
+                "size": (draw(st.sampled_from([1, 16, 32])), draw(st.sampled_from([16, 32, 40]))),
+                "level": draw(st.integers(0, 200)),
+                "id": draw(st.integers(1, 3) | JSON_JUNK) if draw(st.integers(0, 5)) == 0 else None,
+                "keypoints": keypoints if names_valid else draw(st.one_of(st.just(keypoints), JSON_JUNK)),
+                "annotations": draw(st.integers(0, 2)),
+            }
+        )
+    return {
+        "json": draw(st.sampled_from(["coco"] * 6 + ["junk", "null", "deep", "not_utf8"])),
+        "names": names,
+        "images": images,
+        "junk": draw(JSON_JUNK),
+        "img_size": draw(st.sampled_from([None, (32, 32), (16, 32)])),
+        "num_glints": draw(st.integers(1, 4)),
+    }
+
+
+def write_coco(spec: dict[str, Any], folder: Path) -> Path:
+    """The export a spec describes (its images beside it, or not), and an image outside it (SENTINEL grey)."""
+    folder.mkdir(parents=True)
+    outside = folder.parent / "outside.png"
+    Image.fromarray(np.full((SIZE, SIZE), SENTINEL, np.uint8)).save(outside)
+    images, annotations = [], []
+    for i, entry in enumerate(spec["images"]):
+        name, where = f"f{i}.png", entry["where"]
+        pixels = _image_bytes(entry["mode"], entry["size"], entry["level"])
+        if where in ("beside", "subfolder"):
+            name = f"p{i % 2}/{name}" if where == "subfolder" else name
+            (folder / name).parent.mkdir(exist_ok=True)
+            (folder / name).write_bytes(pixels)
+        elif where == "outside_relative":
+            name = "../outside.png"
+        elif where == "outside_absolute":
+            name = str(outside)
+        elif where == "symlink_out":
+            (folder / name).symlink_to(outside)
+        elif where == "garbage":
+            (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + pixels[8:40])
+        elif where == "bomb":
+            (folder / name).write_bytes(_bomb_png())
+        image_id = entry["id"] if entry["id"] is not None else i + 1
+        images.append({"id": image_id, "file_name": name})
+        flat = (
+            [v for point in entry["keypoints"] for v in point] if _triples(entry["keypoints"]) else entry["keypoints"]
+        )
+        annotations += [{"image_id": image_id, "category_id": 1, "keypoints": flat}] * entry["annotations"]
+    record = {"images": images, "annotations": annotations, "categories": [{"id": 1, "keypoints": spec["names"]}]}
+    text = {"coco": json.dumps(record), "junk": json.dumps(spec["junk"]), "null": "null", "deep": "[" * 50_000}
+    path = folder / "coco.json"
+    path.write_bytes(text[spec["json"]].encode() if spec["json"] in text else b'{"images": "\xff"}')
+    return path
+
+
+def _triples(keypoints: Any) -> bool:
+    return isinstance(keypoints, list) and all(isinstance(p, tuple) for p in keypoints)
+
+
 def _bomb_png() -> bytes:
     import struct
     import zlib
@@ -542,9 +633,26 @@ def labelme_target(folder: Path, out: Path, spec: dict[str, Any]) -> None:
     except GlintTrackError:
         assert not out.exists(), "a refused pack left a file"
         raise
+    assert summary.packed > 0
+    _check_packed(out)
+
+
+def coco_target(path: Path, out: Path, spec: dict[str, Any]) -> None:
+    """`glint-track pack --coco`, then what it wrote, as for a labelme folder."""
+    from glint_track.data.coco import pack_coco
+
+    try:
+        pack_coco(path, out, num_glints=spec["num_glints"], img_size=spec["img_size"])
+    except GlintTrackError:
+        assert not out.exists(), "a refused pack left a file"
+        raise
+    _check_packed(out)
+
+
+def _check_packed(out: Path) -> None:
     with h5py.File(out, "r") as f:
         images, heatmaps, points = f["images"][()], f["heatmaps"][()], f["points"][()]
-    assert len(images) == summary.packed > 0
+    assert len(images) > 0
     assert not any((image == SENTINEL).all() for image in images), "an image from outside the input folder was packed"
     assert np.isfinite(heatmaps).all() and heatmaps.min() >= 0 and heatmaps.max() <= 1
     H, W = images.shape[1:]
@@ -590,6 +698,13 @@ def check_h5(spec: dict[str, Any], folder: Path) -> Outcome:
 def check_labelme(spec: dict[str, Any], folder: Path) -> Outcome:
     write_labelme(spec, folder / "annotations")
     outcome = run_target(labelme_target, folder / "annotations", folder / "out.h5", spec)
+    assert outcome.peak_bytes <= 32 * MiB, outcome
+    return outcome
+
+
+def check_coco(spec: dict[str, Any], folder: Path) -> Outcome:
+    path = write_coco(spec, folder / "export")
+    outcome = run_target(coco_target, path, folder / "out.h5", spec)
     assert outcome.peak_bytes <= 32 * MiB, outcome
     return outcome
 

@@ -1,5 +1,5 @@
-"""Property tests (Hypothesis) over crafted HDF5 files, labelme folders and checkpoints: every input ends in
-success or the one-line GlintTrackError, never another exception, and never takes memory beyond a small
+"""Property tests (Hypothesis) over crafted HDF5 files, labelme folders, COCO exports and checkpoints: every input
+ends in success or the one-line GlintTrackError, never another exception, and never takes memory beyond a small
 multiple of the data it really holds. GLINT_TRACK_FUZZ_EXAMPLES sets the examples per target (CI: 150);
 benchmarks/fuzz.py runs 10,000 per target and counts the outcomes."""
 
@@ -15,9 +15,11 @@ from strategies import (
     GLINTS,
     SIZE,
     check_checkpoint,
+    check_coco,
     check_h5,
     check_labelme,
     checkpoint_specs,
+    coco_specs,
     h5_specs,
     labelme_specs,
 )
@@ -47,6 +49,13 @@ def test_any_hdf5_file_loads_or_is_refused_in_one_line(spec: dict) -> None:
 def test_any_labelme_folder_packs_or_is_refused_in_one_line(spec: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         check_labelme(spec, Path(tmp))
+
+
+@FUZZ
+@given(spec=coco_specs())
+def test_any_coco_export_packs_or_is_refused_in_one_line(spec: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        check_coco(spec, Path(tmp))
 
 
 @pytest.fixture(scope="module")
