@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from glint_track.constants import COCO_DIGEST, COCO_FROM, SIGMA_MIN, SIGMA_SCALE
+from glint_track.data.frames import frame_stem
 from glint_track.data.pack import Unusable, group_of, open_gray, resize_gray, warn_capped
 from glint_track.data.packing import Layout, PackedSample, PackSummary, trainable_sizes, write_samples
 from glint_track.errors import GlintTrackError, shown
@@ -201,11 +202,11 @@ class CocoOut:
         self.annotations: list[dict[str, Any]] = []
         self.glints = 0
 
-    def add(self, name: str, index: int | None, sequence: str, size: tuple[int, int], rows: list[dict]) -> None:
-        """One frame (`index` its number in the video `sequence`, None for an image) and its rows from predict."""
+    def add(self, name: str, index: int | None, size: tuple[int, int], rows: list[dict]) -> None:
+        """One frame (Frame.name; `index` its number in its video, None for an image) and its rows from predict."""
         image_id = len(self.images) + 1
         if index is not None:
-            file_name = f"{Path(sequence).stem}_{index:06d}.png"
+            file_name = f"{frame_stem(name)}.png"
         else:
             image = Path(name).absolute()
             file_name = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name

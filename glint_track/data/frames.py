@@ -25,6 +25,13 @@ class Frame:
     index: int | None = None  # its frame number in its video
 
 
+def frame_stem(name: str) -> str:
+    """What the files written for a frame are named after: its image's stem, or `<video or HDF5 stem>_<frame:06d>`
+    for a frame of a video or an HDF5 file (whose Frame.name is `path#index`)."""
+    path, _, index = name.partition("#")
+    return f"{Path(path).stem}_{int(index):06d}" if index else Path(path).stem
+
+
 def sources(inputs: list[str]) -> list[Path]:
     """The images and videos named, and those directly inside the folders named, in order."""
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from glint_track.data.frames import VIDEO_SUFFIXES, Frame, frames, sources
+from glint_track.data.frames import Frame, frame_stem, frames, sources
 from glint_track.errors import GlintTrackError
 from glint_track.files import IMAGE_SUFFIXES, atomic_path, refuse_writing_into
 
@@ -259,10 +259,7 @@ def check_output_folder(out: Path, inputs: list[str]) -> None:
 def _write(frame: Frame, out: Path, taken: set[str]) -> str:
     """The frame's file in `out`: an image file copied (its bit depth kept), a video's or HDF5 file's frame as PNG."""
     source = Path(frame.name)
-    if frame.index is None and source.suffix.lower() not in VIDEO_SUFFIXES:
-        name = source.name
-    else:
-        name = f"{Path(frame.sequence).stem}_{frame.index:06d}.png"
+    name = source.name if frame.index is None else f"{frame_stem(frame.name)}.png"
     stem, suffix = Path(name).stem, Path(name).suffix
     n = 1
     while name in taken or (out / name).exists():

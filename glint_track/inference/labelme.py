@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from glint_track.constants import DEFAULT_MATCH_RADIUS, PRELABEL_KEY, SIGMA_MIN, SIGMA_SCALE
+from glint_track.data.frames import frame_stem
 from glint_track.errors import GlintTrackError
 from glint_track.files import atomic_path
 
@@ -75,7 +76,7 @@ class PrelabelFolder:
         """The frame's JSON, its image beside it (a copy of the file; a video's frame as PNG) and its review line;
         returns the image's name."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        stem = json_stem(name)
+        stem = frame_stem(name)
         image_name = self._write_png(stem, gray) if video_frame else self._copy_image(Path(name))
         h0, w0 = gray.shape
         radius = self.radius or PRELABEL_RADIUS * (w0 / model_input[1] + h0 / model_input[0]) / 2
@@ -111,12 +112,6 @@ class PrelabelFolder:
         with atomic_path(self.folder / f"{stem}.png") as tmp:
             Image.fromarray(gray).save(tmp, format="PNG")
         return f"{stem}.png"
-
-
-def json_stem(name: str) -> str:
-    """The JSON's file stem for a frame: its image's stem, or `<video stem>_<frame:06d>` for a video frame."""
-    path, _, index = name.partition("#")
-    return f"{Path(path).stem}_{int(index):06d}" if index else Path(path).stem
 
 
 def labelme_record(

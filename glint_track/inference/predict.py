@@ -77,7 +77,7 @@ def predict(
             if labelme is not None:
                 labelme.write(frame.name, frame.gray, frame.index is not None, (h, w), found)
             if coco_out is not None:
-                coco_out.add(frame.name, frame.index, frame.sequence, frame.gray.shape, found)
+                coco_out.add(frame.name, frame.index, frame.gray.shape, found)
             bar.update(1)
         bar.close()
     if coco_out is not None:
