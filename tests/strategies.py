@@ -225,15 +225,12 @@ def shapes(draw: st.DrawFn) -> Any:
 
 
 IMAGE_MODES = ("L", "L", "RGB", "RGBA", "P", "1", "I;16", "I", "F", "LA")
+#: Where an annotation's image may be that must not be packed (labelme folders and COCO exports alike).
+UNUSABLE_WHERE = ("outside_relative", "outside_absolute", "symlink_out", "missing", "garbage", "bomb")
 IMAGE_WHERE = (
     *("beside",) * 3,
     *("image_path", "image_data") * 2,  # usable images more often than each way to fail
-    "outside_relative",
-    "outside_absolute",
-    "symlink_out",
-    "missing",
-    "garbage",
-    "bomb",
+    *UNUSABLE_WHERE,
 )
 
 
@@ -315,18 +312,7 @@ def write_labelme(spec: dict[str, Any], folder: Path) -> None:
         (folder / f"{stem}.json").write_bytes(text.encode() if text is not None else b'{"shapes": "\xff"}')
 
 
-COCO_WHERE = (
-    "beside",
-    "beside",
-    "beside",
-    "subfolder",
-    "outside_relative",
-    "outside_absolute",
-    "symlink_out",
-    "missing",
-    "garbage",
-    "bomb",
-)
+COCO_WHERE = (*("beside",) * 3, "subfolder", *UNUSABLE_WHERE)
 GOOD_NAMES = (["g1", "g2", "g3"], ["g1", "g2"], ["g1", "pupil", "g2", "g3"], ["g2", "g1"])
 KEYPOINT_NAMES = st.lists(st.sampled_from(["g1", "g2", "g3", "g0", "g9", "pupil", "", "g" + "9" * 40]), max_size=5)
 

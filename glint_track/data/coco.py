@@ -20,7 +20,7 @@ from typing import Any
 
 from glint_track.constants import COCO_DIGEST, COCO_FROM, SIGMA_MIN, SIGMA_SCALE
 from glint_track.data.frames import frame_stem
-from glint_track.data.pack import Unusable, group_of, open_gray, resize_gray, warn_capped
+from glint_track.data.pack import UNUSABLE, Unusable, group_of, in_image, open_gray, resize_gray, warn_capped
 from glint_track.data.packing import Layout, PackedSample, PackSummary, trainable_sizes, write_samples
 from glint_track.errors import GlintTrackError, shown
 from glint_track.files import first_line, unreadable_reason
@@ -127,7 +127,7 @@ def frame_glints(frame: CocoFrame, size0: tuple[int, int]) -> tuple[dict[int, tu
             continue
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (x, y)):
             warnings_.append(f"g{channel + 1} has the point {shown([x, y])}, not two numbers; dropped")
-        elif not (math.isfinite(x) and math.isfinite(y) and -0.5 <= x <= W0 - 0.5 and -0.5 <= y <= H0 - 0.5):
+        elif not (math.isfinite(x) and math.isfinite(y) and in_image(x, y, size0)):
             warnings_.append(f"g{channel + 1} at ({x}, {y}) is outside the {W0}×{H0} image; dropped")
         elif channel in glints:
             warnings_.append(f"g{channel + 1} appears twice; the first is packed")
@@ -159,7 +159,7 @@ def pack_coco(
             gray0 = open_gray(frame.image)
             size = size or gray0.shape
             glints, warnings_ = frame_glints(frame, gray0.shape)
-        except Exception as e:  # noqa: BLE001 - ours (Unusable) and what PIL's decoders raise on bad bytes
+        except UNUSABLE as e:  # ours (Unusable) and what PIL's decoders raise on bad bytes
             summary.skipped[frame.name] = first_line(e)
             log.warning("skipping %s: %s", frame.name, first_line(e))
             continue

@@ -159,9 +159,15 @@ def _read_glint(
     H0, W0 = size0
     if not all(map(math.isfinite, (cx, cy, radius))) or radius > max(H0, W0):
         return f"glint {name!r} has a centre or radius that is not a finite size within the image"
-    if not (-0.5 <= cx <= W0 - 0.5 and -0.5 <= cy <= H0 - 0.5):
+    if not in_image(cx, cy, size0):
         return f"glint {name!r} at ({cx:.1f}, {cy:.1f}) is outside the {W0}×{H0} image; dropped"
     return channel, cx, cy, radius
+
+
+def in_image(x: float, y: float, size: tuple[int, int]) -> bool:
+    """Whether a point (pixel indices: pixel i's centre at i) lies on an H×W image, its edge pixels included."""
+    H, W = size
+    return -0.5 <= x <= W - 0.5 and -0.5 <= y <= H - 0.5
 
 
 def _read_sample(
